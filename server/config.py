@@ -1,0 +1,181 @@
+"""Server settings (environment and CLI) and the model registry file (`models.yaml`).
+
+Pydantic and YAML only: nothing here touches the network or llama.cpp.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "SLM_"
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a message meant for the operator."""
+
+
+class Settings(BaseModel):
+    """Server-wide settings. Precedence: CLI flag > environment (`SLM_*`) > default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    models_file: Path = Path("models.yaml")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read `SLM_<FIELD>` variables, then apply non-None overrides (the CLI's flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(_readable(exc, "settings")) from exc
+
+
+class PackageSource(BaseModel):
+    """A GGUF file shipped inside an installed Python distribution, found through its metadata."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    package: str
+    file: str = "*.gguf"
+
+    def resolve(self) -> Path:
+        try:
+            dist = importlib.metadata.distribution(self.package)
+        except importlib.metadata.PackageNotFoundError as exc:
+            raise ConfigError(f"package {self.package!r} is not installed (it ships the model file)") from exc
+        for entry in dist.files or ():
+            if fnmatch.fnmatch(entry.name, self.file) or fnmatch.fnmatch(str(entry), self.file):
+                return Path(str(dist.locate_file(entry)))
+        raise ConfigError(f"package {self.package!r} has no file matching {self.file!r}")
+
+
+class PathSource(BaseModel):
+    """A GGUF file on local disk. Relative paths are relative to the models file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path
+
+    def resolve(self) -> Path:
+        return self.path
+
+
+def _source_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "package" if "package" in value else "path"
+    return "package" if isinstance(value, PackageSource) else "path"
+
+
+ModelSource = Annotated[
+    Annotated[PackageSource, Tag("package")] | Annotated[PathSource, Tag("path")],
+    Discriminator(_source_kind),
+]
+
+
+class ModelSpec(BaseModel):
+    """One entry of `models.yaml`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    source: ModelSource
+    n_ctx: int = Field(default=2048, ge=64, description="Context window in tokens, shared by all sequences.")
+    n_threads: int | None = Field(default=None, ge=1, description="llama.cpp threads; default: all cores.")
+    n_batch: int = Field(default=512, ge=8, description="Most tokens evaluated in one decode step.")
+    parallel: int = Field(default=4, ge=1, le=64, description="Sequences decoded together.")
+    max_queue: int = Field(default=64, ge=0, description="Requests that may wait for a sequence; then 429.")
+    use_extra_bufts: Literal["auto"] | bool = Field(
+        default="auto",
+        description="llama.cpp weight repacking buffers (AMX and CPU repack). 'auto': off where the CPU has AMX.",
+    )
+    owned_by: str = "slm-server"
+
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _aliases_list(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value
+
+    def model_path(self) -> Path:
+        return self.source.resolve()
+
+
+class ModelsFile(BaseModel):
+    """The whole `models.yaml`: a list of model entries with unique names and aliases."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: tuple[ModelSpec, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ModelsFile:
+        seen: dict[str, str] = {}
+        for spec in self.models:
+            for name in (spec.name, *spec.aliases):
+                if name in seen:
+                    raise ValueError(f"name {name!r} of model {spec.name!r} is already used by {seen[name]!r}")
+                seen[name] = spec.name
+        return self
+
+
+def load_models_file(path: Path) -> ModelsFile:
+    """Parse and validate `models.yaml`; every problem becomes a `ConfigError` naming the entry."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"models file {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"models file {path} is not valid YAML: {exc}") from exc
+    if isinstance(raw, dict):
+        for entry in raw.get("models") or ():
+            source = entry.get("source") if isinstance(entry, dict) else None
+            if isinstance(source, dict) and isinstance(source.get("path"), str):
+                source["path"] = str((path.parent / source["path"]).resolve())
+    try:
+        return ModelsFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_readable(exc, str(path), raw)) from exc
+
+
+def _readable(exc: ValidationError, where: str, raw: object = None) -> str:
+    lines = [f"invalid {where}:"]
+    for err in exc.errors():
+        loc = list(err["loc"])
+        label = ".".join(str(part) for part in loc) or "(top level)"
+        if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int) and isinstance(raw, dict):
+            entries = raw.get("models") or []
+            entry = entries[loc[1]] if loc[1] < len(entries) else None
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if name:
+                label = f"model {name!r}: " + ".".join(str(p) for p in loc[2:])
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {label}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""The engine interface: what the service needs from a loaded model, and nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_tokens: Sequence[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class GenerationDelta:
+    """New text since the last delta. `finish_reason` is set on the last one only."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    n_ctx: int
+    """The most tokens (prompt plus completion) one request may occupy."""
+
+
+@dataclass
+class EngineCounters:
+    """Running totals an engine keeps for the metrics endpoint and the tests."""
+
+    queue_depth: int = 0
+    active_sequences: int = 0
+    decode_steps: int = 0
+    batch_tokens_total: int = 0
+    prompt_tokens_evaluated: int = 0
+    prefix_cache_hit_tokens: int = 0
+    generated_tokens: int = 0
+
+
+class Engine(Protocol):
+    """A loaded model. Streams are async; cancelling (closing) one frees its sequence."""
+
+    @property
+    def info(self) -> EngineInfo: ...
+
+    @property
+    def counters(self) -> EngineCounters: ...
+
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+        """The prompt text for a conversation, by the model's own chat template, ready for the reply."""
+        ...
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of a prompt, with the model's BOS where it wants one; special tokens in text are parsed."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,325 @@
+"""Continuous batching over one llama.cpp context: every active request advances in one `llama_decode` a step.
+
+A scheduler thread owns the context. Each step it admits waiting requests into free sequences (reusing the
+longest cached prefix), builds one batch with the next token of every decoding sequence plus prompt chunks of
+prefilling ones, decodes once, samples each sequence from its own logits and pushes text deltas to the
+requests' asyncio queues. Cancelled requests are dropped at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import llama_cpp
+
+from server.engine.base import EngineCounters, GenerationDelta, GenerationRequest, SamplingParams
+from server.engine.text import TextAssembler
+from server.errors import InternalError, OverloadedError
+
+logger = logging.getLogger(__name__)
+
+PENALTY_LAST_N = 64
+
+
+@dataclass
+class NativeModel:
+    """The raw llama.cpp handles of one loaded model."""
+
+    model: llama_cpp.llama_model_p
+    ctx: llama_cpp.llama_context_p
+    vocab: llama_cpp.llama_vocab_p
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
+        if n < 0:  # buffer too small: -n is the size needed
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
+        return list(buf[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def special_text(self, token: int) -> str:
+        return self.piece(token, special=True).decode("utf-8", "replace") if token >= 0 else ""
+
+    def free(self) -> None:
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+
+class _Job:
+    """One request's side of the scheduler: an async iterator of deltas; closing it cancels the request."""
+
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, wake: threading.Condition):
+        self.request = request
+        self.cancelled = False
+        self._loop = loop
+        self._queue: asyncio.Queue[GenerationDelta | BaseException] = asyncio.Queue()
+        self._wake = wake
+        self._done = False
+
+    def emit(self, item: GenerationDelta | BaseException) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone: nobody is listening any more
+            self.cancelled = True
+
+    def __aiter__(self) -> _Job:
+        return self
+
+    async def __anext__(self) -> GenerationDelta:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._queue.get()
+        except BaseException:
+            await self.aclose()
+            raise
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if item.finish_reason is not None:
+            self._done = True
+        return item
+
+    async def aclose(self) -> None:
+        if not self._done:
+            self._done = True
+            self.cancelled = True
+            with self._wake:
+                self._wake.notify()
+
+
+@dataclass
+class _Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
+    job: _Job | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
+    sampler: llama_cpp.llama_sampler_p | None = None
+    assembler: TextAssembler | None = None
+    generated: int = 0
+    next_token: int | None = None  # sampled, not yet evaluated
+    batch_index: int = -1  # where this sequence's logits are in the current batch
+
+
+class BatchScheduler:
+    def __init__(self, native: NativeModel, *, n_seq: int, n_ctx: int, n_batch: int, max_queue: int) -> None:
+        self._native = native
+        self._n_ctx = n_ctx
+        self._n_batch = n_batch
+        self._max_queue = max_queue
+        self._slots = [_Slot(seq_id=i) for i in range(n_seq)]
+        self._waiting: collections.deque[_Job] = collections.deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="llama-scheduler", daemon=True)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._memory = llama_cpp.llama_get_memory(native.ctx)
+        self.counters = EngineCounters()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+        llama_cpp.llama_batch_free(self._batch)
+        for slot in self._slots:
+            self._release(slot)
+
+    def submit(self, request: GenerationRequest) -> _Job:
+        """Queue a request; raises OverloadedError (429) at once when the wait queue is full."""
+        job = _Job(request, asyncio.get_running_loop(), self._wake)
+        with self._wake:
+            if len(self._waiting) >= self._max_queue:
+                raise OverloadedError("The model is overloaded; retry shortly.", retry_after=1)
+            self._waiting.append(job)
+            self.counters.queue_depth = len(self._waiting)
+            self._wake.notify()
+        return job
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self._waiting and not self._busy():
+                    self._wake.wait()
+                if self._stopping:
+                    break
+                self._admit()
+            try:
+                self._step()
+            except Exception:
+                logger.exception("decode step failed")
+                for slot in self._slots:
+                    if slot.job is not None:
+                        slot.job.emit(InternalError())
+                        self._finish(slot, keep_cache=False)
+        for job in self._waiting:
+            job.emit(InternalError())
+
+    def _busy(self) -> bool:
+        return any(slot.job is not None for slot in self._slots)
+
+    def _admit(self) -> None:
+        if any(job.cancelled for job in self._waiting):
+            self._waiting = collections.deque(job for job in self._waiting if not job.cancelled)
+        while self._waiting:
+            free = [slot for slot in self._slots if slot.job is None]
+            if not free:
+                break
+            job = self._waiting.popleft()
+            prompt = list(job.request.prompt_tokens)
+            slot = max(free, key=lambda s: _common_prefix(s.cached, prompt))
+            reuse = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
+            if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1):
+                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+                reuse = 0
+            slot.cached = prompt[:reuse]
+            slot.pending = prompt[reuse:]
+            slot.job = job
+            slot.sampler = _make_sampler(job.request.sampling)
+            slot.assembler = TextAssembler(job.request.stop)
+            slot.generated = 0
+            slot.next_token = None
+            self.counters.prefix_cache_hit_tokens += reuse
+        self.counters.queue_depth = len(self._waiting)
+        self.counters.active_sequences = sum(slot.job is not None for slot in self._slots)
+
+    def _step(self) -> None:
+        for slot in self._slots:
+            if slot.job is not None and slot.job.cancelled:
+                self._finish(slot, keep_cache=True)
+        batch = self._batch
+        n = 0
+        for slot in self._slots:  # one token for each decoding sequence first, so streams keep moving
+            slot.batch_index = -1
+            if slot.job is not None and slot.next_token is not None:
+                n = self._put(batch, n, slot, slot.next_token, logits=True)
+                slot.next_token = None
+        for slot in self._slots:  # then prompt chunks, within what is left of the batch
+            if slot.job is None or not slot.pending or n >= self._n_batch:
+                continue
+            take = min(len(slot.pending), self._n_batch - n)
+            chunk, slot.pending = slot.pending[:take], slot.pending[take:]
+            for i, token in enumerate(chunk):
+                n = self._put(batch, n, slot, token, logits=not slot.pending and i == take - 1)
+            self.counters.prompt_tokens_evaluated += take
+        if n == 0:
+            return
+        batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self._native.ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        self.counters.decode_steps += 1
+        self.counters.batch_tokens_total += n
+        for slot in self._slots:
+            if slot.job is not None and slot.batch_index >= 0:
+                self._sample(slot)
+
+    def _put(self, batch: llama_cpp.llama_batch, n: int, slot: _Slot, token: int, *, logits: bool) -> int:
+        batch.token[n] = token
+        batch.pos[n] = len(slot.cached)
+        batch.n_seq_id[n] = 1
+        batch.seq_id[n][0] = slot.seq_id
+        batch.logits[n] = logits
+        slot.cached.append(token)
+        if logits:
+            slot.batch_index = n
+        return n + 1
+
+    def _sample(self, slot: _Slot) -> None:
+        assert slot.job is not None and slot.assembler is not None
+        token = llama_cpp.llama_sampler_sample(slot.sampler, self._native.ctx, slot.batch_index)
+        slot.generated += 1
+        self.counters.generated_tokens += 1
+        if llama_cpp.llama_vocab_is_eog(self._native.vocab, token):
+            self._emit_last(slot, slot.assembler.finish(), "stop")
+            return
+        step = slot.assembler.push(self._native.piece(token))
+        if step.stopped:
+            self._emit_last(slot, step.text, "stop")
+        elif slot.generated >= slot.job.request.max_tokens or len(slot.cached) >= self._n_ctx:
+            self._emit_last(slot, step.text + slot.assembler.finish(), "length")
+        else:
+            if step.text:
+                slot.job.emit(GenerationDelta(step.text, slot.generated))
+            slot.next_token = token
+
+    def _emit_last(self, slot: _Slot, text: str, reason: str) -> None:
+        job = slot.job
+        assert job is not None
+        delta = GenerationDelta(text, slot.generated, reason)  # type: ignore[arg-type]
+        self._finish(slot, keep_cache=True)  # first, so counters are settled when the client sees the end
+        job.emit(delta)
+
+    def _finish(self, slot: _Slot, *, keep_cache: bool) -> None:
+        """Free the sequence for the next request; its KV stays as a prefix cache unless told otherwise."""
+        if not keep_cache:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.cached = []
+        self._release(slot)
+        slot.job = None
+        slot.pending = []
+        slot.next_token = None
+        self.counters.active_sequences = sum(s.job is not None for s in self._slots)
+
+    @staticmethod
+    def _release(slot: _Slot) -> None:
+        if slot.sampler is not None:
+            llama_cpp.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _make_sampler(params: SamplingParams) -> llama_cpp.llama_sampler_p:
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    add = llama_cpp.llama_sampler_chain_add
+    if params.presence_penalty or params.frequency_penalty or params.repeat_penalty != 1.0:
+        add(
+            chain,
+            llama_cpp.llama_sampler_init_penalties(
+                PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
+            ),
+        )
+    if params.temperature <= 0.0:
+        add(chain, llama_cpp.llama_sampler_init_greedy())
+        return chain
+    if params.top_k > 0:
+        add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
+    if params.top_p < 1.0:
+        add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+    if params.min_p > 0.0:
+        add(chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+    add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+    seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+    add(chain, llama_cpp.llama_sampler_init_dist(seed))
+    return chain

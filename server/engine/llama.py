@@ -1,0 +1,127 @@
+"""The llama.cpp engine: loads a GGUF through llama-cpp-python's C API and serves it with a batching scheduler."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from server.config import ConfigError, ModelSpec
+from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
+from server.engine.batching import BatchScheduler, NativeModel
+from server.engine.cpu import resolve_use_extra_bufts
+from server.engine.template import ChatTemplate
+from server.errors import ModelUnavailableError
+
+logger = logging.getLogger(__name__)
+native_logger = logging.getLogger("server.engine.llama.native")
+
+_NATIVE_LEVELS = {1: logging.DEBUG, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+
+
+@llama_cpp.llama_log_callback
+def _native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    # llama.cpp logs a line per tensor while loading: keep it at DEBUG unless it is a warning or error.
+    native_logger.log(_NATIVE_LEVELS.get(level, logging.DEBUG), "%s", text.decode("utf-8", "replace").rstrip())
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+class LlamaCppEngine:
+    """One loaded model: a llama.cpp model and context, its chat template, and the scheduler thread."""
+
+    def __init__(self, spec: ModelSpec, native: NativeModel, template: ChatTemplate) -> None:
+        self._spec = spec
+        self._native = native
+        self._template = template
+        self._info = EngineInfo(n_ctx=spec.n_ctx)
+        self._scheduler = BatchScheduler(
+            native, n_seq=spec.parallel, n_ctx=spec.n_ctx, n_batch=spec.n_batch, max_queue=spec.max_queue
+        )
+        self._scheduler.start()
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> LlamaCppEngine:
+        """Load the model (blocking: call it off the event loop)."""
+        path = _checked_path(spec)
+        llama_cpp.llama_log_set(_native_log, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.use_extra_bufts = resolve_use_extra_bufts(spec.use_extra_bufts)
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+        if not model:
+            raise ModelUnavailableError(f"The model `{spec.name}` failed to load; see the server log.")
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_seq_max = spec.parallel
+        ctx_params.n_ctx = spec.n_ctx * spec.parallel  # each sequence gets its own n_ctx slice
+        ctx_params.n_batch = ctx_params.n_ubatch = spec.n_batch
+        threads = spec.n_threads or os.cpu_count() or 1
+        ctx_params.n_threads = ctx_params.n_threads_batch = threads
+        ctx_params.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(model, ctx_params)
+        if not ctx:
+            llama_cpp.llama_model_free(model)
+            raise ModelUnavailableError(f"The model `{spec.name}` could not get a context; see the server log.")
+        native = NativeModel(model=model, ctx=ctx, vocab=llama_cpp.llama_model_get_vocab(model))
+        template = ChatTemplate(
+            _decode_or_none(llama_cpp.llama_model_chat_template(model, None)),
+            bos_token=native.special_text(llama_cpp.llama_vocab_bos(native.vocab)),
+            eos_token=native.special_text(llama_cpp.llama_vocab_eos(native.vocab)),
+        )
+        logger.info(
+            "loaded model %s from %s (n_ctx=%d x %d sequences, threads=%d, extra_bufts=%s)",
+            spec.name,
+            path,
+            spec.n_ctx,
+            spec.parallel,
+            threads,
+            model_params.use_extra_bufts,
+        )
+        return cls(spec, native, template)
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    @property
+    def counters(self) -> EngineCounters:
+        return self._scheduler.counters
+
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+        return self._template.render(messages, add_generation_prompt=True)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._native.tokenize(text, add_special=True)
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        return self._scheduler.submit(request)
+
+    def close(self) -> None:
+        self._scheduler.stop()
+        self._native.free()
+
+
+def _checked_path(spec: ModelSpec) -> Path:
+    """Refuse what llama.cpp would choke on before handing it over: a missing file, or one that is not GGUF."""
+    unavailable = ModelUnavailableError(f"The model `{spec.name}` is not available; see the server log.")
+    try:
+        path = spec.model_path()
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except (ConfigError, OSError) as exc:
+        logger.error("model %s: %s", spec.name, exc)
+        raise unavailable from exc
+    if magic != GGUF_MAGIC:
+        logger.error("model %s: %s is not a GGUF file", spec.name, path)
+        raise unavailable
+    return path
+
+
+def _decode_or_none(raw: bytes | None) -> str | None:
+    return raw.decode("utf-8") if raw else None

@@ -1,0 +1,65 @@
+"""Chat prompts rendered with the Jinja chat template a GGUF file ships (`tokenizer.chat_template`)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from server.errors import InvalidRequestError
+
+logger = logging.getLogger(__name__)
+
+# llama.cpp's own fallback for models that ship no template.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ChatTemplateError(InvalidRequestError):
+    """The template refused the conversation (for example roles that do not alternate)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="messages")
+
+
+def _raise_exception(message: str) -> None:
+    raise ChatTemplateError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.datetime.now().strftime(fmt)
+
+
+class ChatTemplate:
+    def __init__(self, source: str | None, *, bos_token: str = "", eos_token: str = "") -> None:
+        if not source:
+            logger.warning("model ships no chat template; using ChatML")
+        self.source = source or CHATML_TEMPLATE
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
+        env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+        self._template = env.from_string(self.source)
+        self._bos_token = bos_token
+        self._eos_token = eos_token
+
+    def render(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+        try:
+            return self._template.render(
+                messages=list(messages),
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self._bos_token,
+                eos_token=self._eos_token,
+            )
+        except ChatTemplateError:
+            raise
+        except jinja2.TemplateError as exc:
+            raise ChatTemplateError(f"the model's chat template failed: {exc}") from exc

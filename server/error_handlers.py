@@ -1,0 +1,63 @@
+"""The HTTP side of the error table: every failure leaves as an OpenAI error body with its status."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from server.errors import (
+    APIError,
+    InternalError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    from_validation_errors,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body().model_dump(mode="json"), status_code=error.status_code, headers=error.headers())
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, APIError)
+    return error_response(exc)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(from_validation_errors(exc.errors()))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    route = f"{request.method} {request.url.path}"
+    error: APIError
+    if exc.status_code == 404:
+        error = NotFoundError(f"Unknown request URL: {route}.")
+    elif exc.status_code == 405:
+        error = MethodNotAllowedError(f"Method not allowed: {route}.")
+    elif 400 <= exc.status_code < 500:
+        error = InvalidRequestError(str(exc.detail))
+        error.status_code = exc.status_code
+    else:
+        error = InternalError()
+    return error_response(error)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(InternalError())
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

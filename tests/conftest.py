@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.config import ModelSpec, Settings
+from server.registry import ModelRegistry
+from tests.fakes import FakeEngine, FakeScript, fake_spec
+
+
+class FakeLoader:
+    """Builds a FakeEngine per model name; records loads."""
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, FakeScript] = {}
+        self.engines: dict[str, FakeEngine] = {}
+        self.loads: list[str] = []
+
+    def __call__(self, spec: ModelSpec) -> FakeEngine:
+        self.loads.append(spec.name)
+        engine = FakeEngine(self.scripts.get(spec.name))
+        self.engines[spec.name] = engine
+        return engine
+
+
+@pytest.fixture
+def loader() -> FakeLoader:
+    return FakeLoader()
+
+
+@pytest.fixture
+def registry(loader: FakeLoader) -> ModelRegistry:
+    return ModelRegistry([fake_spec("fake-model", "gpt-4o-mini"), fake_spec("other-model")], loader)
+
+
+@pytest.fixture
+def client(registry: ModelRegistry, tmp_path) -> Iterator[TestClient]:
+    app = create_app(Settings(models_file=tmp_path / "unused.yaml"), registry=registry)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client

@@ -1,0 +1,83 @@
+"""A hand-written fake engine: scripted output, scripted failures, and a record of what it was asked."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.config import ModelSpec, PathSource
+from server.engine import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
+from server.engine.text import TextAssembler
+from server.errors import OverloadedError
+
+
+@dataclass
+class FakeScript:
+    pieces: Sequence[str] = ("Hello", ",", " world", "!")
+    fail_after: int | None = None  # raise this many pieces into the stream
+    failure: Exception = field(default_factory=lambda: RuntimeError("secret internal detail /opt/x"))
+    overloaded: bool = False
+    n_ctx: int = 256
+
+
+class FakeEngine:
+    def __init__(self, script: FakeScript | None = None) -> None:
+        self.script = script or FakeScript()
+        self.requests: list[GenerationRequest] = []
+        self.rendered: list[list[dict[str, Any]]] = []
+        self.closed_early = 0
+        self.closed = False
+        self._counters = EngineCounters()
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(n_ctx=self.script.n_ctx)
+
+    @property
+    def counters(self) -> EngineCounters:
+        return self._counters
+
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+        self.rendered.append(list(messages))
+        return "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
+
+    def tokenize(self, text: str) -> list[int]:
+        return [ord(c) for c in text]  # one token per character keeps counts easy to reason about
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        if self.script.overloaded:
+            raise OverloadedError("The model is overloaded; retry shortly.", retry_after=2)
+        self.requests.append(request)
+        return self._stream(request)
+
+    async def _stream(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        assembler = TextAssembler(request.stop)
+        finished = False
+        try:
+            for count, piece in enumerate(self.script.pieces, start=1):
+                if self.script.fail_after is not None and count > self.script.fail_after:
+                    raise self.script.failure
+                step = assembler.push(piece.encode())
+                if step.stopped:
+                    finished = True
+                    yield GenerationDelta(step.text, count, "stop")
+                    return
+                if count >= request.max_tokens:
+                    finished = True
+                    yield GenerationDelta(step.text + assembler.finish(), count, "length")
+                    return
+                if step.text:
+                    yield GenerationDelta(step.text, count)
+            finished = True
+            yield GenerationDelta(assembler.finish(), len(self.script.pieces), "stop")
+        finally:
+            if not finished:
+                self.closed_early += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def fake_spec(name: str, *aliases: str, n_ctx: int = 256) -> ModelSpec:
+    return ModelSpec(name=name, aliases=aliases, source=PathSource(path="/nonexistent.gguf"), n_ctx=n_ctx)

@@ -1,0 +1,134 @@
+"""Real models through llama.cpp, over HTTP, with the official openai client."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+SMOL = "smollm2-135m-instruct"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_chat_answers_with_real_usage(api: openai.OpenAI):
+    reply = api.chat.completions.create(model=SMOL, messages=QUESTION, max_tokens=12, temperature=0)
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    # SmolLM2's template adds its default system prompt: 37 tokens for this question.
+    assert reply.usage.prompt_tokens == 37
+    assert 0 < reply.usage.completion_tokens <= 12
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_stream_matches_non_stream_and_ends_with_usage(api: openai.OpenAI):
+    whole = api.chat.completions.create(model=SMOL, messages=QUESTION, max_tokens=16, temperature=0)
+    chunks = list(
+        api.chat.completions.create(
+            model=SMOL,
+            messages=QUESTION,
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+
+
+def test_length_limit_is_exact(api: openai.OpenAI):
+    reply = api.chat.completions.create(
+        model=SMOL,
+        messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+        max_completion_tokens=5,
+        temperature=0,
+    )
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 5
+
+
+def test_seed_reproduces_sampled_text(api: openai.OpenAI):
+    def sample() -> str:
+        return (
+            api.chat.completions.create(model=SMOL, messages=QUESTION, max_tokens=16, temperature=0.9, seed=1234)
+            .choices[0]
+            .message.content
+        )
+
+    assert sample() == sample()
+
+
+def test_stop_sequence_is_not_returned(api: openai.OpenAI):
+    free = api.completions.create(model=SMOL, prompt="1, 2, 3, 4,", max_tokens=12, temperature=0).choices[0].text
+    assert len(free) > 3
+    stop = free[2:4]
+    stopped = api.completions.create(model=SMOL, prompt="1, 2, 3, 4,", max_tokens=12, temperature=0, stop=[stop])
+    assert stopped.choices[0].text == free[: free.index(stop)]
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_completions_plain_and_streamed(api: openai.OpenAI):
+    plain = api.completions.create(model=SMOL, prompt="The sky is", max_tokens=8, temperature=0)
+    assert plain.choices[0].text and plain.usage.prompt_tokens == 3
+    chunks = list(
+        api.completions.create(
+            model=SMOL,
+            prompt="The sky is",
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == plain.choices[0].text
+    assert chunks[-1].usage.total_tokens == plain.usage.total_tokens
+
+
+def test_curl_style_request(server):
+    body = '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}'
+    response = httpx.post(
+        server.url + "/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"]
+
+
+def test_alias_and_model_listing(api: openai.OpenAI):
+    assert [m.id for m in api.models.list()] == [SMOL, "tiny-llama"]
+    reply = api.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=4)
+    assert reply.model == "gpt-4o-mini"
+
+
+def test_generated_tiny_model_loads_from_the_registry_and_answers(api: openai.OpenAI):
+    reply = api.chat.completions.create(
+        model="tiny-llama", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0
+    )
+    # ChatML rendered by the GGUF's own template, tokenized by its byte-level BPE vocabulary:
+    # <|im_start|> u s er \n H i <|im_end|> \n <|im_start|> a s s i s t a n t \n  -> 20 tokens
+    assert reply.usage.prompt_tokens == 20
+    assert reply.usage.completion_tokens >= 1
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    streamed = api.chat.completions.create(
+        model="tiny-llama", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text == reply.choices[0].message.content
+
+
+def test_bad_input_over_real_http_then_still_serving(api: openai.OpenAI, server):
+    with pytest.raises(openai.NotFoundError) as missing:
+        api.chat.completions.create(model="gpt-5", messages=QUESTION)
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as too_long:
+        api.chat.completions.create(model=SMOL, messages=QUESTION, max_tokens=5000)
+    assert too_long.value.code == "context_length_exceeded"
+    response = httpx.post(server.url + "/v1/chat/completions", content=b"{not json", timeout=30)
+    assert response.status_code == 400 and set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert api.chat.completions.create(model=SMOL, messages=QUESTION, max_tokens=2).choices[0].message.content
