@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from server.chunks import ChatStreamState, CompletionStreamState, ResponseMeta, chat_completion, completion
 from server.engine import Engine, GenerationDelta, GenerationRequest, SamplingParams
-from server.errors import ContextLengthExceededError, UnsupportedParameterError
+from server.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedParameterError
 from server.registry import ModelRegistry
 from server.schemas import (
     ChatCompletion,
@@ -97,7 +97,10 @@ class InferenceService:
                 param=param,
             )
         request = GenerationRequest(
-            prompt_tokens=tokens, max_tokens=max_tokens, sampling=_sampling(body), stop=body.stop_list()
+            prompt_tokens=tokens,
+            max_tokens=max_tokens,
+            sampling=_sampling(body, engine.info.n_vocab),
+            stop=body.stop_list(),
         )
         meta = ResponseMeta(model=body.model, prompt_tokens=len(tokens), id_prefix=prefix)
         return _Prepared(meta=meta, stream=engine.generate(request))
@@ -106,14 +109,31 @@ class InferenceService:
         return ModelCard(id=model_id, created=self._created, owned_by=owned_by)
 
 
-def _sampling(body: SamplingFields) -> SamplingParams:
+def _sampling(body: SamplingFields, n_vocab: int) -> SamplingParams:
     return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k or 0,
+        min_p=body.min_p or 0.0,
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
+        repeat_penalty=body.repeat_penalty or 1.0,
         seed=body.seed,
+        logit_bias=_logit_bias(body.logit_bias or {}, n_vocab),
+        ignore_eos=body.ignore_eos,
     )
+
+
+def _logit_bias(bias: dict[str, float], n_vocab: int) -> tuple[tuple[int, float], ...]:
+    out = []
+    for key, value in bias.items():
+        if not (key.isdigit() and int(key) < n_vocab):
+            raise InvalidRequestError(
+                f"Invalid key in 'logit_bias': {key!r} is not a token id of this model (0 to {n_vocab - 1}).",
+                param="logit_bias",
+            )
+        out.append((int(key), value))
+    return tuple(out)
 
 
 def _template_message(message: ChatMessage) -> dict[str, Any]:
@@ -131,8 +151,6 @@ def _reject(param: str, what: str) -> None:
 def _reject_common(body: SamplingFields) -> None:
     if body.n not in (None, 1):
         _reject("n", "only one choice per request (n=1) is generated")
-    if body.logit_bias:
-        _reject("logit_bias", "token biases are not applied")
 
 
 def _reject_unsupported_chat(body: ChatCompletionRequest) -> None:

@@ -32,7 +32,7 @@ class FakeEngine:
 
     @property
     def info(self) -> EngineInfo:
-        return EngineInfo(n_ctx=self.script.n_ctx)
+        return EngineInfo(n_ctx=self.script.n_ctx, n_vocab=1000)
 
     @property
     def counters(self) -> EngineCounters:

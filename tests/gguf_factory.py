@@ -10,6 +10,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+from gguf.quants import quantize
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -17,6 +18,7 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+Q4_0 = gguf.GGMLQuantizationType.Q4_0
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 MERGES = (("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"))
 
@@ -59,8 +61,11 @@ def write_tiny_llama(
     context_length: int = 2048,
     seed: int = 0,
     chat_template: str = CHATML_TEMPLATE,
+    q4_0: bool = False,
 ) -> Path:
-    """A llama-architecture model with random weights and a ChatML template; <|im_end|> ends a turn."""
+    """A llama-architecture model with random weights and a ChatML template; <|im_end|> ends a turn.
+
+    With `q4_0`, the layers' matrices are Q4_0, the type llama.cpp repacks into its extra CPU buffers."""
     rng = np.random.default_rng(seed)
     tokens, types, merges = bpe_vocab()
     n_vocab = len(tokens)
@@ -76,7 +81,7 @@ def write_tiny_llama(
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(head_dim)
     writer.add_vocab_size(n_vocab)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if q4_0 else gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
@@ -90,19 +95,26 @@ def write_tiny_llama(
     def weight(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)
 
+    def add_matrix(name: str, rows: int, cols: int) -> None:
+        data = weight(rows, cols)
+        if q4_0:
+            writer.add_tensor(name, quantize(data, Q4_0), raw_dtype=Q4_0)
+        else:
+            writer.add_tensor(name, data)
+
     writer.add_tensor("token_embd.weight", weight(n_vocab, n_embd))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
     writer.add_tensor("output.weight", weight(n_vocab, n_embd))
     for i in range(n_layer):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        writer.add_tensor(f"blk.{i}.attn_q.weight", weight(n_embd, n_embd))
-        writer.add_tensor(f"blk.{i}.attn_k.weight", weight(n_head_kv * head_dim, n_embd))
-        writer.add_tensor(f"blk.{i}.attn_v.weight", weight(n_head_kv * head_dim, n_embd))
-        writer.add_tensor(f"blk.{i}.attn_output.weight", weight(n_embd, n_embd))
+        add_matrix(f"blk.{i}.attn_q.weight", n_embd, n_embd)
+        add_matrix(f"blk.{i}.attn_k.weight", n_head_kv * head_dim, n_embd)
+        add_matrix(f"blk.{i}.attn_v.weight", n_head_kv * head_dim, n_embd)
+        add_matrix(f"blk.{i}.attn_output.weight", n_embd, n_embd)
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weight(n_ff, n_embd))
-        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(n_ff, n_embd))
-        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(n_embd, n_ff))
+        add_matrix(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
+        add_matrix(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
+        add_matrix(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -197,6 +197,7 @@ def test_completions_default_max_tokens_is_16(client, loader):
         ({**HELLO, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({**HELLO, "response_format": {"type": "json_object"}}, "response_format"),
         ({**HELLO, "logprobs": True}, "logprobs"),
+        ({**HELLO, "top_k": -1}, "top_k"),
     ],
 )
 def test_bad_chat_input_is_a_400_naming_the_parameter(client, payload, param):
@@ -301,3 +302,17 @@ def test_json_body_is_read_whatever_the_content_type(client):
         CHAT, content=json.dumps(HELLO).encode(), headers={"content-type": "application/x-www-form-urlencoded"}
     )
     assert response.status_code == 200
+
+
+def test_logit_bias_and_llama_extensions_reach_the_engine(client, loader):
+    body = {**HELLO, "logit_bias": {"5": -100, "17": 2.5}, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}
+    assert client.post(CHAT, json={**body, "ignore_eos": True}).status_code == 200
+    sampling = loader.engines["fake-model"].requests[0].sampling
+    assert sampling.logit_bias == ((5, -100), (17, 2.5))
+    assert (sampling.top_k, sampling.min_p, sampling.repeat_penalty, sampling.ignore_eos) == (40, 0.05, 1.1, True)
+
+
+@pytest.mark.parametrize("bias", [{"abc": 1}, {"1000": 1}, {"-1": 1}, {"5": 101}])
+def test_bad_logit_bias_is_a_400(client, bias):
+    error = assert_openai_error(client.post(CHAT, json={**HELLO, "logit_bias": bias}), 400)
+    assert error["param"].startswith("logit_bias")

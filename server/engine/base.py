@@ -19,6 +19,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0
     seed: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class GenerationDelta:
 class EngineInfo:
     n_ctx: int
     """The most tokens (prompt plus completion) one request may occupy."""
+    n_vocab: int
 
 
 @dataclass

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import ctypes
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 
@@ -134,6 +135,8 @@ class BatchScheduler:
         self._thread = threading.Thread(target=self._run, name="llama-scheduler", daemon=True)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._memory = llama_cpp.llama_get_memory(native.ctx)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(native.vocab)
+        self._eog_tokens = [t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(native.vocab, t)]
         self.counters = EngineCounters()
 
     def start(self) -> None:
@@ -198,7 +201,7 @@ class BatchScheduler:
             slot.cached = prompt[:reuse]
             slot.pending = prompt[reuse:]
             slot.job = job
-            slot.sampler = _make_sampler(job.request.sampling)
+            slot.sampler = _make_sampler(job.request.sampling, self._eog_tokens, self._n_vocab)
             slot.assembler = TextAssembler(job.request.stop)
             slot.generated = 0
             slot.next_token = None
@@ -300,9 +303,15 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _make_sampler(params: SamplingParams) -> llama_cpp.llama_sampler_p:
+def _make_sampler(params: SamplingParams, eog_tokens: list[int], n_vocab: int) -> llama_cpp.llama_sampler_p:
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     add = llama_cpp.llama_sampler_chain_add
+    biases = list(params.logit_bias)
+    if params.ignore_eos:
+        biases += [(token, -math.inf) for token in eog_tokens]
+    if biases:
+        array = (llama_cpp.llama_logit_bias * len(biases))(*(llama_cpp.llama_logit_bias(t, b) for t, b in biases))
+        add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), array))
     if params.presence_penalty or params.frequency_penalty or params.repeat_penalty != 1.0:
         add(
             chain,

