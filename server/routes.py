@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from server import sse
 from server.errors import from_validation_errors
 from server.schemas import ChatCompletionRequest, CompletionRequest
 from server.service import InferenceService
+
+logger = logging.getLogger(__name__)
 
 
 def get_service(request: Request) -> InferenceService:
@@ -46,6 +50,30 @@ def _json(obj: BaseModel) -> JSONResponse:
     return JSONResponse(obj.model_dump(mode="json"))
 
 
+# nginx's code for "client closed the request"; nobody receives it, but the access log tells what happened.
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[BaseModel]) -> Response:
+    """Run a non-streaming request, cancelling it (and freeing its sequence) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        logger.info("client disconnected; request cancelled")
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return _json(task.result())
+
+
 def _events(chunks) -> StreamingResponse:  # type: ignore[no-untyped-def]
     return StreamingResponse(sse.encode(chunks), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -61,17 +89,17 @@ async def get_model(model_id: str, service: ServiceDep) -> JSONResponse:
 
 
 @v1.post("/chat/completions", response_model=None)
-async def chat_completions(body: ChatBody, service: ServiceDep) -> JSONResponse | StreamingResponse:
+async def chat_completions(request: Request, body: ChatBody, service: ServiceDep) -> Response:
     if body.stream:
         return _events(await service.chat_stream(body))
-    return _json(await service.chat(body))
+    return await _unless_disconnected(request, service.chat(body))
 
 
 @v1.post("/completions", response_model=None)
-async def completions(body: CompletionBody, service: ServiceDep) -> JSONResponse | StreamingResponse:
+async def completions(request: Request, body: CompletionBody, service: ServiceDep) -> Response:
     if body.stream:
         return _events(await service.complete_stream(body))
-    return _json(await service.complete(body))
+    return await _unless_disconnected(request, service.complete(body))
 
 
 @health.get("/health")

@@ -10,60 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import logging
-import math
 import threading
 from dataclasses import dataclass, field
 
 import llama_cpp
 
-from server.engine.base import EngineCounters, GenerationDelta, GenerationRequest, SamplingParams
+from server.engine.base import EngineCounters, GenerationDelta, GenerationRequest
+from server.engine.native import NativeModel, make_sampler
+from server.engine.prefix import SlotView, place, should_wait
 from server.engine.text import TextAssembler
 from server.errors import InternalError, OverloadedError
 
 logger = logging.getLogger(__name__)
-
-PENALTY_LAST_N = 64
-
-
-@dataclass
-class NativeModel:
-    """The raw llama.cpp handles of one loaded model."""
-
-    model: llama_cpp.llama_model_p
-    ctx: llama_cpp.llama_context_p
-    vocab: llama_cpp.llama_vocab_p
-
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
-        data = text.encode("utf-8")
-        capacity = len(data) + 16
-        buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
-        if n < 0:  # buffer too small: -n is the size needed
-            capacity = -n
-            buf = (llama_cpp.llama_token * capacity)()
-            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
-        return list(buf[:n])
-
-    def piece(self, token: int, *, special: bool = False) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        return buf.raw[:n]
-
-    def special_text(self, token: int) -> str:
-        return self.piece(token, special=True).decode("utf-8", "replace") if token >= 0 else ""
-
-    def free(self) -> None:
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
-        if self.model:
-            llama_cpp.llama_model_free(self.model)
-            self.model = None
 
 
 class _Job:
@@ -120,6 +79,7 @@ class _Slot:
     generated: int = 0
     next_token: int | None = None  # sampled, not yet evaluated
     batch_index: int = -1  # where this sequence's logits are in the current batch
+    last_used: int = 0  # admission counter value when it last took a request
 
 
 class BatchScheduler:
@@ -132,11 +92,10 @@ class BatchScheduler:
         self._waiting: collections.deque[_Job] = collections.deque()
         self._wake = threading.Condition()
         self._stopping = False
+        self._uses = 0
         self._thread = threading.Thread(target=self._run, name="llama-scheduler", daemon=True)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._memory = llama_cpp.llama_get_memory(native.ctx)
-        self._n_vocab = llama_cpp.llama_vocab_n_tokens(native.vocab)
-        self._eog_tokens = [t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(native.vocab, t)]
         self.counters = EngineCounters()
 
     def start(self) -> None:
@@ -181,30 +140,43 @@ class BatchScheduler:
         for job in self._waiting:
             job.emit(InternalError())
 
+    def _reuse_prefix(self, slot: _Slot, source: _Slot, reuse: int) -> int:
+        """Make `slot` hold the first `reuse` tokens (its own, or shared from `source`); returns how many it holds."""
+        memory = self._memory
+        if source is slot:
+            if llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, reuse, -1):
+                return reuse
+            reuse = 0
+        llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
+        if reuse:
+            llama_cpp.llama_memory_seq_cp(memory, source.seq_id, slot.seq_id, 0, reuse)  # unified KV: no data copy
+        return reuse
+
     def _busy(self) -> bool:
         return any(slot.job is not None for slot in self._slots)
 
     def _admit(self) -> None:
+        """Admit waiting requests in arrival order while sequences are free."""
         if any(job.cancelled for job in self._waiting):
             self._waiting = collections.deque(job for job in self._waiting if not job.cancelled)
         while self._waiting:
-            free = [slot for slot in self._slots if slot.job is None]
-            if not free:
+            prompt = list(self._waiting[0].request.prompt_tokens)
+            views = [SlotView(s.cached, s.pending, busy=s.job is not None, last_used=s.last_used) for s in self._slots]
+            placement = place(prompt, views)
+            if placement is None or should_wait(prompt, views, placement.reuse):
                 break
             job = self._waiting.popleft()
-            prompt = list(job.request.prompt_tokens)
-            slot = max(free, key=lambda s: _common_prefix(s.cached, prompt))
-            reuse = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
-            if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1):
-                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-                reuse = 0
+            slot = self._slots[placement.slot]
+            reuse = self._reuse_prefix(slot, self._slots[placement.source], placement.reuse)
             slot.cached = prompt[:reuse]
             slot.pending = prompt[reuse:]
             slot.job = job
-            slot.sampler = _make_sampler(job.request.sampling, self._eog_tokens, self._n_vocab)
+            slot.sampler = make_sampler(job.request.sampling, self._native)
             slot.assembler = TextAssembler(job.request.stop)
             slot.generated = 0
             slot.next_token = None
+            self._uses += 1
+            slot.last_used = self._uses
             self.counters.prefix_cache_hit_tokens += reuse
         self.counters.queue_depth = len(self._waiting)
         self.counters.active_sequences = sum(slot.job is not None for slot in self._slots)
@@ -292,43 +264,3 @@ class BatchScheduler:
         if slot.sampler is not None:
             llama_cpp.llama_sampler_free(slot.sampler)
             slot.sampler = None
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _make_sampler(params: SamplingParams, eog_tokens: list[int], n_vocab: int) -> llama_cpp.llama_sampler_p:
-    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-    add = llama_cpp.llama_sampler_chain_add
-    biases = list(params.logit_bias)
-    if params.ignore_eos:
-        biases += [(token, -math.inf) for token in eog_tokens]
-    if biases:
-        array = (llama_cpp.llama_logit_bias * len(biases))(*(llama_cpp.llama_logit_bias(t, b) for t, b in biases))
-        add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), array))
-    if params.presence_penalty or params.frequency_penalty or params.repeat_penalty != 1.0:
-        add(
-            chain,
-            llama_cpp.llama_sampler_init_penalties(
-                PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
-            ),
-        )
-    if params.temperature <= 0.0:
-        add(chain, llama_cpp.llama_sampler_init_greedy())
-        return chain
-    if params.top_k > 0:
-        add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
-    if params.top_p < 1.0:
-        add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
-    if params.min_p > 0.0:
-        add(chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
-    add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
-    seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
-    add(chain, llama_cpp.llama_sampler_init_dist(seed))
-    return chain

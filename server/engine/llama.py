@@ -13,8 +13,9 @@ import llama_cpp
 
 from server.config import ConfigError, ModelSpec
 from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
-from server.engine.batching import BatchScheduler, NativeModel
+from server.engine.batching import BatchScheduler
 from server.engine.cpu import resolve_use_extra_bufts
+from server.engine.native import NativeModel
 from server.engine.template import ChatTemplate
 from server.errors import ModelUnavailableError
 
@@ -41,7 +42,7 @@ class LlamaCppEngine:
         self._spec = spec
         self._native = native
         self._template = template
-        self._info = EngineInfo(n_ctx=spec.n_ctx, n_vocab=llama_cpp.llama_vocab_n_tokens(native.vocab))
+        self._info = EngineInfo(n_ctx=spec.n_ctx, n_vocab=native.n_vocab)
         self._scheduler = BatchScheduler(
             native, n_seq=spec.parallel, n_ctx=spec.n_ctx, n_batch=spec.n_batch, max_queue=spec.max_queue
         )
@@ -60,7 +61,10 @@ class LlamaCppEngine:
             raise ModelUnavailableError(f"The model `{spec.name}` failed to load; see the server log.")
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_seq_max = spec.parallel
-        ctx_params.n_ctx = spec.n_ctx * spec.parallel  # each sequence gets its own n_ctx slice
+        # One unified KV cache: sequences share the cells of a common prefix, and any mix of sequences decodes in
+        # one micro-batch. Room for every sequence to fill its own n_ctx.
+        ctx_params.n_ctx = spec.n_ctx * spec.parallel
+        ctx_params.kv_unified = True
         ctx_params.n_batch = ctx_params.n_ubatch = spec.n_batch
         threads = spec.n_threads or os.cpu_count() or 1
         ctx_params.n_threads = ctx_params.n_threads_batch = threads

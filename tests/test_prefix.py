@@ -1,0 +1,36 @@
+from server.engine.prefix import MIN_PREFIX_GAIN, SlotView, place, should_wait
+
+PROMPT = list(range(100))
+
+
+def test_no_free_sequence_means_no_placement():
+    assert place(PROMPT, [SlotView([], busy=True)]) is None
+
+
+def test_free_sequence_holding_the_most_of_the_prompt_is_chosen():
+    slots = [SlotView(PROMPT[:10]), SlotView(PROMPT[:50]), SlotView([7, 7])]
+    assert place(PROMPT, slots).slot == 1
+    assert place(PROMPT, slots).reuse == 50
+
+
+def test_a_busy_sequence_can_lend_its_prefix():
+    slots = [SlotView(PROMPT[:80], busy=True), SlotView(PROMPT[:10])]
+    placement = place(PROMPT, slots)
+    assert (placement.slot, placement.source, placement.reuse) == (1, 0, 80)
+
+
+def test_the_last_prompt_token_is_always_evaluated():
+    assert place(PROMPT, [SlotView([*PROMPT, 1, 2])]).reuse == len(PROMPT) - 1
+
+
+def test_least_recently_used_free_sequence_is_evicted_first():
+    slots = [SlotView([5], last_used=9), SlotView([6], last_used=2), SlotView([8], last_used=5)]
+    assert place(PROMPT, slots).slot == 1
+
+
+def test_wait_for_a_prefix_being_prefilled_only_when_it_is_worth_it():
+    prefilling = SlotView(PROMPT[:10], pending=PROMPT[10:90], busy=True)
+    assert should_wait(PROMPT, [prefilling, SlotView([])], available=0)
+    assert not should_wait(PROMPT, [prefilling], available=90 - MIN_PREFIX_GAIN + 1)
+    unrelated = SlotView([], pending=[999] * 50, busy=True)
+    assert not should_wait(PROMPT, [unrelated, SlotView([])], available=0)
