@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import uvicorn
 
 from server.config import ConfigError, Settings, load_models_file
 
@@ -21,15 +26,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default 8000; env SLM_PORT)")
     serve.add_argument("--models", type=Path, dest="models_file", help="models file (default models.yaml)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--api-key", action="append", dest="api_keys", default=[], help="required bearer key (repeatable)"
+    )
+    serve.add_argument("--api-key-file", type=Path, help="file with one API key per line")
+    serve.add_argument("--preload", action="append", default=[], help="model to load at startup (repeatable)")
+    serve.add_argument("--cors-origin", action="append", dest="cors_origins", default=[], help="allowed origin")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
-        settings = Settings.from_env(
-            host=args.host, port=args.port, models_file=args.models_file, log_level=args.log_level
-        )
+        settings = Settings.from_env(**overrides)
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.command == "serve":
             return _serve(settings)
@@ -40,12 +50,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
 
 
-def _serve(settings: Settings) -> int:
-    import uvicorn
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
+
+def _serve(settings: Settings) -> int:
     from server.app import create_app
     from server.registry import ModelRegistry
 
+    # Serving never reaches the network: Hugging Face libraries stay offline, and nothing phones home.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     models = load_models_file(settings.models_file)
     for spec in models.models:
         try:
@@ -56,9 +76,38 @@ def _serve(settings: Settings) -> int:
         if not path.is_file():
             logger.error("model %s is not available: %s does not exist", spec.name, path)
     app = create_app(settings, registry=ModelRegistry(models.models))
+    if not app.state.api_key_check.enabled and not _is_loopback(settings.host):
+        logger.warning(
+            "!!! listening on %s WITHOUT an API key: anyone who can reach this address can use the models. "
+            "Set --api-key, SLM_API_KEYS or --api-key-file. !!!",
+            settings.host,
+        )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,
+        access_log=False,  # one structured line per request comes from our own middleware
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+    )
+    server = _DrainingServer(config, app)
     logger.info("serving %d model(s) on http://%s:%d/v1", len(models.models), settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None)
+    server.run()
     return 0
+
+
+class _DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT, first turn new requests away with 503, then let in-flight ones finish within the grace
+    period (uvicorn's timeout_graceful_shutdown), then shut the workers down (the app's lifespan)."""
+
+    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self._app.state.draining = True
+        super().handle_exit(sig, frame)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SecretStr,
     Tag,
     ValidationError,
     field_validator,
@@ -32,7 +33,9 @@ class ConfigError(Exception):
 
 
 class Settings(BaseModel):
-    """Server-wide settings. Precedence: CLI flag > environment (`SLM_*`) > default."""
+    """Server-wide settings. Precedence: CLI flag > environment (`SLM_*`) > default.
+
+    List settings are comma-separated in the environment (`SLM_API_KEYS=k1,k2`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -40,21 +43,42 @@ class Settings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     models_file: Path = Path("models.yaml")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    preload: tuple[str, ...] = ()
+    api_keys: tuple[SecretStr, ...] = ()
+    api_key_file: Path | None = None
+    metrics_require_key: bool = False
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(default=1000, ge=1)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read `SLM_<FIELD>` variables, then apply non-None overrides (the CLI's flags)."""
         environ = os.environ if environ is None else environ
         values: dict[str, object] = {}
-        for name in cls.model_fields:
+        for name, info in cls.model_fields.items():
             raw = environ.get(ENV_PREFIX + name.upper())
             if raw is not None and raw != "":
-                values[name] = raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
+                is_list = "tuple" in str(info.annotation)
+                values[name] = [item.strip() for item in raw.split(",") if item.strip()] if is_list else raw
+        values.update({k: v for k, v in overrides.items() if v is not None and v != []})
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
             raise ConfigError(_readable(exc, "settings")) from exc
+
+    def all_api_keys(self) -> tuple[str, ...]:
+        """Keys from the settings and the key file (one per line; blank lines and # comments skipped)."""
+        keys = [key.get_secret_value() for key in self.api_keys]
+        if self.api_key_file is not None:
+            try:
+                lines = self.api_key_file.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ConfigError(f"cannot read the API key file {self.api_key_file}: {exc}") from exc
+            keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        return tuple(keys)
 
 
 class PackageSource(BaseModel):
@@ -113,6 +137,7 @@ class ModelSpec(BaseModel):
     n_batch: int = Field(default=512, ge=8, description="Most tokens evaluated in one decode step.")
     parallel: int = Field(default=4, ge=1, le=64, description="Sequences decoded together.")
     max_queue: int = Field(default=64, ge=0, description="Requests that may wait for a sequence; then 429.")
+    max_tokens_cap: int | None = Field(default=None, ge=1, description="Most tokens one request may generate.")
     use_extra_bufts: Literal["auto"] | bool = Field(
         default="auto",
         description="llama.cpp weight repacking buffers (AMX and CPU repack). 'auto': off where the CPU has AMX.",

@@ -77,11 +77,71 @@ class OverloadedError(APIError):
 
 
 class ModelUnavailableError(APIError):
-    """The model is configured but cannot serve: its file is missing or failed to load."""
+    """The model is configured but cannot serve: its file is missing, it failed to load, or it is restarting."""
 
     status_code = 503
     error_type = "server_error"
     code = "model_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+
+class ModelCrashedError(APIError):
+    """The model's worker process died while serving; the next request starts a fresh one."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "model_crashed"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model}` stopped unexpectedly while serving this request; retry it.")
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class PayloadTooLargeError(APIError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "payload_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The request body is larger than this server accepts ({limit} bytes).")
+
+
+class ShuttingDownError(APIError):
+    status_code = 503
+    error_type = "server_error"
+    code = "shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down and accepts no new requests.")
+
+
+class AuthenticationError(APIError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str = "Incorrect API key provided.") -> None:
+        super().__init__(message)
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class RequestTimeoutError(APIError):
+    status_code = 504
+    error_type = "server_error"
+    code = "timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The request took longer than this server's limit of {seconds:g} s.")
 
 
 class InternalError(APIError):

@@ -6,20 +6,25 @@ awaited call, before a stream is returned: the HTTP status is known before the f
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from server import params
 from server.chunks import ChatStreamState, CompletionStreamState, ResponseMeta, chat_completion, completion
-from server.engine import Engine, GenerationDelta, GenerationRequest, SamplingParams
-from server.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedParameterError
+from server.engine import Engine, GenerationDelta, GenerationRequest
+from server.errors import APIError, ContextLengthExceededError, RequestTimeoutError
+from server.metrics import EngineSnapshot, Metrics, RequestRecord
+from server.params import RequestLimits
 from server.registry import ModelRegistry
 from server.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatMessage,
     Completion,
     CompletionRequest,
     ModelCard,
@@ -28,9 +33,8 @@ from server.schemas import (
 )
 
 T = TypeVar("T")
-
-# Roles most chat templates know; OpenAI's newer "developer" role is a system message to them.
-_TEMPLATE_ROLES = {"developer": "system"}
+logger = logging.getLogger(__name__)
+SCRAPE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,52 @@ class _Prepared:
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry, *, created: int = 0) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        metrics: Metrics | None = None,
+        limits: RequestLimits | None = None,
+        request_timeout_s: float | None = None,
+        preload: tuple[str, ...] = (),
+        created: int = 0,
+    ) -> None:
         self._registry = registry
+        self._metrics = metrics or Metrics()
+        self._limits = limits or RequestLimits()
+        self._timeout = request_timeout_s
+        self._preload = preload
         self._created = created
+
+    async def preload(self) -> None:
+        """Load the `preload` models one after the other; a failure is logged and leaves /ready red."""
+        for name in self._preload:
+            try:
+                await self._registry.engine(name)
+            except APIError as exc:
+                logger.error("preloading %s failed: %s", name, exc.message)
+
+    def missing_preloads(self) -> list[str]:
+        loaded = self._registry.loaded()
+        return [name for name in self._preload if not (name in loaded and loaded[name].alive)]
+
+    async def scrape_metrics(self) -> bytes:
+        """Fresh engine counters from every live worker, then the whole exposition."""
+        snapshots = {}
+        for name, engine in self._registry.loaded().items():
+            if not engine.alive:
+                continue
+            with contextlib.suppress(APIError, TimeoutError):
+                counters = await asyncio.wait_for(engine.counters(), SCRAPE_TIMEOUT_S)
+                snapshots[name] = EngineSnapshot(
+                    queue_depth=counters.queue_depth,
+                    active_sequences=counters.active_sequences,
+                    decode_steps=counters.decode_steps,
+                    batch_tokens_total=counters.batch_tokens_total,
+                    prefix_cache_hit_tokens=counters.prefix_cache_hit_tokens,
+                )
+        self._metrics.engines.snapshots = snapshots
+        return self._metrics.render()
 
     def list_models(self) -> ModelList:
         return ModelList(data=[self._card(spec.name, spec.owned_by) for spec in self._registry.specs()])
@@ -51,40 +98,59 @@ class InferenceService:
         spec = self._registry.resolve(model_id)
         return self._card(model_id, spec.owned_by)
 
-    async def chat(self, body: ChatCompletionRequest) -> ChatCompletion:
-        prepared = await self._prepare_chat(body)
+    async def chat(self, body: ChatCompletionRequest, record: RequestRecord | None = None) -> ChatCompletion:
+        prepared = await self._prepare_chat(body, record or _record())
         text, last = await _collect(prepared.stream)
         return chat_completion(prepared.meta, text, last)
 
-    async def chat_stream(self, body: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        prepared = await self._prepare_chat(body)
-        state = ChatStreamState(prepared.meta, include_usage=_include_usage(body))
+    async def chat_stream(
+        self, body: ChatCompletionRequest, record: RequestRecord | None = None
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        prepared = await self._prepare_chat(body, record or _record())
+        state = ChatStreamState(prepared.meta, include_usage=params.include_usage(body))
         return _relay(prepared.stream, state.push)
 
-    async def complete(self, body: CompletionRequest) -> Completion:
-        prepared = await self._prepare_completion(body)
+    async def complete(self, body: CompletionRequest, record: RequestRecord | None = None) -> Completion:
+        prepared = await self._prepare_completion(body, record or _record())
         text, last = await _collect(prepared.stream)
         return completion(prepared.meta, text, last)
 
-    async def complete_stream(self, body: CompletionRequest) -> AsyncIterator[Completion]:
-        prepared = await self._prepare_completion(body)
-        state = CompletionStreamState(prepared.meta, include_usage=_include_usage(body))
+    async def complete_stream(
+        self, body: CompletionRequest, record: RequestRecord | None = None
+    ) -> AsyncIterator[Completion]:
+        prepared = await self._prepare_completion(body, record or _record())
+        state = CompletionStreamState(prepared.meta, include_usage=params.include_usage(body))
         return _relay(prepared.stream, state.push)
 
-    async def _prepare_chat(self, body: ChatCompletionRequest) -> _Prepared:
-        _reject_unsupported_chat(body)
-        engine = await self._registry.engine(body.model)
-        prompt = engine.render_chat([_template_message(m) for m in body.messages])
-        return self._start(engine, body, engine.tokenize(prompt), body.token_limit(), "chatcmpl", "messages")
+    async def _prepare_chat(self, body: ChatCompletionRequest, record: RequestRecord) -> _Prepared:
+        params.check_chat(body, self._limits)
+        engine = await self._engine(body, record)
+        param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        params.check_token_cap(body.token_limit(), self._registry.resolve(body.model).max_tokens_cap, param)
+        prompt = await engine.render_chat([params.template_message(m) for m in body.messages])
+        tokens = await engine.tokenize(prompt)
+        return self._start(engine, body, record, tokens, body.token_limit(), "chatcmpl", "messages")
 
-    async def _prepare_completion(self, body: CompletionRequest) -> _Prepared:
-        _reject_unsupported_completion(body)
-        engine = await self._registry.engine(body.model)
-        tokens = engine.tokenize(body.prompt_text())
-        return self._start(engine, body, tokens, body.max_tokens, "cmpl", "prompt")
+    async def _prepare_completion(self, body: CompletionRequest, record: RequestRecord) -> _Prepared:
+        params.check_completion(body, self._limits)
+        engine = await self._engine(body, record)
+        params.check_token_cap(body.max_tokens, self._registry.resolve(body.model).max_tokens_cap, "max_tokens")
+        tokens = await engine.tokenize(body.prompt_text())
+        return self._start(engine, body, record, tokens, body.max_tokens, "cmpl", "prompt")
+
+    async def _engine(self, body: SamplingFields, record: RequestRecord) -> Engine:
+        record.model = self._registry.resolve(body.model).name
+        return await self._registry.engine(body.model)
 
     def _start(
-        self, engine: Engine, body: SamplingFields, tokens: list[int], limit: int | None, prefix: str, param: str
+        self,
+        engine: Engine,
+        body: SamplingFields,
+        record: RequestRecord,
+        tokens: list[int],
+        limit: int | None,
+        prefix: str,
+        param: str,
     ) -> _Prepared:
         n_ctx = engine.info.n_ctx
         room = n_ctx - len(tokens)
@@ -99,84 +165,38 @@ class InferenceService:
         request = GenerationRequest(
             prompt_tokens=tokens,
             max_tokens=max_tokens,
-            sampling=_sampling(body, engine.info.n_vocab),
+            sampling=params.sampling(body, engine.info.n_vocab),
             stop=body.stop_list(),
         )
+        stream = engine.generate(request)
+        self._metrics.observe_prompt(record, len(tokens))
         meta = ResponseMeta(model=body.model, prompt_tokens=len(tokens), id_prefix=prefix)
-        return _Prepared(meta=meta, stream=engine.generate(request))
+        return _Prepared(meta=meta, stream=self._observed(stream, record))
+
+    async def _observed(
+        self, stream: AsyncIterator[GenerationDelta], record: RequestRecord
+    ) -> AsyncIterator[GenerationDelta]:
+        """The engine's deltas, counted into the metrics and cut off at the request timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = None if self._timeout is None else loop.time() + self._timeout - (time.monotonic() - record.started)
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        delta = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise RequestTimeoutError(self._timeout or 0) from None
+                self._metrics.observe_tokens(record, delta.completion_tokens, time.monotonic())
+                yield delta
 
     def _card(self, model_id: str, owned_by: str) -> ModelCard:
         return ModelCard(id=model_id, created=self._created, owned_by=owned_by)
 
 
-def _sampling(body: SamplingFields, n_vocab: int) -> SamplingParams:
-    return SamplingParams(
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=body.top_k or 0,
-        min_p=body.min_p or 0.0,
-        presence_penalty=body.presence_penalty or 0.0,
-        frequency_penalty=body.frequency_penalty or 0.0,
-        repeat_penalty=body.repeat_penalty or 1.0,
-        seed=body.seed,
-        logit_bias=_logit_bias(body.logit_bias or {}, n_vocab),
-        ignore_eos=body.ignore_eos,
-    )
-
-
-def _logit_bias(bias: dict[str, float], n_vocab: int) -> tuple[tuple[int, float], ...]:
-    out = []
-    for key, value in bias.items():
-        if not (key.isdigit() and int(key) < n_vocab):
-            raise InvalidRequestError(
-                f"Invalid key in 'logit_bias': {key!r} is not a token id of this model (0 to {n_vocab - 1}).",
-                param="logit_bias",
-            )
-        out.append((int(key), value))
-    return tuple(out)
-
-
-def _template_message(message: ChatMessage) -> dict[str, Any]:
-    return {"role": _TEMPLATE_ROLES.get(message.role, message.role), "content": message.text()}
-
-
-def _include_usage(body: SamplingFields) -> bool:
-    return body.stream_options is not None and body.stream_options.include_usage
-
-
-def _reject(param: str, what: str) -> None:
-    raise UnsupportedParameterError(f"'{param}' is not supported by this server yet: {what}.", param=param)
-
-
-def _reject_common(body: SamplingFields) -> None:
-    if body.n not in (None, 1):
-        _reject("n", "only one choice per request (n=1) is generated")
-
-
-def _reject_unsupported_chat(body: ChatCompletionRequest) -> None:
-    _reject_common(body)
-    if body.tools:
-        _reject("tools", "tool calling is not available")
-    if body.tool_choice not in (None, "none"):
-        _reject("tool_choice", "tool calling is not available")
-    if body.response_format and body.response_format.get("type") != "text":
-        _reject("response_format", "only {'type': 'text'} is available")
-    if body.logprobs:
-        _reject("logprobs", "log probabilities are not returned")
-    if body.top_logprobs:
-        _reject("top_logprobs", "log probabilities are not returned")
-
-
-def _reject_unsupported_completion(body: CompletionRequest) -> None:
-    _reject_common(body)
-    if body.echo:
-        _reject("echo", "the prompt is not echoed")
-    if body.logprobs is not None:
-        _reject("logprobs", "log probabilities are not returned")
-    if body.best_of not in (None, 1):
-        _reject("best_of", "only best_of=1 is generated")
-    if body.suffix:
-        _reject("suffix", "insertion (suffix) is not available")
+def _record() -> RequestRecord:
+    return RequestRecord(request_id="", method="", path="")
 
 
 async def _collect(stream: AsyncIterator[GenerationDelta]) -> tuple[str, GenerationDelta]:

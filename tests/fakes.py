@@ -28,6 +28,7 @@ class FakeEngine:
         self.rendered: list[list[dict[str, Any]]] = []
         self.closed_early = 0
         self.closed = False
+        self.crashed = False
         self._counters = EngineCounters()
 
     @property
@@ -35,14 +36,17 @@ class FakeEngine:
         return EngineInfo(n_ctx=self.script.n_ctx, n_vocab=1000)
 
     @property
-    def counters(self) -> EngineCounters:
+    def alive(self) -> bool:
+        return not self.crashed
+
+    async def counters(self) -> EngineCounters:
         return self._counters
 
-    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+    async def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
         self.rendered.append(list(messages))
         return "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
 
-    def tokenize(self, text: str) -> list[int]:
+    async def tokenize(self, text: str) -> list[int]:
         return [ord(c) for c in text]  # one token per character keeps counts easy to reason about
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:

@@ -37,8 +37,10 @@ def byte_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
-def bpe_vocab() -> tuple[list[str], list[int], list[str]]:
-    """Tokens, token types and merges of a small byte-level BPE vocabulary (no duplicated strings)."""
+def bpe_vocab(*, duplicate_token: bool = False) -> tuple[list[str], list[int], list[str]]:
+    """Tokens, token types and merges of a small byte-level BPE vocabulary.
+
+    `duplicate_token` repeats a token string, which makes llama.cpp abort the whole process while loading."""
     tokens = list(SPECIAL_TOKENS)
     types = [gguf.TokenType.CONTROL] * len(SPECIAL_TOKENS)
     tokens += [byte_to_unicode()[b] for b in range(256)]
@@ -46,7 +48,10 @@ def bpe_vocab() -> tuple[list[str], list[int], list[str]]:
     for left, right in MERGES:
         tokens.append(left + right)
         types.append(gguf.TokenType.NORMAL)
-    assert len(set(tokens)) == len(tokens)  # a duplicated token string makes llama.cpp abort
+    if duplicate_token:
+        tokens[-1] = tokens[-2]
+    else:
+        assert len(set(tokens)) == len(tokens)
     return tokens, [int(t) for t in types], [f"{a} {b}" for a, b in MERGES]
 
 
@@ -62,12 +67,13 @@ def write_tiny_llama(
     seed: int = 0,
     chat_template: str = CHATML_TEMPLATE,
     q4_0: bool = False,
+    duplicate_token: bool = False,
 ) -> Path:
     """A llama-architecture model with random weights and a ChatML template; <|im_end|> ends a turn.
 
     With `q4_0`, the layers' matrices are Q4_0, the type llama.cpp repacks into its extra CPU buffers."""
     rng = np.random.default_rng(seed)
-    tokens, types, merges = bpe_vocab()
+    tokens, types, merges = bpe_vocab(duplicate_token=duplicate_token)
     n_vocab = len(tokens)
     head_dim = n_embd // n_head
     writer = gguf.GGUFWriter(str(path), "llama")

@@ -61,22 +61,28 @@ class EngineCounters:
 
 
 class Engine(Protocol):
-    """A loaded model. Streams are async; cancelling (closing) one frees its sequence."""
+    """A loaded model. Streams are async; closing one early cancels it and frees its sequence."""
 
     @property
     def info(self) -> EngineInfo: ...
 
     @property
-    def counters(self) -> EngineCounters: ...
+    def alive(self) -> bool:
+        """False once the engine can serve no more (its worker process died)."""
+        ...
 
-    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+    async def counters(self) -> EngineCounters: ...
+
+    async def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
         """The prompt text for a conversation, by the model's own chat template, ready for the reply."""
         ...
 
-    def tokenize(self, text: str) -> list[int]:
+    async def tokenize(self, text: str) -> list[int]:
         """Tokens of a prompt, with the model's BOS where it wants one; special tokens in text are parsed."""
         ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]: ...
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        """Start generating; raises at once (before any delta) when the request cannot be admitted."""
+        ...
 
     def close(self) -> None: ...

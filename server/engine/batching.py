@@ -114,7 +114,8 @@ class BatchScheduler:
         """Queue a request; raises OverloadedError (429) at once when the wait queue is full."""
         job = _Job(request, asyncio.get_running_loop(), self._wake)
         with self._wake:
-            if len(self._waiting) >= self._max_queue:
+            running = sum(slot.job is not None for slot in self._slots)
+            if running + len(self._waiting) >= len(self._slots) + self._max_queue:
                 raise OverloadedError("The model is overloaded; retry shortly.", retry_after=1)
             self._waiting.append(job)
             self.counters.queue_depth = len(self._waiting)

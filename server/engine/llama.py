@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -95,13 +96,16 @@ class LlamaCppEngine:
         return self._info
 
     @property
-    def counters(self) -> EngineCounters:
-        return self._scheduler.counters
+    def alive(self) -> bool:
+        return True
 
-    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+    async def counters(self) -> EngineCounters:
+        return dataclasses.replace(self._scheduler.counters)
+
+    async def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
         return self._template.render(messages, add_generation_prompt=True)
 
-    def tokenize(self, text: str) -> list[int]:
+    async def tokenize(self, text: str) -> list[int]:
         return self._native.tokenize(text, add_special=True)
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:

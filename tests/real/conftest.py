@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import re
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 from tests.gguf_factory import write_tiny_llama
 
 READY_LINE = "Uvicorn running on"
+WORKER_LINE = re.compile(r"worker for (\S+) started \(pid (\d+)\)")
 STARTUP_TIMEOUT_S = 120
 
 
@@ -34,17 +37,19 @@ def free_port() -> int:
 class ServerProcess:
     """A running server; its log lines are collected so tests can read them and startup is seen, not guessed."""
 
-    def __init__(self, models_file: Path) -> None:
+    def __init__(self, models_file: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.lines: list[str] = []
         self._ready: queue.Queue[str] = queue.Queue()
+        command = [sys.executable, "-m", "server", "serve", "--port", str(self.port), "--models", str(models_file)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--port", str(self.port), "--models", str(models_file)],
+            [*command, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             cwd=Path(__file__).parents[2],
+            env={**os.environ, **(env or {})},
         )
         threading.Thread(target=self._read, daemon=True).start()
         try:
@@ -62,6 +67,14 @@ class ServerProcess:
             if READY_LINE in line:
                 self._ready.put(line)
         self._ready.put("exited")
+
+    def worker_pids(self, model: str) -> list[int]:
+        """Worker process ids for a model, in start order, as the server logged them."""
+        found = (WORKER_LINE.search(line) for line in list(self.lines))
+        return [int(m.group(2)) for m in found if m and m.group(1) == model]
+
+    def log_text(self) -> str:
+        return "".join(self.lines)
 
     def stop(self) -> None:
         self.proc.terminate()

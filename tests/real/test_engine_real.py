@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from server.config import ModelSpec, PackageSource, PathSource
-from server.engine import GenerationRequest, SamplingParams
+from server.engine import EngineCounters, GenerationRequest, SamplingParams
 from server.engine.cpu import cpu_flags, has_amx
 from server.engine.llama import LlamaCppEngine
 from server.errors import OverloadedError
@@ -50,8 +50,19 @@ def engine(request, tiny_path) -> Iterator[LlamaCppEngine]:
     loaded.close()
 
 
+def counters(engine: LlamaCppEngine) -> EngineCounters:
+    return asyncio.run(engine.counters())
+
+
+def prompt_tokens(engine: LlamaCppEngine, messages: list[dict]) -> list[int]:
+    async def render_and_tokenize() -> list[int]:
+        return await engine.tokenize(await engine.render_chat(messages))
+
+    return asyncio.run(render_and_tokenize())
+
+
 def chat_request(engine: LlamaCppEngine, text: str, max_tokens: int = 32, **sampling) -> GenerationRequest:
-    tokens = engine.tokenize(engine.render_chat([{"role": "user", "content": text}]))
+    tokens = prompt_tokens(engine, [{"role": "user", "content": text}])
     params = SamplingParams(**sampling) if sampling else GREEDY
     return GenerationRequest(prompt_tokens=tokens, max_tokens=max_tokens, sampling=params)
 
@@ -82,11 +93,12 @@ def test_greedy_output_is_the_same_alone_and_batched(engine):
         return [await run_one(engine, request) for request in requests]
 
     solo = asyncio.run(alone())
-    steps_before, tokens_before = engine.counters.decode_steps, engine.counters.batch_tokens_total
+    before = counters(engine)
     batched = asyncio.run(run_staggered(engine, requests))
     assert batched == solo
-    steps = engine.counters.decode_steps - steps_before
-    assert (engine.counters.batch_tokens_total - tokens_before) / steps > 2  # they really shared decode steps
+    after = counters(engine)
+    steps = after.decode_steps - before.decode_steps
+    assert (after.batch_tokens_total - before.batch_tokens_total) / steps > 2  # they really shared decode steps
 
 
 def test_seeded_sampling_is_the_same_alone_and_under_concurrency(engine):
@@ -101,22 +113,24 @@ def test_cancel_frees_the_sequence_and_spends_no_more_work(tiny_path):
     engine = LlamaCppEngine.load(ModelSpec(name="tiny", source=PathSource(path=tiny_path), parallel=1, n_ctx=256))
     try:
         long = chat_request(engine, "Hi", max_tokens=200, temperature=0, ignore_eos=True)
+        short = chat_request(engine, "Hello", max_tokens=5, ignore_eos=True)
 
         async def scenario() -> int:
             stream = engine.generate(long)
             await anext(stream)
             await anext(stream)
-            assert engine.counters.active_sequences == 1
-            at_cancel = engine.counters.generated_tokens
+            assert (await engine.counters()).active_sequences == 1
+            at_cancel = (await engine.counters()).generated_tokens
             await stream.aclose()
             # One sequence only: the next request can run only once the cancelled one was freed.
-            assert await run_one(engine, chat_request(engine, "Hello", max_tokens=5, ignore_eos=True))
+            assert await run_one(engine, short)
             return at_cancel
 
         at_cancel = asyncio.run(scenario())
-        assert engine.counters.active_sequences == 0
+        after = counters(engine)
+        assert after.active_sequences == 0
         # After the cancel: at most the step already under way for it, then the 5 tokens of the next request.
-        assert engine.counters.generated_tokens - at_cancel <= 1 + 5
+        assert after.generated_tokens - at_cancel <= 1 + 5
     finally:
         engine.close()
 
@@ -130,18 +144,19 @@ def test_prefix_cache_evaluates_only_the_new_suffix():
 
         def request(question: str) -> GenerationRequest:
             messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
-            return GenerationRequest(engine.tokenize(engine.render_chat(messages)), 4, GREEDY)
+            return GenerationRequest(prompt_tokens(engine, messages), 4, GREEDY)
 
         first, second = request("What is 2+2?"), request("Name a color.")
         asyncio.run(run_one(engine, first))
-        evaluated, hits = engine.counters.prompt_tokens_evaluated, engine.counters.prefix_cache_hit_tokens
+        before = counters(engine)
         asyncio.run(run_one(engine, second))
+        after = counters(engine)
         shared = next(
             i for i, (a, b) in enumerate(zip(first.prompt_tokens, second.prompt_tokens, strict=False)) if a != b
         )
         assert shared > 300
-        assert engine.counters.prefix_cache_hit_tokens - hits == shared
-        assert engine.counters.prompt_tokens_evaluated - evaluated == len(second.prompt_tokens) - shared
+        assert after.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens == shared
+        assert after.prompt_tokens_evaluated - before.prompt_tokens_evaluated == len(second.prompt_tokens) - shared
     finally:
         engine.close()
 
@@ -152,9 +167,7 @@ def test_simultaneous_requests_share_a_long_system_prompt():
         system = "You are a careful assistant. " + " ".join(f"Rule {i}: be brief and polite." for i in range(40))
         requests = [
             GenerationRequest(
-                engine.tokenize(
-                    engine.render_chat([{"role": "system", "content": system}, {"role": "user", "content": q}])
-                ),
+                prompt_tokens(engine, [{"role": "system", "content": system}, {"role": "user", "content": q}]),
                 4,
                 GREEDY,
             )
@@ -174,8 +187,9 @@ def test_simultaneous_requests_share_a_long_system_prompt():
         outputs = asyncio.run(together())
         assert outputs[0] == alone[0]
         # The first request prefills the system prompt once; the three others share it.
-        assert engine.counters.prefix_cache_hit_tokens >= 3 * shared
-        assert engine.counters.prompt_tokens_evaluated <= sum(len(r.prompt_tokens) for r in requests) - 3 * shared
+        after = counters(engine)
+        assert after.prefix_cache_hit_tokens >= 3 * shared
+        assert after.prompt_tokens_evaluated <= sum(len(r.prompt_tokens) for r in requests) - 3 * shared
     finally:
         engine.close()
 
@@ -185,15 +199,18 @@ def test_full_queue_raises_overloaded_and_recovers(tiny_path):
     engine = LlamaCppEngine.load(spec)
     try:
 
+        long = chat_request(engine, "Hi", max_tokens=100, ignore_eos=True)
+        short = chat_request(engine, "Hi", max_tokens=3, ignore_eos=True)
+
         async def scenario() -> None:
-            running = engine.generate(chat_request(engine, "Hi", max_tokens=100, ignore_eos=True))
+            running = engine.generate(long)
             await anext(running)
-            waiting = engine.generate(chat_request(engine, "Hi", max_tokens=3, ignore_eos=True))
+            waiting = engine.generate(short)
             with pytest.raises(OverloadedError):
-                engine.generate(chat_request(engine, "Hi", max_tokens=3))
+                engine.generate(short)
             await running.aclose()
             assert [d async for d in waiting][-1].completion_tokens == 3
-            assert await run_one(engine, chat_request(engine, "Hi", max_tokens=3, ignore_eos=True))
+            assert await run_one(engine, short)
 
         asyncio.run(scenario())
     finally:

@@ -1,0 +1,75 @@
+"""FastAPI dependencies shared by the routers: the service, the request record, parsed bodies, API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+from fastapi import Depends, Request
+from pydantic import BaseModel, ValidationError
+
+from server.errors import AuthenticationError, from_validation_errors
+from server.metrics import RequestRecord
+from server.schemas import ChatCompletionRequest, CompletionRequest
+from server.service import InferenceService
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
+
+
+def get_service(request: Request) -> InferenceService:
+    return request.app.state.service
+
+
+def get_record(request: Request) -> RequestRecord:
+    return request.state.record
+
+
+def json_body(model: type[BodyT]) -> Callable[[Request], Awaitable[BodyT]]:
+    """Parse the body as JSON whatever the Content-Type says (`curl -d` sends a form type), like OpenAI."""
+
+    async def parse(request: Request) -> BodyT:
+        try:
+            return model.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise from_validation_errors(exc.errors()) from None
+
+    return parse
+
+
+class APIKeyCheck:
+    """Bearer-token check against the configured keys, in constant time; no keys configured means open."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        # Digests have one length, so comparing them reveals nothing about a key's length either.
+        self._digests = tuple(hashlib.sha256(key.encode()).digest() for key in keys)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def __call__(self, authorization: str | None) -> None:
+        if not self._digests:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        presented = hashlib.sha256(token.strip().encode()).digest()
+        matched = False
+        for digest in self._digests:  # no early exit: the time taken does not depend on which key matched
+            matched |= secrets.compare_digest(presented, digest)
+        if not authorization:
+            raise AuthenticationError(
+                "You didn't provide an API key. Send it in the Authorization header: 'Bearer YOUR_KEY'."
+            )
+        if scheme.lower() != "bearer" or not matched:
+            raise AuthenticationError()
+
+
+def require_api_key(request: Request) -> None:
+    request.app.state.api_key_check(request.headers.get("authorization"))
+
+
+ServiceDep = Annotated[InferenceService, Depends(get_service)]
+RecordDep = Annotated[RequestRecord, Depends(get_record)]
+ChatBody = Annotated[ChatCompletionRequest, Depends(json_body(ChatCompletionRequest))]
+CompletionBody = Annotated[CompletionRequest, Depends(json_body(CompletionRequest))]

@@ -1,0 +1,144 @@
+"""The worker process: one loaded model, served to the HTTP process over a pipe.
+
+Runs in a child process started by `ProcessEngine`. Everything that touches llama.cpp happens here, so a crash in
+native code (segfault, abort, OOM kill) ends this process only. Messages are tuples:
+
+    parent -> worker: ("render", id, messages) ("tokenize", id, text) ("counters", id) ("generate", id, request)
+                      ("cancel", id) ("shutdown",)
+    worker -> parent: ("ready", info) ("failed", message) ("result", id, value) ("delta", id, delta)
+                      ("error", id, WireError)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from server.errors import APIError, InternalError
+
+logger = logging.getLogger(__name__)
+UNBOUNDED_QUEUE = 1_000_000
+
+
+@dataclass(frozen=True)
+class WireError:
+    """An APIError as it crosses the pipe."""
+
+    status_code: int
+    error_type: str
+    code: str | None
+    param: str | None
+    message: str
+
+    @classmethod
+    def of(cls, error: APIError) -> WireError:
+        return cls(error.status_code, error.error_type, error.code, error.param, error.message)
+
+
+def serve(conn: Connection, spec_json: str, log_level: int) -> None:
+    """Process entry point: load the model, report, then answer requests until shutdown or a closed pipe."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
+    from server.config import ModelSpec
+    from server.engine.llama import LlamaCppEngine  # llama.cpp is imported in worker processes only
+
+    spec = ModelSpec.model_validate_json(spec_json)
+    # Admission (429) is decided in the HTTP process before a request is sent here; the worker queues all it gets,
+    # so a request is never refused after its response has started.
+    spec = spec.model_copy(update={"max_queue": UNBOUNDED_QUEUE})
+    try:
+        engine = LlamaCppEngine.load(spec)
+    except APIError as exc:
+        conn.send(("failed", exc.message))
+        return
+    except Exception:
+        logger.exception("model %s failed to load", spec.name)
+        conn.send(("failed", f"The model `{spec.name}` failed to load; see the server log."))
+        return
+    conn.send(("ready", engine.info))
+    try:
+        asyncio.run(_Worker(conn, engine).run())
+    finally:
+        engine.close()
+
+
+class _Worker:
+    def __init__(self, conn: Connection, engine: Any) -> None:
+        self._conn = conn
+        self._engine = engine
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        threading.Thread(target=self._read, args=(loop, inbox), name="worker-inbox", daemon=True).start()
+        while True:
+            message = await inbox.get()
+            kind = message[0]
+            if kind == "shutdown":
+                break
+            if kind == "cancel":
+                task = self._tasks.get(message[1])
+                if task is not None:
+                    task.cancel()
+            elif kind == "generate":
+                self._tasks[message[1]] = asyncio.create_task(self._generate(message[1], message[2]))
+            else:
+                self._tasks[message[1]] = asyncio.create_task(self._answer(kind, message[1], message[2:]))
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _read(self, loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[tuple[Any, ...]]) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):  # the HTTP process is gone: stop
+                message = ("shutdown",)
+            loop.call_soon_threadsafe(inbox.put_nowait, message)
+            if message[0] == "shutdown":
+                return
+
+    async def _answer(self, kind: str, request_id: int, args: tuple[Any, ...]) -> None:
+        try:
+            if kind == "render":
+                value: Any = await self._engine.render_chat(*args)
+            elif kind == "tokenize":
+                value = await self._engine.tokenize(*args)
+            elif kind == "counters":
+                value = await self._engine.counters()
+            else:
+                raise ValueError(f"unknown request {kind!r}")
+        except Exception as exc:
+            self._send_error(request_id, exc)
+            return
+        finally:
+            self._tasks.pop(request_id, None)
+        self._send(("result", request_id, value))
+
+    async def _generate(self, request_id: int, request: Any) -> None:
+        try:
+            stream = self._engine.generate(request)
+            async with contextlib.aclosing(stream):
+                async for delta in stream:
+                    self._send(("delta", request_id, delta))
+        except asyncio.CancelledError:
+            pass  # the client went away; closing the stream freed its sequence
+        except Exception as exc:
+            self._send_error(request_id, exc)
+        finally:
+            self._tasks.pop(request_id, None)
+
+    def _send_error(self, request_id: int, exc: Exception) -> None:
+        if not isinstance(exc, APIError):
+            logger.error("request failed in the worker", exc_info=exc)
+            exc = InternalError()
+        self._send(("error", request_id, WireError.of(exc)))
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with contextlib.suppress(OSError):  # the HTTP process is gone; the inbox thread stops us
+            self._conn.send(message)

@@ -1,0 +1,157 @@
+"""Prometheus metrics on the app's own registry, and the per-request record that feeds them and the request log.
+
+Labels are low-cardinality only: a model label is always a configured model's name (never what a client sent),
+an endpoint label is a route path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+
+
+@dataclass
+class RequestRecord:
+    """What one request did, filled in as it goes; logged and counted when it ends."""
+
+    request_id: str
+    method: str
+    path: str
+    started: float = field(default_factory=time.monotonic)
+    model: str = ""
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+
+    def log_fields(self) -> dict[str, Any]:
+        end = time.monotonic()
+        ttft = None if self.first_token_at is None else round(self.first_token_at - self.started, 4)
+        return {
+            "request_id": self.request_id,
+            "method": self.method,
+            "path": self.path,
+            "model": self.model or None,
+            "status": self.status,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "ttft_s": ttft,
+            "duration_s": round(end - self.started, 4),
+        }
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """Counters of one loaded model's engine, as read at scrape time."""
+
+    queue_depth: int
+    active_sequences: int
+    decode_steps: int
+    batch_tokens_total: int
+    prefix_cache_hit_tokens: int
+
+
+class _EngineCollector:
+    """Reports the engines' own counters, fetched just before each scrape."""
+
+    def __init__(self, restarts: Callable[[], Mapping[str, int]]) -> None:
+        self.snapshots: dict[str, EngineSnapshot] = {}
+        self._restarts = restarts
+
+    def collect(self) -> Iterable[Any]:
+        queue = GaugeMetricFamily("slm_queue_depth", "Requests waiting for a sequence", labels=["model"])
+        active = GaugeMetricFamily("slm_active_sequences", "Sequences being decoded", labels=["model"])
+        hits = CounterMetricFamily(
+            "slm_prefix_cache_hit_tokens", "Prompt tokens served from the KV cache", labels=["model"]
+        )
+        batch = SummaryMetricFamily("slm_batch_tokens", "Tokens evaluated per decode step", labels=["model"])
+        loaded = GaugeMetricFamily("slm_models_loaded", "Models loaded in a worker")
+        restarts = CounterMetricFamily("slm_worker_restarts", "Model workers restarted after dying", labels=["model"])
+        for model, snap in sorted(self.snapshots.items()):
+            queue.add_metric([model], snap.queue_depth)
+            active.add_metric([model], snap.active_sequences)
+            hits.add_metric([model], snap.prefix_cache_hit_tokens)
+            batch.add_metric([model], count_value=snap.decode_steps, sum_value=snap.batch_tokens_total)
+        loaded.add_metric([], len(self.snapshots))
+        for model, count in sorted(self._restarts().items()):
+            restarts.add_metric([model], count)
+        return [queue, active, hits, batch, loaded, restarts]
+
+
+class Metrics:
+    def __init__(self, restarts: Callable[[], Mapping[str, int]] = dict) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("slm_requests", "HTTP requests on /v1", ["model", "endpoint", "status"], registry=r)
+        self.request_duration = Histogram(
+            "slm_request_duration_seconds",
+            "Request duration, to the last byte",
+            ["model", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "slm_time_to_first_token_seconds",
+            "Time to the first generated token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token = Histogram(
+            "slm_inter_token_latency_seconds",
+            "Time between generated tokens",
+            ["model"],
+            buckets=TOKEN_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter("slm_prompt_tokens", "Prompt tokens", ["model"], registry=r)
+        self.generated_tokens = Counter("slm_generated_tokens", "Generated tokens", ["model"], registry=r)
+        self.model_load = Histogram(
+            "slm_model_load_seconds",
+            "Time to load a model into a worker",
+            ["model"],
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.engines = _EngineCollector(restarts)
+        r.register(self.engines)
+
+    def observe_request(self, record: RequestRecord, endpoint: str) -> None:
+        model = record.model or "none"
+        self.requests.labels(model, endpoint, str(record.status)).inc()
+        self.request_duration.labels(model, endpoint).observe(time.monotonic() - record.started)
+
+    def observe_tokens(self, record: RequestRecord, completion_tokens: int, now: float) -> None:
+        """A delta arrived carrying the completion's running token count."""
+        new = completion_tokens - record.completion_tokens
+        if new <= 0:
+            return
+        if record.first_token_at is None:
+            record.first_token_at = now
+            self.ttft.labels(record.model).observe(now - record.started)
+            new_gaps = new - 1
+        else:
+            new_gaps = new
+        if new_gaps and record.last_token_at is not None:
+            gap = (now - record.last_token_at) / new_gaps
+            for _ in range(new_gaps):
+                self.inter_token.labels(record.model).observe(gap)
+        record.last_token_at = now
+        record.completion_tokens = completion_tokens
+        self.generated_tokens.labels(record.model).inc(new)
+
+    def observe_prompt(self, record: RequestRecord, prompt_tokens: int) -> None:
+        record.prompt_tokens = prompt_tokens
+        self.prompt_tokens.labels(record.model).inc(prompt_tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
