@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,6 +109,9 @@ class _DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: Any) -> None:
         self._app.state.draining = True
         super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and sig in self._captured_signals:
+            # uvicorn re-raises captured signals once it has shut down; a drained SIGTERM is a clean exit (0).
+            self._captured_signals.remove(sig)
 
 
 if __name__ == "__main__":

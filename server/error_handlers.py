@@ -1,4 +1,6 @@
-"""The HTTP side of the error table: every failure leaves as an OpenAI error body with its status."""
+"""The HTTP side of the error table: every failure leaves as an OpenAI error body with its status.
+
+Unexpected exceptions are turned into the generic 500 by the request middleware, the outermost layer."""
 
 from __future__ import annotations
 
@@ -51,13 +53,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(error)
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(InternalError())
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)

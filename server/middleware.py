@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from server.errors import APIError, PayloadTooLargeError, ShuttingDownError
+from server.errors import APIError, PayloadTooLargeError, ShuttingDownError, from_exception
 from server.metrics import Metrics, RequestRecord
 
 logger = logging.getLogger("server.requests")
@@ -73,6 +73,13 @@ class RequestMiddleware:
                 await _send_error(send_with_id, PayloadTooLargeError(self._max_body))
             else:
                 await self._app(scope, self._limited(receive), send_with_id)
+        except Exception as exc:
+            # Outermost catch, so the status of a failed request is known here (Starlette's own 500 handler
+            # sits outside user middleware).
+            logger.error("unhandled error on %s %s", record.method, path, exc_info=exc)
+            if record.status:
+                raise  # the response had started: the server closes the connection
+            await _send_error(send_with_id, from_exception(exc))
         finally:
             if path not in UNMETERED_PATHS:
                 if path.startswith("/v1/"):

@@ -198,7 +198,6 @@ def test_full_queue_raises_overloaded_and_recovers(tiny_path):
     spec = ModelSpec(name="tiny", source=PathSource(path=tiny_path), parallel=1, max_queue=1, n_ctx=256)
     engine = LlamaCppEngine.load(spec)
     try:
-
         long = chat_request(engine, "Hi", max_tokens=100, ignore_eos=True)
         short = chat_request(engine, "Hi", max_tokens=3, ignore_eos=True)
 
