@@ -138,6 +138,11 @@ class ModelSpec(BaseModel):
     parallel: int = Field(default=4, ge=1, le=64, description="Sequences decoded together.")
     max_queue: int = Field(default=64, ge=0, description="Requests that may wait for a sequence; then 429.")
     max_tokens_cap: int | None = Field(default=None, ge=1, description="Most tokens one request may generate.")
+    flash_attn: bool = Field(
+        default=True,
+        description="llama.cpp flash attention (auto). Without it, attention kernels differ for one and several "
+        "tokens, so output can depend on what else is in the batch.",
+    )
     use_extra_bufts: Literal["auto"] | bool = Field(
         default="auto",
         description="llama.cpp weight repacking buffers (AMX and CPU repack). 'auto': off where the CPU has AMX.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
@@ -24,6 +24,23 @@ def get_service(request: Request) -> InferenceService:
 
 def get_record(request: Request) -> RequestRecord:
     return request.state.record
+
+
+def request_body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI requestBody of a route whose body `json_body` parses (FastAPI cannot see it there)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
 
 
 def json_body(model: type[BodyT]) -> Callable[[Request], Awaitable[BodyT]]:

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from server import sse
-from server.deps import ChatBody, CompletionBody, RecordDep, ServiceDep, require_api_key
+from server.deps import ChatBody, CompletionBody, RecordDep, ServiceDep, request_body_doc, require_api_key
+from server.schemas import ChatCompletionRequest, CompletionRequest
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +60,14 @@ async def get_model(model_id: str, service: ServiceDep) -> JSONResponse:
     return _json(service.get_model(model_id))
 
 
-@v1.post("/chat/completions", response_model=None)
+@v1.post("/chat/completions", response_model=None, openapi_extra=request_body_doc(ChatCompletionRequest))
 async def chat_completions(request: Request, body: ChatBody, service: ServiceDep, record: RecordDep) -> Response:
     if body.stream:
         return _events(await service.chat_stream(body, record))
     return await _unless_disconnected(request, service.chat(body, record))
 
 
-@v1.post("/completions", response_model=None)
+@v1.post("/completions", response_model=None, openapi_extra=request_body_doc(CompletionRequest))
 async def completions(request: Request, body: CompletionBody, service: ServiceDep, record: RecordDep) -> Response:
     if body.stream:
         return _events(await service.complete_stream(body, record))

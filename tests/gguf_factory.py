@@ -18,7 +18,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-Q4_0 = gguf.GGMLQuantizationType.Q4_0
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 MERGES = (("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"))
 
@@ -66,12 +65,15 @@ def write_tiny_llama(
     context_length: int = 2048,
     seed: int = 0,
     chat_template: str = CHATML_TEMPLATE,
-    q4_0: bool = False,
+    quant: str = "F32",
     duplicate_token: bool = False,
 ) -> Path:
     """A llama-architecture model with random weights and a ChatML template; <|im_end|> ends a turn.
 
-    With `q4_0`, the layers' matrices are Q4_0, the type llama.cpp repacks into its extra CPU buffers."""
+    `quant` is the type of the matrices (layers and output): "F32", "Q4_0" (which llama.cpp repacks into its
+    extra CPU buffers) or "Q4_1" (which, like SmolLM2, llama.cpp multiplies row by row, so a sequence's logits
+    are bitwise the same whatever else shares its batch; F32 matrices take different kernels for one row and
+    for several, which can flip a sampled token at a near-tie)."""
     rng = np.random.default_rng(seed)
     tokens, types, merges = bpe_vocab(duplicate_token=duplicate_token)
     n_vocab = len(tokens)
@@ -87,7 +89,7 @@ def write_tiny_llama(
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(head_dim)
     writer.add_vocab_size(n_vocab)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if q4_0 else gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if quant == "F32" else gguf.LlamaFileType[f"MOSTLY_{quant}"])
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
@@ -103,14 +105,15 @@ def write_tiny_llama(
 
     def add_matrix(name: str, rows: int, cols: int) -> None:
         data = weight(rows, cols)
-        if q4_0:
-            writer.add_tensor(name, quantize(data, Q4_0), raw_dtype=Q4_0)
-        else:
+        if quant == "F32":
             writer.add_tensor(name, data)
+        else:
+            qtype = gguf.GGMLQuantizationType[quant]
+            writer.add_tensor(name, quantize(data, qtype), raw_dtype=qtype)
 
     writer.add_tensor("token_embd.weight", weight(n_vocab, n_embd))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    writer.add_tensor("output.weight", weight(n_vocab, n_embd))
+    add_matrix("output.weight", n_vocab, n_embd)
     for i in range(n_layer):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
         add_matrix(f"blk.{i}.attn_q.weight", n_embd, n_embd)

@@ -124,34 +124,44 @@ class BatchScheduler:
 
     def _run(self) -> None:
         while True:
-            with self._wake:
-                while not self._stopping and not self._waiting and not self._busy():
-                    self._wake.wait()
-                if self._stopping:
-                    break
-                self._admit()
             try:
+                with self._wake:
+                    while not self._stopping and not self._waiting and not self._busy():
+                        self._wake.wait()
+                    if self._stopping:
+                        break
+                    self._admit()
                 self._step()
             except Exception:
-                logger.exception("decode step failed")
-                for slot in self._slots:
-                    if slot.job is not None:
-                        slot.job.emit(InternalError())
-                        self._finish(slot, keep_cache=False)
-        for job in self._waiting:
+                # Whatever failed, the requests in flight get an error and the loop lives on for the next ones.
+                logger.exception("scheduler step failed")
+                self._fail_all()
+        with self._wake:
+            for job in self._waiting:
+                job.emit(InternalError())
+
+    def _fail_all(self) -> None:
+        with self._wake:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        for job in waiting:
             job.emit(InternalError())
+        for slot in self._slots:
+            if slot.job is not None:
+                job = slot.job
+                self._finish(slot, keep_cache=False)
+                job.emit(InternalError())
 
     def _reuse_prefix(self, slot: _Slot, source: _Slot, reuse: int) -> int:
         """Make `slot` hold the first `reuse` tokens (its own, or shared from `source`); returns how many it holds."""
         memory = self._memory
-        if source is slot:
-            if llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, reuse, -1):
-                return reuse
-            reuse = 0
+        if source is not slot:
+            # Each sequence has its own KV stream: llama.cpp copies the whole stream (at the next decode, before
+            # that step's tokens are written), then the tail beyond the shared prefix is dropped below.
+            llama_cpp.llama_memory_seq_cp(memory, source.seq_id, slot.seq_id, -1, -1)
+        if llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, reuse, -1):
+            return reuse
         llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
-        if reuse:
-            llama_cpp.llama_memory_seq_cp(memory, source.seq_id, slot.seq_id, 0, reuse)  # unified KV: no data copy
-        return reuse
+        return 0
 
     def _busy(self) -> bool:
         return any(slot.job is not None for slot in self._slots)

@@ -62,10 +62,14 @@ class LlamaCppEngine:
             raise ModelUnavailableError(f"The model `{spec.name}` failed to load; see the server log.")
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_seq_max = spec.parallel
-        # One unified KV cache: sequences share the cells of a common prefix, and any mix of sequences decodes in
-        # one micro-batch. Room for every sequence to fill its own n_ctx.
+        # One KV stream per sequence (not unified): each sequence's cells stay in position order, and llama.cpp's
+        # flash attention then gives a sequence the same logits whatever else is in the batch, so greedy and
+        # seeded output do not depend on load. (With a unified cache, cells freed by other sequences are reused
+        # out of order, and the attention sums change in the last bits: measured, seeded samples diverged.)
         ctx_params.n_ctx = spec.n_ctx * spec.parallel
-        ctx_params.kv_unified = True
+        ctx_params.kv_unified = False
+        if not spec.flash_attn:
+            ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx_params.n_batch = ctx_params.n_ubatch = spec.n_batch
         threads = spec.n_threads or os.cpu_count() or 1
         ctx_params.n_threads = ctx_params.n_threads_batch = threads

@@ -1,7 +1,6 @@
 """Where a new request goes, and which cached prefix it reuses: pure decisions over the sequences' state.
 
-The KV cache is unified: sequences can share cells, so a prefix held by any sequence (running or free) is reused
-by copying cell metadata, not data.
+A prefix held by any sequence (running or free) can be reused: the engine copies that sequence's KV stream.
 """
 
 from __future__ import annotations
