@@ -41,6 +41,7 @@ class ProcessEngine:
         self._conn = conn
         self._info = info
         self._alive = True
+        self._closing = False
         self._ids = itertools.count()
         self._pending: dict[int, asyncio.Future[Any] | asyncio.Queue[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,6 +111,7 @@ class ProcessEngine:
         return _RemoteStream(self, request)
 
     def close(self) -> None:
+        self._closing = True
         if self._process.is_alive():
             with contextlib.suppress(OSError):
                 self._conn.send(("shutdown",))
@@ -151,10 +153,10 @@ class ProcessEngine:
                 break
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._dispatch, message)
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._on_exit)
-        else:
+        if self._closing or self._loop is None or self._loop.is_closed():
             self._alive = False
+        else:
+            self._loop.call_soon_threadsafe(self._on_exit)
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind, request_id = message[0], message[1]
@@ -174,6 +176,8 @@ class ProcessEngine:
         if not self._alive:
             return
         self._alive = False
+        if self._closing:
+            return
         self._process.join(1)
         logger.error("worker for %s died (exit code %s)", self._spec.name, self._process.exitcode)
         for waiter in list(self._pending.values()):

@@ -90,3 +90,15 @@ def test_sigterm_lets_the_stream_in_flight_finish_then_exits_zero(models_file):
         pass  # or the listening socket is already closed: either way no new work is accepted
     assert server.proc.wait(timeout=60) == 0
     assert "worker for" in server.log_text()
+
+
+def test_binding_beyond_loopback_without_a_key_warns_loudly(models_file):
+    open_server = ServerProcess(models_file, "--host", "0.0.0.0")
+    open_server.stop()
+    assert "WITHOUT an API key" in open_server.log_text()
+    keyed = ServerProcess(models_file, "--host", "0.0.0.0", "--api-key", "k")
+    keyed.stop()
+    assert "WITHOUT an API key" not in keyed.log_text()
+    local = ServerProcess(models_file)
+    local.stop()
+    assert "WITHOUT an API key" not in local.log_text()
