@@ -189,7 +189,19 @@ class ProcessEngine:
     def _crashed(self) -> ModelCrashedError:
         return ModelCrashedError(self._spec.name)
 
-    def _release(self, request_id: int | None, *, cancel: bool) -> None:
+    def submit(self, request: GenerationRequest, queue: asyncio.Queue[Any]) -> int:
+        """Send an admitted request to the worker; its deltas will arrive on `queue`. Returns its id."""
+        request_id = next(self._ids)
+        try:
+            self._register(request_id, queue)
+            self._send(("generate", request_id, request))
+        except APIError:
+            self.release(request_id, cancel=False)
+            raise
+        return request_id
+
+    def release(self, request_id: int | None, *, cancel: bool) -> None:
+        """A request admitted by `generate` is over: give back its admission, and cancel it in the worker."""
         self._admitted -= 1
         if request_id is not None:
             self._pending.pop(request_id, None)
@@ -215,12 +227,10 @@ class _RemoteStream:
         if self._done:
             raise StopAsyncIteration
         if self._id is None:
-            self._id = next(self._engine._ids)
             try:
-                self._engine._register(self._id, self._queue)
-                self._engine._send(("generate", self._id, self._request))
+                self._id = self._engine.submit(self._request, self._queue)
             except APIError:
-                self._finish(cancel=False)
+                self._done = True  # submit gave the admission back
                 raise
         try:
             item = await self._queue.get()
@@ -240,9 +250,9 @@ class _RemoteStream:
     def _finish(self, *, cancel: bool) -> None:
         if not self._done:
             self._done = True
-            self._engine._release(self._id, cancel=cancel)
+            self._engine.release(self._id, cancel=cancel)
 
     def __del__(self) -> None:
-        if not self._done and self._id is None:
+        if not self._done and self._id is None:  # dropped unstarted: only its admission is given back
             self._done = True
-            self._engine._admitted -= 1  # never started: nothing to cancel in the worker
+            self._engine.release(None, cancel=False)
