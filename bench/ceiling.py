@@ -49,6 +49,15 @@ def main() -> int:
             llama_cpp.llama_decode(ctx, batch)
         elapsed = time.perf_counter() - start
         sys.stdout.write(f"threads={args.threads} sequences={n_seq}: {args.steps * n_seq / elapsed:.0f} tok/s\n")
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+    start = time.perf_counter()
+    for chunk in range(3):  # prefill 1,536 tokens of one sequence in chunks of 512
+        for i in range(512):
+            put(i, 100 + (chunk * 512 + i) % 1000, chunk * 512 + i, 0, i == 511)
+        batch.n_tokens = 512
+        llama_cpp.llama_decode(ctx, batch)
+    elapsed = time.perf_counter() - start
+    sys.stdout.write(f"threads={args.threads} prefill of 1536 tokens: {1536 / elapsed:.0f} tok/s\n")
     return 0
 
 
