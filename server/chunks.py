@@ -42,84 +42,104 @@ class ResponseMeta:
         )
 
 
-class ChatStreamState:
-    """Turns engine deltas into chat chunks: role once first, content deltas, an empty delta with the finish
-    reason, then (when asked) a usage chunk with no choices."""
+class _UsageTally:
+    """Completion tokens of each choice; the usage chunk goes out once every choice has finished."""
 
-    def __init__(self, meta: ResponseMeta, *, include_usage: bool) -> None:
+    def __init__(self, meta: ResponseMeta, *, n: int, include_usage: bool) -> None:
         self._meta = meta
+        self._n = n
         self._include_usage = include_usage
-        self._started = False
+        self._tokens: dict[int, int] = {}
 
-    def push(self, delta: GenerationDelta) -> Iterator[ChatCompletionChunk]:
-        if not self._started:
-            self._started = True
-            yield self._chunk(ChatDelta(role="assistant", content=""))
+    def finish(self, index: int, completion_tokens: int) -> Usage | None:
+        self._tokens[index] = completion_tokens
+        if self._include_usage and len(self._tokens) == self._n:
+            return self._meta.usage(sum(self._tokens.values()))
+        return None
+
+
+class ChatStreamState:
+    """Turns engine deltas of each choice into chat chunks: the role once first, content deltas, an empty delta
+    with the finish reason; when asked, a usage chunk with no choices after the last choice has finished."""
+
+    def __init__(self, meta: ResponseMeta, *, include_usage: bool, n: int = 1) -> None:
+        self._meta = meta
+        self._usage = _UsageTally(meta, n=n, include_usage=include_usage)
+        self._started: set[int] = set()
+
+    def push(self, index: int, delta: GenerationDelta) -> Iterator[ChatCompletionChunk]:
+        if index not in self._started:
+            self._started.add(index)
+            yield self._chunk(index, ChatDelta(role="assistant", content=""))
         if delta.text:
-            yield self._chunk(ChatDelta(content=delta.text))
+            yield self._chunk(index, ChatDelta(content=delta.text))
         if delta.finish_reason is not None:
-            yield self._chunk(ChatDelta(), finish_reason=delta.finish_reason)
-            if self._include_usage:
+            yield self._chunk(index, ChatDelta(), finish_reason=delta.finish_reason)
+            usage = self._usage.finish(index, delta.completion_tokens)
+            if usage is not None:
                 yield ChatCompletionChunk(
-                    id=self._meta.id,
-                    created=self._meta.created,
-                    model=self._meta.model,
-                    choices=[],
-                    usage=self._meta.usage(delta.completion_tokens),
+                    id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[], usage=usage
                 )
 
-    def _chunk(self, delta: ChatDelta, finish_reason: str | None = None) -> ChatCompletionChunk:
+    def _chunk(self, index: int, delta: ChatDelta, finish_reason: str | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(
             id=self._meta.id,
             created=self._meta.created,
             model=self._meta.model,
-            choices=[ChatChunkChoice(index=0, delta=delta, finish_reason=finish_reason)],  # type: ignore[arg-type]
+            choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason)],  # type: ignore[arg-type]
         )
 
 
 class CompletionStreamState:
-    """Turns engine deltas into legacy completion chunks, with the same usage rule as chat."""
+    """Turns engine deltas of each choice into legacy completion chunks, with the same usage rule as chat."""
 
-    def __init__(self, meta: ResponseMeta, *, include_usage: bool) -> None:
+    def __init__(self, meta: ResponseMeta, *, include_usage: bool, n: int = 1) -> None:
         self._meta = meta
-        self._include_usage = include_usage
+        self._usage = _UsageTally(meta, n=n, include_usage=include_usage)
 
-    def push(self, delta: GenerationDelta) -> Iterator[Completion]:
+    def push(self, index: int, delta: GenerationDelta) -> Iterator[Completion]:
         if delta.text or delta.finish_reason is not None:
-            yield self._chunk(delta.text, delta.finish_reason)
-        if delta.finish_reason is not None and self._include_usage:
-            yield Completion(
-                id=self._meta.id,
-                created=self._meta.created,
-                model=self._meta.model,
-                choices=[],
-                usage=self._meta.usage(delta.completion_tokens),
-            )
+            yield self._chunk(index, delta.text, delta.finish_reason)
+        if delta.finish_reason is not None:
+            usage = self._usage.finish(index, delta.completion_tokens)
+            if usage is not None:
+                yield Completion(
+                    id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[], usage=usage
+                )
 
-    def _chunk(self, text: str, finish_reason: str | None) -> Completion:
+    def _chunk(self, index: int, text: str, finish_reason: str | None) -> Completion:
         return Completion(
             id=self._meta.id,
             created=self._meta.created,
             model=self._meta.model,
-            choices=[CompletionChoice(index=0, text=text, finish_reason=finish_reason)],  # type: ignore[arg-type]
+            choices=[CompletionChoice(index=index, text=text, finish_reason=finish_reason)],  # type: ignore[arg-type]
         )
 
 
-def chat_completion(meta: ResponseMeta, text: str, last: GenerationDelta) -> ChatCompletion:
+Finished = list[tuple[str, GenerationDelta]]  # each choice's text and last delta, in choice order
+
+
+def chat_completion(meta: ResponseMeta, finished: Finished) -> ChatCompletion:
     return ChatCompletion(
         id=meta.id,
         created=meta.created,
         model=meta.model,
-        choices=[ChatChoice(index=0, message=AssistantMessage(content=text), finish_reason=last.finish_reason)],
-        usage=meta.usage(last.completion_tokens),
+        choices=[
+            ChatChoice(index=i, message=AssistantMessage(content=text), finish_reason=last.finish_reason)  # type: ignore[arg-type]
+            for i, (text, last) in enumerate(finished)
+        ],
+        usage=meta.usage(sum(last.completion_tokens for _, last in finished)),
     )
 
 
-def completion(meta: ResponseMeta, text: str, last: GenerationDelta) -> Completion:
+def completion(meta: ResponseMeta, finished: Finished) -> Completion:
     return Completion(
         id=meta.id,
         created=meta.created,
         model=meta.model,
-        choices=[CompletionChoice(index=0, text=text, finish_reason=last.finish_reason)],
-        usage=meta.usage(last.completion_tokens),
+        choices=[
+            CompletionChoice(index=i, text=text, finish_reason=last.finish_reason)  # type: ignore[arg-type]
+            for i, (text, last) in enumerate(finished)
+        ],
+        usage=meta.usage(sum(last.completion_tokens for _, last in finished)),
     )

@@ -31,7 +31,6 @@ class RequestRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     first_token_at: float | None = None
-    last_token_at: float | None = None
 
     def log_fields(self) -> dict[str, Any]:
         end = time.monotonic()
@@ -130,23 +129,20 @@ class Metrics:
         self.requests.labels(model, endpoint, str(record.status)).inc()
         self.request_duration.labels(model, endpoint).observe(time.monotonic() - record.started)
 
-    def observe_tokens(self, record: RequestRecord, completion_tokens: int, now: float) -> None:
-        """A delta arrived carrying the completion's running token count."""
-        new = completion_tokens - record.completion_tokens
+    def observe_tokens(self, record: RequestRecord, new: int, now: float, previous_at: float | None) -> None:
+        """`new` tokens of one choice arrived at `now`; its previous tokens arrived at `previous_at`."""
         if new <= 0:
             return
+        gaps = new
         if record.first_token_at is None:
             record.first_token_at = now
             self.ttft.labels(record.model).observe(now - record.started)
-            new_gaps = new - 1
-        else:
-            new_gaps = new
-        if new_gaps and record.last_token_at is not None:
-            gap = (now - record.last_token_at) / new_gaps
-            for _ in range(new_gaps):
-                self.inter_token.labels(record.model).observe(gap)
-        record.last_token_at = now
-        record.completion_tokens = completion_tokens
+        if previous_at is None:
+            gaps -= 1
+        elif gaps:
+            for _ in range(gaps):
+                self.inter_token.labels(record.model).observe((now - previous_at) / gaps)
+        record.completion_tokens += new
         self.generated_tokens.labels(record.model).inc(new)
 
     def observe_prompt(self, record: RequestRecord, prompt_tokens: int) -> None:

@@ -20,6 +20,7 @@ class RequestLimits:
     max_messages: int = 1000
     max_stop_length: int = 500
     max_prompt_chars: int = 1_000_000
+    max_choices: int = 8
 
 
 def sampling(body: SamplingFields, n_vocab: int) -> SamplingParams:
@@ -106,8 +107,8 @@ def check_token_cap(requested: int | None, cap: int | None, param: str) -> None:
 
 
 def _check_common(body: SamplingFields, limits: RequestLimits) -> None:
-    if body.n not in (None, 1):
-        _reject("n", "only one choice per request (n=1) is generated")
+    if (body.n or 1) > limits.max_choices:
+        raise InvalidRequestError(f"Invalid value for 'n': at most {limits.max_choices} choices.", param="n")
     for stop in body.stop_list():
         if len(stop) > limits.max_stop_length:
             raise InvalidRequestError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -15,7 +16,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from server import params
-from server.chunks import ChatStreamState, CompletionStreamState, ResponseMeta, chat_completion, completion
+from server.chunks import (
+    ChatStreamState,
+    CompletionStreamState,
+    Finished,
+    ResponseMeta,
+    chat_completion,
+    completion,
+)
 from server.engine import Engine, GenerationDelta, GenerationRequest
 from server.errors import APIError, ContextLengthExceededError, RequestTimeoutError
 from server.metrics import EngineSnapshot, Metrics, RequestRecord
@@ -40,7 +48,7 @@ SCRAPE_TIMEOUT_S = 2.0
 @dataclass(frozen=True)
 class _Prepared:
     meta: ResponseMeta
-    stream: AsyncIterator[GenerationDelta]
+    streams: list[AsyncIterator[GenerationDelta]]  # one per choice
 
 
 class InferenceService:
@@ -100,27 +108,25 @@ class InferenceService:
 
     async def chat(self, body: ChatCompletionRequest, record: RequestRecord | None = None) -> ChatCompletion:
         prepared = await self._prepare_chat(body, record or _record())
-        text, last = await _collect(prepared.stream)
-        return chat_completion(prepared.meta, text, last)
+        return chat_completion(prepared.meta, await _collect(prepared.streams))
 
     async def chat_stream(
         self, body: ChatCompletionRequest, record: RequestRecord | None = None
     ) -> AsyncIterator[ChatCompletionChunk]:
         prepared = await self._prepare_chat(body, record or _record())
-        state = ChatStreamState(prepared.meta, include_usage=params.include_usage(body))
-        return _relay(prepared.stream, state.push)
+        state = ChatStreamState(prepared.meta, include_usage=params.include_usage(body), n=len(prepared.streams))
+        return _relay(prepared.streams, state.push)
 
     async def complete(self, body: CompletionRequest, record: RequestRecord | None = None) -> Completion:
         prepared = await self._prepare_completion(body, record or _record())
-        text, last = await _collect(prepared.stream)
-        return completion(prepared.meta, text, last)
+        return completion(prepared.meta, await _collect(prepared.streams))
 
     async def complete_stream(
         self, body: CompletionRequest, record: RequestRecord | None = None
     ) -> AsyncIterator[Completion]:
         prepared = await self._prepare_completion(body, record or _record())
-        state = CompletionStreamState(prepared.meta, include_usage=params.include_usage(body))
-        return _relay(prepared.stream, state.push)
+        state = CompletionStreamState(prepared.meta, include_usage=params.include_usage(body), n=len(prepared.streams))
+        return _relay(prepared.streams, state.push)
 
     async def _prepare_chat(self, body: ChatCompletionRequest, record: RequestRecord) -> _Prepared:
         params.check_chat(body, self._limits)
@@ -129,20 +135,20 @@ class InferenceService:
         params.check_token_cap(body.token_limit(), self._registry.resolve(body.model).max_tokens_cap, param)
         prompt = await engine.render_chat([params.template_message(m) for m in body.messages])
         tokens = await engine.tokenize(prompt)
-        return self._start(engine, body, record, tokens, body.token_limit(), "chatcmpl", "messages")
+        return await self._start(engine, body, record, tokens, body.token_limit(), "chatcmpl", "messages")
 
     async def _prepare_completion(self, body: CompletionRequest, record: RequestRecord) -> _Prepared:
         params.check_completion(body, self._limits)
         engine = await self._engine(body, record)
         params.check_token_cap(body.max_tokens, self._registry.resolve(body.model).max_tokens_cap, "max_tokens")
         tokens = await engine.tokenize(body.prompt_text())
-        return self._start(engine, body, record, tokens, body.max_tokens, "cmpl", "prompt")
+        return await self._start(engine, body, record, tokens, body.max_tokens, "cmpl", "prompt")
 
     async def _engine(self, body: SamplingFields, record: RequestRecord) -> Engine:
         record.model = self._registry.resolve(body.model).name
         return await self._registry.engine(body.model)
 
-    def _start(
+    async def _start(
         self,
         engine: Engine,
         body: SamplingFields,
@@ -162,16 +168,26 @@ class InferenceService:
                 f"{max(max_tokens, 0)} in the completion). Please reduce the length of the {param} or completion.",
                 param=param,
             )
-        request = GenerationRequest(
-            prompt_tokens=tokens,
-            max_tokens=max_tokens,
-            sampling=params.sampling(body, engine.info.n_vocab),
-            stop=body.stop_list(),
-        )
-        stream = engine.generate(request)
+        sampling = params.sampling(body, engine.info.n_vocab)
+        streams: list[AsyncIterator[GenerationDelta]] = []
+        try:
+            # n choices are n requests with the same prompt: the engine's prefix cache evaluates it once.
+            for choice in range(body.n or 1):
+                seed = None if sampling.seed is None else sampling.seed + choice
+                request = GenerationRequest(
+                    prompt_tokens=tokens,
+                    max_tokens=max_tokens,
+                    sampling=dataclasses.replace(sampling, seed=seed),
+                    stop=body.stop_list(),
+                )
+                streams.append(engine.generate(request))
+        except BaseException:
+            for stream in streams:  # all choices are admitted, or none
+                await stream.aclose()  # type: ignore[attr-defined]
+            raise
         self._metrics.observe_prompt(record, len(tokens))
         meta = ResponseMeta(model=body.model, prompt_tokens=len(tokens), id_prefix=prefix)
-        return _Prepared(meta=meta, stream=self._observed(stream, record))
+        return _Prepared(meta=meta, streams=[self._observed(stream, record) for stream in streams])
 
     async def _observed(
         self, stream: AsyncIterator[GenerationDelta], record: RequestRecord
@@ -179,6 +195,7 @@ class InferenceService:
         """The engine's deltas, counted into the metrics and cut off at the request timeout."""
         loop = asyncio.get_running_loop()
         deadline = None if self._timeout is None else loop.time() + self._timeout - (time.monotonic() - record.started)
+        seen, previous_at = 0, None
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             while True:
                 try:
@@ -188,7 +205,10 @@ class InferenceService:
                     return
                 except TimeoutError:
                     raise RequestTimeoutError(self._timeout or 0) from None
-                self._metrics.observe_tokens(record, delta.completion_tokens, time.monotonic())
+                now = time.monotonic()
+                if delta.completion_tokens > seen:
+                    self._metrics.observe_tokens(record, delta.completion_tokens - seen, now, previous_at)
+                    seen, previous_at = delta.completion_tokens, now
                 yield delta
 
     def _card(self, model_id: str, owned_by: str) -> ModelCard:
@@ -199,22 +219,58 @@ def _record() -> RequestRecord:
     return RequestRecord(request_id="", method="", path="")
 
 
-async def _collect(stream: AsyncIterator[GenerationDelta]) -> tuple[str, GenerationDelta]:
-    parts: list[str] = []
-    last: GenerationDelta | None = None
-    async with contextlib.aclosing(stream):  # type: ignore[type-var]
-        async for delta in stream:
-            parts.append(delta.text)
-            last = delta
-    if last is None or last.finish_reason is None:
-        raise RuntimeError("engine stream ended without a finish reason")
-    return "".join(parts), last
+async def _collect(streams: list[AsyncIterator[GenerationDelta]]) -> Finished:
+    parts: list[list[str]] = [[] for _ in streams]
+    last: list[GenerationDelta | None] = [None for _ in streams]
+    async for index, delta in _merged(streams):
+        parts[index].append(delta.text)
+        last[index] = delta
+    finished = []
+    for text, final in zip(parts, last, strict=True):
+        if final is None or final.finish_reason is None:
+            raise RuntimeError("engine stream ended without a finish reason")
+        finished.append(("".join(text), final))
+    return finished
 
 
 async def _relay(
-    stream: AsyncIterator[GenerationDelta], push: Callable[[GenerationDelta], Iterator[T]]
+    streams: list[AsyncIterator[GenerationDelta]], push: Callable[[int, GenerationDelta], Iterator[T]]
 ) -> AsyncIterator[T]:
-    async with contextlib.aclosing(stream):  # type: ignore[type-var]
-        async for delta in stream:
-            for item in push(delta):
-                yield item
+    async for index, delta in _merged(streams):
+        for item in push(index, delta):
+            yield item
+
+
+async def _merged(streams: list[AsyncIterator[GenerationDelta]]) -> AsyncIterator[tuple[int, GenerationDelta]]:
+    """The deltas of all choices as they come, tagged with the choice index; every stream is closed at the end."""
+    if len(streams) == 1:
+        async with contextlib.aclosing(streams[0]):  # type: ignore[type-var]
+            async for delta in streams[0]:
+                yield 0, delta
+        return
+    queue: asyncio.Queue[tuple[int, GenerationDelta | Exception | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[GenerationDelta]) -> None:
+        try:
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async for delta in stream:
+                    queue.put_nowait((index, delta))
+        except Exception as exc:
+            queue.put_nowait((index, exc))
+        queue.put_nowait((index, None))
+
+    tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

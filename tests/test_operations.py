@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -121,20 +122,19 @@ def test_request_timeout_is_a_504_or_an_error_event(tmp_path):
 
 
 def test_ready_waits_for_preloaded_models(tmp_path):
-    gate = asyncio.Event()
+    gate = threading.Event()  # the loader runs in a worker thread; the test opens the gate
 
     class Gated(FakeLoader):
         def __call__(self, spec):
             if spec.name == "slow-model":
-                asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+                assert gate.wait(timeout=30)
             return super().__call__(spec)
 
     with make_client(tmp_path, Gated(), preload=["fake-model", "slow-model"]) as client:
-        loop = client.portal.call(asyncio.get_running_loop)
         waiting = client.get("/ready")
         assert waiting.status_code == 503 and "slow-model" in waiting.json()["waiting_for"]
-        client.portal.call(gate.set)
-        client.post(CHAT, json={**HELLO, "model": "slow-model"})  # served once loaded, so preload is done
+        gate.set()
+        client.post(CHAT, json={**HELLO, "model": "slow-model"})  # answered once the preload finished loading it
         assert client.get("/ready").json() == {"status": "ready"}
 
 

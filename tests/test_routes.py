@@ -193,7 +193,8 @@ def test_completions_default_max_tokens_is_16(client, loader):
         ({"model": "fake-model", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         ({"model": "fake-model", "messages": "Hi"}, "messages"),
         ({**HELLO, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
-        ({**HELLO, "n": 2}, "n"),
+        ({**HELLO, "n": 9}, "n"),
+        ({**HELLO, "n": 0}, "n"),
         ({**HELLO, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({**HELLO, "response_format": {"type": "json_object"}}, "response_format"),
         ({**HELLO, "logprobs": True}, "logprobs"),
@@ -316,3 +317,45 @@ def test_logit_bias_and_llama_extensions_reach_the_engine(client, loader):
 def test_bad_logit_bias_is_a_400(client, bias):
     error = assert_openai_error(client.post(CHAT, json={**HELLO, "logit_bias": bias}), 400)
     assert error["param"].startswith("logit_bias")
+
+
+def test_n_choices_plain(client, loader):
+    body = client.post(CHAT, json={**HELLO, "n": 3, "seed": 10}).json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert all(c["message"]["content"] == "Hello, world!" for c in body["choices"])
+    assert body["usage"]["completion_tokens"] == 12
+    assert body["usage"]["prompt_tokens"] == len("<user>Hi\n<assistant>")
+    assert [r.sampling.seed for r in loader.engines["fake-model"].requests] == [10, 11, 12]
+
+
+def test_n_choices_streamed(client):
+    stream_body = {**HELLO, "n": 2, "stream": True, "stream_options": {"include_usage": True}}
+    with client.stream("POST", CHAT, json=stream_body) as response:
+        response.read()
+    events = sse_events(response)
+    for index in (0, 1):
+        deltas = [e["choices"][0]["delta"] for e in events if e["choices"] and e["choices"][0]["index"] == index]
+        assert deltas[0] == {"role": "assistant", "content": ""}
+        assert "".join(d.get("content", "") for d in deltas) == "Hello, world!"
+    assert len([e for e in events if e["choices"] and e["choices"][0]["finish_reason"]]) == 2
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 8
+    assert all("usage" not in e for e in events[:-1])
+
+
+def test_n_choices_all_or_none_admitted(client, loader):
+    client.post(CHAT, json=HELLO)
+    engine = loader.engines["fake-model"]
+    calls = []
+    original = engine.generate
+
+    def second_fails(request):
+        calls.append(request)
+        if len(calls) == 2:
+            from server.errors import OverloadedError
+
+            raise OverloadedError("full")
+        return original(request)
+
+    engine.generate = second_fails
+    assert_openai_error(client.post(CHAT, json={**HELLO, "n": 3}), 429)
+    assert engine.closed_early == 0  # the first choice, never started, was closed without running

@@ -132,3 +132,31 @@ def test_bad_input_over_real_http_then_still_serving(api: openai.OpenAI, server)
     response = httpx.post(server.url + "/v1/chat/completions", content=b"{not json", timeout=30)
     assert response.status_code == 400 and set(response.json()["error"]) == {"message", "type", "param", "code"}
     assert api.chat.completions.create(model=SMOL, messages=QUESTION, max_tokens=2).choices[0].message.content
+
+
+def test_n_choices_share_the_prompt(api: openai.OpenAI, server):
+    greedy = api.chat.completions.create(model=SMOL, messages=QUESTION, max_tokens=8, temperature=0, n=3)
+    assert [c.index for c in greedy.choices] == [0, 1, 2]
+    assert len({c.message.content for c in greedy.choices}) == 1  # greedy: the same text three times
+    assert greedy.usage.completion_tokens % 3 == 0  # three equal completions, counted once each
+    sampled = api.chat.completions.create(model=SMOL, messages=QUESTION, max_tokens=16, temperature=1.0, seed=5, n=3)
+    again = api.chat.completions.create(model=SMOL, messages=QUESTION, max_tokens=16, temperature=1.0, seed=5, n=3)
+    assert [c.message.content for c in sampled.choices] == [c.message.content for c in again.choices]
+    assert len({c.message.content for c in sampled.choices}) > 1  # each choice has its own seed
+    chunks = list(
+        api.chat.completions.create(
+            model=SMOL,
+            messages=QUESTION,
+            max_tokens=8,
+            temperature=0,
+            n=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    texts = [
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+        for i in (0, 1)
+    ]
+    assert texts == [greedy.choices[0].message.content] * 2
+    assert chunks[-1].usage.completion_tokens == 2 * (greedy.usage.completion_tokens // 3)
