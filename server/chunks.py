@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from server.engine import GenerationDelta
+from server.engine.base import TokenLogprob
 from server.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -15,8 +16,12 @@ from server.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatDelta,
+    ChatLogprobs,
+    ChatTokenLogprob,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
+    TopLogprob,
     Usage,
 )
 
@@ -42,6 +47,47 @@ class ResponseMeta:
         )
 
 
+def _text(piece: bytes) -> str:
+    return piece.decode("utf-8", errors="replace")
+
+
+def chat_logprobs(items: Sequence[TokenLogprob]) -> ChatLogprobs:
+    return ChatLogprobs(
+        content=[
+            ChatTokenLogprob(
+                token=_text(item.piece),
+                logprob=item.logprob,
+                bytes=list(item.piece),
+                top_logprobs=[TopLogprob(token=_text(p), logprob=lp, bytes=list(p)) for p, lp in item.top],
+            )
+            for item in items
+        ]
+    )
+
+
+def completion_logprobs(items: Sequence[TokenLogprob], offset: int = 0) -> CompletionLogprobs:
+    tokens = [_text(item.piece) for item in items]
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return CompletionLogprobs(
+        tokens=tokens,
+        token_logprobs=[item.logprob for item in items],
+        top_logprobs=[{_text(p): lp for p, lp in item.top} for item in items],
+        text_offset=offsets,
+    )
+
+
+@dataclass(frozen=True)
+class ChoiceResult:
+    """A finished choice of a non-streamed response."""
+
+    text: str
+    last: GenerationDelta
+    logprobs: tuple[TokenLogprob, ...] | None  # None when not asked for
+
+
 class _UsageTally:
     """Completion tokens of each choice; the usage chunk goes out once every choice has finished."""
 
@@ -62,44 +108,53 @@ class ChatStreamState:
     """Turns engine deltas of each choice into chat chunks: the role once first, content deltas, an empty delta
     with the finish reason; when asked, a usage chunk with no choices after the last choice has finished."""
 
-    def __init__(self, meta: ResponseMeta, *, include_usage: bool, n: int = 1) -> None:
+    def __init__(self, meta: ResponseMeta, *, include_usage: bool, n: int = 1, logprobs: bool = False) -> None:
         self._meta = meta
         self._usage = _UsageTally(meta, n=n, include_usage=include_usage)
         self._started: set[int] = set()
+        self._logprobs = logprobs
 
     def push(self, index: int, delta: GenerationDelta) -> Iterator[ChatCompletionChunk]:
         if index not in self._started:
             self._started.add(index)
             yield self._chunk(index, ChatDelta(role="assistant", content=""))
+        logprobs = chat_logprobs(delta.logprobs) if self._logprobs and delta.logprobs else None
         if delta.text:
-            yield self._chunk(index, ChatDelta(content=delta.text))
+            yield self._chunk(index, ChatDelta(content=delta.text), logprobs=logprobs)
+            logprobs = None
         if delta.finish_reason is not None:
-            yield self._chunk(index, ChatDelta(), finish_reason=delta.finish_reason)
+            yield self._chunk(index, ChatDelta(), finish_reason=delta.finish_reason, logprobs=logprobs)
             usage = self._usage.finish(index, delta.completion_tokens)
             if usage is not None:
                 yield ChatCompletionChunk(
                     id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[], usage=usage
                 )
 
-    def _chunk(self, index: int, delta: ChatDelta, finish_reason: str | None = None) -> ChatCompletionChunk:
+    def _chunk(
+        self, index: int, delta: ChatDelta, finish_reason: str | None = None, logprobs: ChatLogprobs | None = None
+    ) -> ChatCompletionChunk:
+        choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs)  # type: ignore[arg-type]
         return ChatCompletionChunk(
-            id=self._meta.id,
-            created=self._meta.created,
-            model=self._meta.model,
-            choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason)],  # type: ignore[arg-type]
+            id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[choice]
         )
 
 
 class CompletionStreamState:
     """Turns engine deltas of each choice into legacy completion chunks, with the same usage rule as chat."""
 
-    def __init__(self, meta: ResponseMeta, *, include_usage: bool, n: int = 1) -> None:
+    def __init__(self, meta: ResponseMeta, *, include_usage: bool, n: int = 1, logprobs: bool = False) -> None:
         self._meta = meta
         self._usage = _UsageTally(meta, n=n, include_usage=include_usage)
+        self._logprobs = logprobs
+        self._offsets: dict[int, int] = {}
 
     def push(self, index: int, delta: GenerationDelta) -> Iterator[Completion]:
         if delta.text or delta.finish_reason is not None:
-            yield self._chunk(index, delta.text, delta.finish_reason)
+            logprobs = None
+            if self._logprobs:
+                logprobs = completion_logprobs(delta.logprobs, self._offsets.get(index, 0))
+                self._offsets[index] = self._offsets.get(index, 0) + sum(len(t) for t in logprobs.tokens)
+            yield self._chunk(index, delta.text, delta.finish_reason, logprobs)
         if delta.finish_reason is not None:
             usage = self._usage.finish(index, delta.completion_tokens)
             if usage is not None:
@@ -107,39 +162,44 @@ class CompletionStreamState:
                     id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[], usage=usage
                 )
 
-    def _chunk(self, index: int, text: str, finish_reason: str | None) -> Completion:
-        return Completion(
-            id=self._meta.id,
-            created=self._meta.created,
-            model=self._meta.model,
-            choices=[CompletionChoice(index=index, text=text, finish_reason=finish_reason)],  # type: ignore[arg-type]
-        )
+    def _chunk(
+        self, index: int, text: str, finish_reason: str | None, logprobs: CompletionLogprobs | None
+    ) -> Completion:
+        choice = CompletionChoice(index=index, text=text, finish_reason=finish_reason, logprobs=logprobs)  # type: ignore[arg-type]
+        return Completion(id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[choice])
 
 
-Finished = list[tuple[str, GenerationDelta]]  # each choice's text and last delta, in choice order
-
-
-def chat_completion(meta: ResponseMeta, finished: Finished) -> ChatCompletion:
+def chat_completion(meta: ResponseMeta, finished: list[ChoiceResult]) -> ChatCompletion:
     return ChatCompletion(
         id=meta.id,
         created=meta.created,
         model=meta.model,
         choices=[
-            ChatChoice(index=i, message=AssistantMessage(content=text), finish_reason=last.finish_reason)  # type: ignore[arg-type]
-            for i, (text, last) in enumerate(finished)
+            ChatChoice(
+                index=i,
+                message=AssistantMessage(content=choice.text),
+                finish_reason=choice.last.finish_reason,  # type: ignore[arg-type]
+                logprobs=None if choice.logprobs is None else chat_logprobs(choice.logprobs),
+            )
+            for i, choice in enumerate(finished)
         ],
-        usage=meta.usage(sum(last.completion_tokens for _, last in finished)),
+        usage=meta.usage(sum(choice.last.completion_tokens for choice in finished)),
     )
 
 
-def completion(meta: ResponseMeta, finished: Finished) -> Completion:
+def completion(meta: ResponseMeta, finished: list[ChoiceResult]) -> Completion:
     return Completion(
         id=meta.id,
         created=meta.created,
         model=meta.model,
         choices=[
-            CompletionChoice(index=i, text=text, finish_reason=last.finish_reason)  # type: ignore[arg-type]
-            for i, (text, last) in enumerate(finished)
+            CompletionChoice(
+                index=i,
+                text=choice.text,
+                finish_reason=choice.last.finish_reason,  # type: ignore[arg-type]
+                logprobs=None if choice.logprobs is None else completion_logprobs(choice.logprobs),
+            )
+            for i, choice in enumerate(finished)
         ],
-        usage=meta.usage(sum(last.completion_tokens for _, last in finished)),
+        usage=meta.usage(sum(choice.last.completion_tokens for choice in finished)),
     )

@@ -76,10 +76,8 @@ def check_chat(body: ChatCompletionRequest, limits: RequestLimits) -> None:
         _reject("tool_choice", "tool calling is not available")
     if body.response_format and body.response_format.get("type") != "text":
         _reject("response_format", "only {'type': 'text'} is available")
-    if body.logprobs:
-        _reject("logprobs", "log probabilities are not returned")
-    if body.top_logprobs:
-        _reject("top_logprobs", "log probabilities are not returned")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise InvalidRequestError("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
 
 
 def check_completion(body: CompletionRequest, limits: RequestLimits) -> None:
@@ -90,8 +88,6 @@ def check_completion(body: CompletionRequest, limits: RequestLimits) -> None:
         )
     if body.echo:
         _reject("echo", "the prompt is not echoed")
-    if body.logprobs is not None:
-        _reject("logprobs", "log probabilities are not returned")
     if body.best_of not in (None, 1):
         _reject("best_of", "only best_of=1 is generated")
     if body.suffix:
@@ -118,3 +114,8 @@ def _check_common(body: SamplingFields, limits: RequestLimits) -> None:
 
 def _reject(param: str, what: str) -> None:
     raise UnsupportedParameterError(f"'{param}' is not supported by this server yet: {what}.", param=param)
+
+
+def chat_logprobs(body: ChatCompletionRequest) -> int | None:
+    """How many alternatives to return per token, or None for no log probabilities."""
+    return (body.top_logprobs or 0) if body.logprobs else None

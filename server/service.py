@@ -18,13 +18,14 @@ from typing import TypeVar
 from server import params
 from server.chunks import (
     ChatStreamState,
+    ChoiceResult,
     CompletionStreamState,
-    Finished,
     ResponseMeta,
     chat_completion,
     completion,
 )
 from server.engine import Engine, GenerationDelta, GenerationRequest
+from server.engine.base import TokenLogprob
 from server.errors import APIError, ContextLengthExceededError, RequestTimeoutError
 from server.metrics import EngineSnapshot, Metrics, RequestRecord
 from server.params import RequestLimits
@@ -108,24 +109,34 @@ class InferenceService:
 
     async def chat(self, body: ChatCompletionRequest, record: RequestRecord | None = None) -> ChatCompletion:
         prepared = await self._prepare_chat(body, record or _record())
-        return chat_completion(prepared.meta, await _collect(prepared.streams))
+        return chat_completion(prepared.meta, await _collect(prepared.streams, bool(body.logprobs)))
 
     async def chat_stream(
         self, body: ChatCompletionRequest, record: RequestRecord | None = None
     ) -> AsyncIterator[ChatCompletionChunk]:
         prepared = await self._prepare_chat(body, record or _record())
-        state = ChatStreamState(prepared.meta, include_usage=params.include_usage(body), n=len(prepared.streams))
+        state = ChatStreamState(
+            prepared.meta,
+            include_usage=params.include_usage(body),
+            n=len(prepared.streams),
+            logprobs=bool(body.logprobs),
+        )
         return _relay(prepared.streams, state.push)
 
     async def complete(self, body: CompletionRequest, record: RequestRecord | None = None) -> Completion:
         prepared = await self._prepare_completion(body, record or _record())
-        return completion(prepared.meta, await _collect(prepared.streams))
+        return completion(prepared.meta, await _collect(prepared.streams, body.logprobs is not None))
 
     async def complete_stream(
         self, body: CompletionRequest, record: RequestRecord | None = None
     ) -> AsyncIterator[Completion]:
         prepared = await self._prepare_completion(body, record or _record())
-        state = CompletionStreamState(prepared.meta, include_usage=params.include_usage(body), n=len(prepared.streams))
+        state = CompletionStreamState(
+            prepared.meta,
+            include_usage=params.include_usage(body),
+            n=len(prepared.streams),
+            logprobs=body.logprobs is not None,
+        )
         return _relay(prepared.streams, state.push)
 
     async def _prepare_chat(self, body: ChatCompletionRequest, record: RequestRecord) -> _Prepared:
@@ -135,14 +146,15 @@ class InferenceService:
         params.check_token_cap(body.token_limit(), self._registry.resolve(body.model).max_tokens_cap, param)
         prompt = await engine.render_chat([params.template_message(m) for m in body.messages])
         tokens = await engine.tokenize(prompt)
-        return await self._start(engine, body, record, tokens, body.token_limit(), "chatcmpl", "messages")
+        limit, logprobs = body.token_limit(), params.chat_logprobs(body)
+        return await self._start(engine, body, record, tokens, limit, logprobs, "chatcmpl", "messages")
 
     async def _prepare_completion(self, body: CompletionRequest, record: RequestRecord) -> _Prepared:
         params.check_completion(body, self._limits)
         engine = await self._engine(body, record)
         params.check_token_cap(body.max_tokens, self._registry.resolve(body.model).max_tokens_cap, "max_tokens")
         tokens = await engine.tokenize(body.prompt_text())
-        return await self._start(engine, body, record, tokens, body.max_tokens, "cmpl", "prompt")
+        return await self._start(engine, body, record, tokens, body.max_tokens, body.logprobs, "cmpl", "prompt")
 
     async def _engine(self, body: SamplingFields, record: RequestRecord) -> Engine:
         record.model = self._registry.resolve(body.model).name
@@ -155,6 +167,7 @@ class InferenceService:
         record: RequestRecord,
         tokens: list[int],
         limit: int | None,
+        logprobs: int | None,
         prefix: str,
         param: str,
     ) -> _Prepared:
@@ -179,6 +192,7 @@ class InferenceService:
                     max_tokens=max_tokens,
                     sampling=dataclasses.replace(sampling, seed=seed),
                     stop=body.stop_list(),
+                    logprobs=logprobs,
                 )
                 streams.append(engine.generate(request))
         except BaseException:
@@ -219,18 +233,20 @@ def _record() -> RequestRecord:
     return RequestRecord(request_id="", method="", path="")
 
 
-async def _collect(streams: list[AsyncIterator[GenerationDelta]]) -> Finished:
+async def _collect(streams: list[AsyncIterator[GenerationDelta]], logprobs: bool) -> list[ChoiceResult]:
     parts: list[list[str]] = [[] for _ in streams]
+    tokens: list[list[TokenLogprob]] = [[] for _ in streams]
     last: list[GenerationDelta | None] = [None for _ in streams]
     async for index, delta in _merged(streams):
         parts[index].append(delta.text)
+        tokens[index].extend(delta.logprobs)
         last[index] = delta
-    finished = []
-    for text, final in zip(parts, last, strict=True):
+    results = []
+    for text, final, choice_tokens in zip(parts, last, tokens, strict=True):
         if final is None or final.finish_reason is None:
             raise RuntimeError("engine stream ended without a finish reason")
-        finished.append(("".join(text), final))
-    return finished
+        results.append(ChoiceResult("".join(text), final, tuple(choice_tokens) if logprobs else None))
+    return results
 
 
 async def _relay(

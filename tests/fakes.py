@@ -8,6 +8,7 @@ from typing import Any
 
 from server.config import ModelSpec, PathSource
 from server.engine import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
+from server.engine.base import TokenLogprob
 from server.engine.text import TextAssembler
 from server.errors import OverloadedError
 
@@ -63,16 +64,18 @@ class FakeEngine:
                 if self.script.fail_after is not None and count > self.script.fail_after:
                     raise self.script.failure
                 step = assembler.push(piece.encode())
+                # A made-up distribution: the piece at -0.5 and its top alternatives below it.
+                logprobs = () if request.logprobs is None else (_fake_logprob(piece, request.logprobs),)
                 if step.stopped:
                     finished = True
-                    yield GenerationDelta(step.text, count, "stop")
+                    yield GenerationDelta(step.text, count, "stop", logprobs)
                     return
                 if count >= request.max_tokens:
                     finished = True
-                    yield GenerationDelta(step.text + assembler.finish(), count, "length")
+                    yield GenerationDelta(step.text + assembler.finish(), count, "length", logprobs)
                     return
                 if step.text:
-                    yield GenerationDelta(step.text, count)
+                    yield GenerationDelta(step.text, count, logprobs=logprobs)
             finished = True
             yield GenerationDelta(assembler.finish(), len(self.script.pieces), "stop")
         finally:
@@ -85,3 +88,8 @@ class FakeEngine:
 
 def fake_spec(name: str, *aliases: str, n_ctx: int = 256) -> ModelSpec:
     return ModelSpec(name=name, aliases=aliases, source=PathSource(path="/nonexistent.gguf"), n_ctx=n_ctx)
+
+
+def _fake_logprob(piece: str, top_n: int) -> TokenLogprob:
+    top = tuple((f"{piece}~{i}".encode(), -0.5 - i) for i in range(top_n))
+    return TokenLogprob(piece.encode(), -0.5, top)

@@ -197,7 +197,8 @@ def test_completions_default_max_tokens_is_16(client, loader):
         ({**HELLO, "n": 0}, "n"),
         ({**HELLO, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({**HELLO, "response_format": {"type": "json_object"}}, "response_format"),
-        ({**HELLO, "logprobs": True}, "logprobs"),
+        ({**HELLO, "top_logprobs": 2}, "top_logprobs"),
+        ({**HELLO, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({**HELLO, "top_k": -1}, "top_k"),
     ],
 )
@@ -359,3 +360,39 @@ def test_n_choices_all_or_none_admitted(client, loader):
     engine.generate = second_fails
     assert_openai_error(client.post(CHAT, json={**HELLO, "n": 3}), 429)
     assert engine.closed_early == 0  # the first choice, never started, was closed without running
+
+
+def test_chat_logprobs_plain_and_streamed(client):
+    body = client.post(CHAT, json={**HELLO, "logprobs": True, "top_logprobs": 2}).json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert [t["token"] for t in content] == ["Hello", ",", " world", "!"]
+    assert content[0] == {
+        "token": "Hello",
+        "logprob": -0.5,
+        "bytes": list(b"Hello"),
+        "top_logprobs": [
+            {"token": "Hello~0", "logprob": -0.5, "bytes": list(b"Hello~0")},
+            {"token": "Hello~1", "logprob": -1.5, "bytes": list(b"Hello~1")},
+        ],
+    }
+    assert client.post(CHAT, json=HELLO).json()["choices"][0]["logprobs"] is None
+    with client.stream("POST", CHAT, json={**HELLO, "logprobs": True, "stream": True}) as response:
+        response.read()
+    events = sse_events(response)
+    streamed = [t for e in events for c in e["choices"] if c["logprobs"] for t in c["logprobs"]["content"]]
+    assert [t["token"] for t in streamed] == ["Hello", ",", " world", "!"]
+    assert all(t["top_logprobs"] == [] for t in streamed)
+
+
+def test_completion_logprobs(client):
+    body = client.post("/v1/completions", json={"model": "fake-model", "prompt": "x", "logprobs": 1}).json()
+    logprobs = body["choices"][0]["logprobs"]
+    assert logprobs["tokens"] == ["Hello", ",", " world", "!"]
+    assert logprobs["token_logprobs"] == [-0.5] * 4
+    assert logprobs["top_logprobs"][0] == {"Hello~0": -0.5}
+    assert logprobs["text_offset"] == [0, 5, 6, 12]
+    assert_openai_error(
+        client.post("/v1/completions", json={"model": "fake-model", "prompt": "x", "logprobs": 6}),
+        400,
+        param="logprobs",
+    )

@@ -29,6 +29,17 @@ class GenerationRequest:
     max_tokens: int
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: Sequence[str] = ()
+    logprobs: int | None = None
+    """None: no log probabilities; n >= 0: each token's, with the n most likely alternatives."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability under the model (before sampling settings), and the top others."""
+
+    piece: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,8 @@ class GenerationDelta:
     text: str
     completion_tokens: int
     finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """The tokens generated since the last delta, when the request asked for log probabilities."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import llama_cpp
 
-from server.engine.base import EngineCounters, GenerationDelta, GenerationRequest
+from server.engine.base import EngineCounters, GenerationDelta, GenerationRequest, TokenLogprob
 from server.engine.native import NativeModel, make_sampler
 from server.engine.prefix import SlotView, place, should_wait
 from server.engine.text import TextAssembler
@@ -80,6 +80,7 @@ class _Slot:
     next_token: int | None = None  # sampled, not yet evaluated
     batch_index: int = -1  # where this sequence's logits are in the current batch
     last_used: int = 0  # admission counter value when it last took a request
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens not yet sent in a delta
 
 
 class BatchScheduler:
@@ -185,6 +186,7 @@ class BatchScheduler:
             slot.sampler = make_sampler(job.request.sampling, self._native)
             slot.assembler = TextAssembler(job.request.stop)
             slot.generated = 0
+            slot.logprobs = []
             slot.next_token = None
             self._uses += 1
             slot.last_used = self._uses
@@ -237,6 +239,8 @@ class BatchScheduler:
     def _sample(self, slot: _Slot) -> None:
         assert slot.job is not None and slot.assembler is not None
         token = llama_cpp.llama_sampler_sample(slot.sampler, self._native.ctx, slot.batch_index)
+        if slot.job.request.logprobs is not None and not llama_cpp.llama_vocab_is_eog(self._native.vocab, token):
+            slot.logprobs.append(self._native.logprobs(slot.batch_index, token, slot.job.request.logprobs))
         slot.generated += 1
         self.counters.generated_tokens += 1
         if llama_cpp.llama_vocab_is_eog(self._native.vocab, token):
@@ -249,15 +253,20 @@ class BatchScheduler:
             self._emit_last(slot, step.text + slot.assembler.finish(), "length")
         else:
             if step.text:
-                slot.job.emit(GenerationDelta(step.text, slot.generated))
+                slot.job.emit(GenerationDelta(step.text, slot.generated, logprobs=self._take_logprobs(slot)))
             slot.next_token = token
 
     def _emit_last(self, slot: _Slot, text: str, reason: str) -> None:
         job = slot.job
         assert job is not None
-        delta = GenerationDelta(text, slot.generated, reason)  # type: ignore[arg-type]
+        delta = GenerationDelta(text, slot.generated, reason, self._take_logprobs(slot))  # type: ignore[arg-type]
         self._finish(slot, keep_cache=True)  # first, so counters are settled when the client sees the end
         job.emit(delta)
+
+    @staticmethod
+    def _take_logprobs(slot: _Slot) -> tuple[TokenLogprob, ...]:
+        taken, slot.logprobs = tuple(slot.logprobs), []
+        return taken
 
     def _finish(self, slot: _Slot, *, keep_cache: bool) -> None:
         """Free the sequence for the next request; its KV stays as a prefix cache unless told otherwise."""

@@ -7,8 +7,9 @@ import math
 from dataclasses import dataclass, field
 
 import llama_cpp
+import numpy as np
 
-from server.engine.base import SamplingParams
+from server.engine.base import SamplingParams, TokenLogprob
 
 PENALTY_LAST_N = 64
 
@@ -45,6 +46,19 @@ class NativeModel:
             buf = ctypes.create_string_buffer(-n)
             n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
+
+    def logprobs(self, batch_index: int, token: int, top_n: int) -> TokenLogprob:
+        """Log-softmax of the raw logits at a batch position: the token's value and the `top_n` best."""
+        pointer = llama_cpp.llama_get_logits_ith(self.ctx, batch_index)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float64)
+        peak = logits.max()
+        log_norm = peak + math.log(float(np.exp(logits - peak).sum()))
+        top: tuple[tuple[bytes, float], ...] = ()
+        if top_n:
+            best = np.argpartition(-logits, top_n - 1)[:top_n]
+            best = best[np.argsort(-logits[best])]
+            top = tuple((self.piece(int(t)), float(logits[t] - log_norm)) for t in best)
+        return TokenLogprob(self.piece(token), float(logits[token] - log_norm), top)
 
     def special_text(self, token: int) -> str:
         return self.piece(token, special=True).decode("utf-8", "replace") if token >= 0 else ""

@@ -160,3 +160,22 @@ def test_n_choices_share_the_prompt(api: openai.OpenAI, server):
     ]
     assert texts == [greedy.choices[0].message.content] * 2
     assert chunks[-1].usage.completion_tokens == 2 * (greedy.usage.completion_tokens // 3)
+
+
+def test_logprobs_are_the_models_own(api: openai.OpenAI):
+    reply = api.chat.completions.create(
+        model=SMOL, messages=QUESTION, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3
+    )
+    tokens = reply.choices[0].logprobs.content
+    assert len(tokens) == reply.usage.completion_tokens
+    assert "".join(t.token for t in tokens) == reply.choices[0].message.content
+    for token in tokens:
+        assert token.logprob <= 0
+        alternatives = [alt.logprob for alt in token.top_logprobs]
+        assert len(alternatives) == 3 and alternatives == sorted(alternatives, reverse=True)
+        # Greedy decoding picks the most likely token: it is the first alternative.
+        assert token.top_logprobs[0].token == token.token
+        assert abs(token.top_logprobs[0].logprob - token.logprob) < 1e-6
+    legacy = api.completions.create(model=SMOL, prompt="The sky is", max_tokens=4, temperature=0, logprobs=2)
+    assert len(legacy.choices[0].logprobs.tokens) == 4
+    assert all(len(top) == 2 for top in legacy.choices[0].logprobs.top_logprobs)
