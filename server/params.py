@@ -74,8 +74,6 @@ def check_chat(body: ChatCompletionRequest, limits: RequestLimits) -> None:
         _reject("tools", "tool calling is not available")
     if body.tool_choice not in (None, "none"):
         _reject("tool_choice", "tool calling is not available")
-    if body.response_format and body.response_format.get("type") != "text":
-        _reject("response_format", "only {'type': 'text'} is available")
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequestError("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
 

@@ -30,6 +30,7 @@ from server.errors import APIError, ContextLengthExceededError, RequestTimeoutEr
 from server.metrics import EngineSnapshot, Metrics, RequestRecord
 from server.params import RequestLimits
 from server.registry import ModelRegistry
+from server.response_format import json_schema_of
 from server.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -141,13 +142,16 @@ class InferenceService:
 
     async def _prepare_chat(self, body: ChatCompletionRequest, record: RequestRecord) -> _Prepared:
         params.check_chat(body, self._limits)
+        json_schema = json_schema_of(body.response_format)
         engine = await self._engine(body, record)
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         params.check_token_cap(body.token_limit(), self._registry.resolve(body.model).max_tokens_cap, param)
         prompt = await engine.render_chat([params.template_message(m) for m in body.messages])
         tokens = await engine.tokenize(prompt)
         limit, logprobs = body.token_limit(), params.chat_logprobs(body)
-        return await self._start(engine, body, record, tokens, limit, logprobs, "chatcmpl", "messages")
+        return await self._start(
+            engine, body, record, tokens, limit, logprobs, "chatcmpl", "messages", json_schema=json_schema
+        )
 
     async def _prepare_completion(self, body: CompletionRequest, record: RequestRecord) -> _Prepared:
         params.check_completion(body, self._limits)
@@ -170,6 +174,8 @@ class InferenceService:
         logprobs: int | None,
         prefix: str,
         param: str,
+        *,
+        json_schema: str | None = None,
     ) -> _Prepared:
         n_ctx = engine.info.n_ctx
         room = n_ctx - len(tokens)
@@ -193,6 +199,7 @@ class InferenceService:
                     sampling=dataclasses.replace(sampling, seed=seed),
                     stop=body.stop_list(),
                     logprobs=logprobs,
+                    json_schema=json_schema,
                 )
                 streams.append(engine.generate(request))
         except BaseException:

@@ -196,7 +196,8 @@ def test_completions_default_max_tokens_is_16(client, loader):
         ({**HELLO, "n": 9}, "n"),
         ({**HELLO, "n": 0}, "n"),
         ({**HELLO, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({**HELLO, "response_format": {"type": "json_object"}}, "response_format"),
+        ({**HELLO, "response_format": {"type": "xml"}}, "response_format.type"),
+        ({**HELLO, "response_format": {"type": "json_schema"}}, "response_format.json_schema"),
         ({**HELLO, "top_logprobs": 2}, "top_logprobs"),
         ({**HELLO, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({**HELLO, "top_k": -1}, "top_k"),
@@ -396,3 +397,40 @@ def test_completion_logprobs(client):
         400,
         param="logprobs",
     )
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
+    "required": ["name"],
+    "additionalProperties": False,
+}
+
+
+def test_response_format_reaches_the_engine_as_a_schema(client, loader):
+    client.post(CHAT, json={**HELLO, "response_format": {"type": "json_object"}})
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}
+    client.post(CHAT, json={**HELLO, "response_format": fmt})
+    client.post(CHAT, json={**HELLO, "response_format": {"type": "text"}})
+    sent = [r.json_schema for r in loader.engines["fake-model"].requests]
+    assert sent[0] == "{}" and json.loads(sent[1]) == SCHEMA and sent[2] is None
+
+
+@pytest.mark.parametrize(
+    ("schema", "param"),
+    [
+        ({"type": "object", "not": {"type": "string"}}, "response_format.json_schema.schema.not"),
+        ({"type": "integer", "minimum": 3}, "response_format.json_schema.schema.minimum"),
+        (
+            {"type": "object", "properties": {"a": {"type": "string", "format": "email"}}},
+            "response_format.json_schema.schema.properties.a.format",
+        ),
+        ({"type": "string", "pattern": "[a-z]+"}, "response_format.json_schema.schema.pattern"),
+        ({"type": "tuple"}, "response_format.json_schema.schema.type"),
+    ],
+)
+def test_unsupported_schema_features_are_a_400_naming_them(client, loader, schema, param):
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    error = assert_openai_error(client.post(CHAT, json={**HELLO, "response_format": fmt}), 400, param=param)
+    assert param.rsplit(".", 1)[-1] in error["message"] or "type" in error["message"]
+    assert loader.loads == []  # refused before the model was even loaded

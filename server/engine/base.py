@@ -31,6 +31,8 @@ class GenerationRequest:
     stop: Sequence[str] = ()
     logprobs: int | None = None
     """None: no log probabilities; n >= 0: each token's, with the n most likely alternatives."""
+    json_schema: str | None = None
+    """Constrain the output to JSON: "{}" for any JSON object, else a JSON schema (the subset params accepts)."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import llama_cpp
 
 from server.engine.base import EngineCounters, GenerationDelta, GenerationRequest, TokenLogprob
-from server.engine.native import NativeModel, make_sampler
+from server.engine.native import NativeModel, json_grammar, make_sampler
 from server.engine.prefix import SlotView, place, should_wait
 from server.engine.text import TextAssembler
 from server.errors import InternalError, OverloadedError
@@ -178,12 +178,18 @@ class BatchScheduler:
             if placement is None or should_wait(prompt, views, placement.reuse):
                 break
             job = self._waiting.popleft()
+            try:
+                sampler = make_sampler(job.request.sampling, self._native, _grammar(job.request))
+            except Exception:
+                logger.exception("could not build the sampler of a request")
+                job.emit(InternalError())
+                continue
             slot = self._slots[placement.slot]
             reuse = self._reuse_prefix(slot, self._slots[placement.source], placement.reuse)
             slot.cached = prompt[:reuse]
             slot.pending = prompt[reuse:]
             slot.job = job
-            slot.sampler = make_sampler(job.request.sampling, self._native)
+            slot.sampler = sampler
             slot.assembler = TextAssembler(job.request.stop)
             slot.generated = 0
             slot.logprobs = []
@@ -284,3 +290,7 @@ class BatchScheduler:
         if slot.sampler is not None:
             llama_cpp.llama_sampler_free(slot.sampler)
             slot.sampler = None
+
+
+def _grammar(request: GenerationRequest) -> str | None:
+    return None if request.json_schema is None else json_grammar(request.json_schema)

@@ -72,10 +72,23 @@ class NativeModel:
             self.model = None
 
 
-def make_sampler(params: SamplingParams, native: NativeModel) -> llama_cpp.llama_sampler_p:
+def json_grammar(json_schema: str) -> str:
+    """GBNF for JSON output: any object for "{}", else the grammar of the schema (llama-cpp-python's converter)."""
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    return JSON_GBNF if json_schema == "{}" else json_schema_to_gbnf(json_schema)
+
+
+def make_sampler(params: SamplingParams, native: NativeModel, grammar: str | None = None) -> llama_cpp.llama_sampler_p:
     """A llama.cpp sampler chain for one request: biases, penalties, then greedy or top-k/p, min-p, temperature."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     add = llama_cpp.llama_sampler_chain_add
+    if grammar is not None:  # first: it removes every token the grammar does not allow
+        constraint = llama_cpp.llama_sampler_init_grammar(native.vocab, grammar.encode(), b"root")
+        if not constraint:
+            llama_cpp.llama_sampler_free(chain)
+            raise ValueError("llama.cpp could not parse the output grammar")
+        add(chain, constraint)
     biases = list(params.logit_bias)
     if params.ignore_eos:
         biases += [(token, -math.inf) for token in native.eog_tokens]

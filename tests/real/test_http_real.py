@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -179,3 +181,43 @@ def test_logprobs_are_the_models_own(api: openai.OpenAI):
     legacy = api.completions.create(model=SMOL, prompt="The sky is", max_tokens=4, temperature=0, logprobs=2)
     assert len(legacy.choices[0].logprobs.tokens) == 4
     assert all(len(top) == 2 for top in legacy.choices[0].logprobs.top_logprobs)
+
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer"},
+        "colors": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "maxItems": 3},
+    },
+    "required": ["name", "age", "colors"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_json_schema_output_always_parses_and_validates(api: openai.OpenAI, temperature):
+    reply = api.chat.completions.create(
+        model=SMOL,
+        messages=[{"role": "user", "content": "Describe a person."}],
+        max_tokens=120,
+        temperature=temperature,
+        seed=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}},
+    )
+    assert reply.choices[0].finish_reason == "stop"
+    person = json.loads(reply.choices[0].message.content)
+    assert set(person) == {"name", "age", "colors"}
+    assert isinstance(person["name"], str) and len(person["name"]) <= 20
+    assert isinstance(person["age"], int)
+    assert set(person["colors"]) <= {"red", "green", "blue"} and len(person["colors"]) <= 3
+
+
+def test_json_object_output_is_an_object(api: openai.OpenAI):
+    reply = api.chat.completions.create(
+        model=SMOL, messages=QUESTION, max_tokens=80, temperature=0, response_format={"type": "json_object"}
+    )
+    if reply.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(reply.choices[0].message.content), dict)
+    else:  # cut by max_tokens: still the start of an object
+        assert reply.choices[0].message.content.lstrip().startswith("{")
