@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from server.engine import GenerationDelta
 from server.engine.base import TokenLogprob
@@ -21,9 +22,12 @@ from server.schemas import (
     Completion,
     CompletionChoice,
     CompletionLogprobs,
+    FunctionCall,
+    ToolCallOut,
     TopLogprob,
     Usage,
 )
+from server.tools import ToolCall, may_be_calls, parse_calls
 
 
 @dataclass
@@ -108,27 +112,58 @@ class ChatStreamState:
     """Turns engine deltas of each choice into chat chunks: the role once first, content deltas, an empty delta
     with the finish reason; when asked, a usage chunk with no choices after the last choice has finished."""
 
-    def __init__(self, meta: ResponseMeta, *, include_usage: bool, n: int = 1, logprobs: bool = False) -> None:
+    def __init__(
+        self,
+        meta: ResponseMeta,
+        *,
+        include_usage: bool,
+        n: int = 1,
+        logprobs: bool = False,
+        functions: dict[str, Any] | None = None,
+    ) -> None:
         self._meta = meta
         self._usage = _UsageTally(meta, n=n, include_usage=include_usage)
         self._started: set[int] = set()
         self._logprobs = logprobs
+        self._functions = functions  # tools may be called: a reply that starts like a call is held back
+        self._held: dict[int, str] = {}
 
     def push(self, index: int, delta: GenerationDelta) -> Iterator[ChatCompletionChunk]:
         if index not in self._started:
             self._started.add(index)
             yield self._chunk(index, ChatDelta(role="assistant", content=""))
+        text = delta.text
+        if self._functions is not None and index in self._held:
+            text = self._held.pop(index) + text
+            if may_be_calls(text):
+                if delta.finish_reason is None:
+                    self._held[index] = text
+                    return
+                calls = parse_calls(text, self._functions)
+                if calls is not None:
+                    yield self._chunk(index, ChatDelta(tool_calls=tool_call_deltas(calls)))
+                    yield from self._finish(index, "tool_calls", delta.completion_tokens, None)
+                    return
         logprobs = chat_logprobs(delta.logprobs) if self._logprobs and delta.logprobs else None
-        if delta.text:
-            yield self._chunk(index, ChatDelta(content=delta.text), logprobs=logprobs)
+        if text:
+            yield self._chunk(index, ChatDelta(content=text), logprobs=logprobs)
             logprobs = None
         if delta.finish_reason is not None:
-            yield self._chunk(index, ChatDelta(), finish_reason=delta.finish_reason, logprobs=logprobs)
-            usage = self._usage.finish(index, delta.completion_tokens)
-            if usage is not None:
-                yield ChatCompletionChunk(
-                    id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[], usage=usage
-                )
+            yield from self._finish(index, delta.finish_reason, delta.completion_tokens, logprobs)
+
+    def hold(self, index: int) -> None:
+        """Start a choice in tool mode: its text is held until it is clearly not a tool call."""
+        self._held[index] = ""
+
+    def _finish(
+        self, index: int, reason: str, completion_tokens: int, logprobs: ChatLogprobs | None
+    ) -> Iterator[ChatCompletionChunk]:
+        yield self._chunk(index, ChatDelta(), finish_reason=reason, logprobs=logprobs)
+        usage = self._usage.finish(index, completion_tokens)
+        if usage is not None:
+            yield ChatCompletionChunk(
+                id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[], usage=usage
+            )
 
     def _chunk(
         self, index: int, delta: ChatDelta, finish_reason: str | None = None, logprobs: ChatLogprobs | None = None
@@ -169,20 +204,42 @@ class CompletionStreamState:
         return Completion(id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[choice])
 
 
-def chat_completion(meta: ResponseMeta, finished: list[ChoiceResult]) -> ChatCompletion:
+def tool_call_deltas(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    """Each call whole in one delta: id, type and name once, the arguments as one fragment."""
+    return [
+        {"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for i, c in enumerate(calls)
+    ]
+
+
+def chat_completion(
+    meta: ResponseMeta, finished: list[ChoiceResult], functions: dict[str, Any] | None = None
+) -> ChatCompletion:
+    choices = []
+    for i, choice in enumerate(finished):
+        calls = None if functions is None else parse_calls(choice.text, functions)
+        if calls is not None:
+            message = AssistantMessage(
+                content=None,
+                tool_calls=[
+                    ToolCallOut(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls
+                ],
+            )
+        else:
+            message = AssistantMessage(content=choice.text)
+        choices.append(
+            ChatChoice(
+                index=i,
+                message=message,
+                finish_reason="tool_calls" if calls is not None else choice.last.finish_reason,  # type: ignore[arg-type]
+                logprobs=None if choice.logprobs is None else chat_logprobs(choice.logprobs),
+            )
+        )
     return ChatCompletion(
         id=meta.id,
         created=meta.created,
         model=meta.model,
-        choices=[
-            ChatChoice(
-                index=i,
-                message=AssistantMessage(content=choice.text),
-                finish_reason=choice.last.finish_reason,  # type: ignore[arg-type]
-                logprobs=None if choice.logprobs is None else chat_logprobs(choice.logprobs),
-            )
-            for i, choice in enumerate(finished)
-        ],
+        choices=choices,
         usage=meta.usage(sum(choice.last.completion_tokens for choice in finished)),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,26 @@ def _logit_bias(bias: dict[str, float], n_vocab: int) -> tuple[tuple[int, float]
 
 
 def template_message(message: ChatMessage) -> dict[str, Any]:
-    return {"role": _TEMPLATE_ROLES.get(message.role, message.role), "content": message.text()}
+    """A message as chat templates expect it. Earlier tool calls are shown in the one call format the model
+    is taught (see server/tools.py), whatever its template knows about tools."""
+    content = message.text()
+    if message.tool_calls:
+        calls = [
+            {
+                "name": call.get("function", {}).get("name"),
+                "arguments": _json_or_text(call.get("function", {}).get("arguments")),
+            }
+            for call in message.tool_calls
+        ]
+        content = json.dumps({"tool_calls": calls})
+    return {"role": _TEMPLATE_ROLES.get(message.role, message.role), "content": content}
+
+
+def _json_or_text(value: Any) -> Any:
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def include_usage(body: SamplingFields) -> bool:
@@ -70,10 +90,6 @@ def check_chat(body: ChatCompletionRequest, limits: RequestLimits) -> None:
             f"The messages are longer than this server accepts ({limits.max_prompt_chars} characters).",
             param="messages",
         )
-    if body.tools:
-        _reject("tools", "tool calling is not available")
-    if body.tool_choice not in (None, "none"):
-        _reject("tool_choice", "tool calling is not available")
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequestError("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
 

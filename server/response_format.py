@@ -68,11 +68,12 @@ def json_schema_of(response_format: dict[str, Any] | None) -> str | None:
     schema = spec.get("schema", {})
     if not isinstance(schema, dict):
         raise InvalidRequestError(f"'{PARAM}.json_schema.schema' must be an object.", param=f"{PARAM}.json_schema")
-    _check(schema, f"{PARAM}.json_schema.schema")
+    check_schema(schema, f"{PARAM}.json_schema.schema")
     return json.dumps(schema) if schema else ANY_OBJECT
 
 
-def _check(node: Any, path: str) -> None:
+def check_schema(node: Any, path: str) -> None:
+    """Raise a 400 naming the first keyword a grammar cannot enforce."""
     if isinstance(node, bool):  # `true` / `false` schemas
         return
     if not isinstance(node, dict):
@@ -95,11 +96,11 @@ def _check(node: Any, path: str) -> None:
             if not isinstance(value, dict):
                 raise InvalidRequestError(f"'{where}' must be an object.", param=where)
             for name, child in value.items():
-                _check(child, f"{where}.{name}")
+                check_schema(child, f"{where}.{name}")
         elif key in ("items", "additionalProperties") and not isinstance(value, bool):
-            _check(value, where)
+            check_schema(value, where)
         elif key in ("anyOf", "oneOf", "prefixItems"):
             if not isinstance(value, list):
                 raise InvalidRequestError(f"'{where}' must be a list.", param=where)
             for i, child in enumerate(value):
-                _check(child, f"{where}[{i}]")
+                check_schema(child, f"{where}[{i}]")

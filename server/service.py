@@ -13,9 +13,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from server import params
+from server import params, tools
 from server.chunks import (
     ChatStreamState,
     ChoiceResult,
@@ -51,6 +51,7 @@ SCRAPE_TIMEOUT_S = 2.0
 class _Prepared:
     meta: ResponseMeta
     streams: list[AsyncIterator[GenerationDelta]]  # one per choice
+    functions: dict[str, Any] | None = None  # tools the reply may call
 
 
 class InferenceService:
@@ -110,7 +111,8 @@ class InferenceService:
 
     async def chat(self, body: ChatCompletionRequest, record: RequestRecord | None = None) -> ChatCompletion:
         prepared = await self._prepare_chat(body, record or _record())
-        return chat_completion(prepared.meta, await _collect(prepared.streams, bool(body.logprobs)))
+        finished = await _collect(prepared.streams, bool(body.logprobs))
+        return chat_completion(prepared.meta, finished, prepared.functions)
 
     async def chat_stream(
         self, body: ChatCompletionRequest, record: RequestRecord | None = None
@@ -121,7 +123,11 @@ class InferenceService:
             include_usage=params.include_usage(body),
             n=len(prepared.streams),
             logprobs=bool(body.logprobs),
+            functions=prepared.functions,
         )
+        if prepared.functions is not None:
+            for index in range(len(prepared.streams)):
+                state.hold(index)
         return _relay(prepared.streams, state.push)
 
     async def complete(self, body: CompletionRequest, record: RequestRecord | None = None) -> Completion:
@@ -142,16 +148,23 @@ class InferenceService:
 
     async def _prepare_chat(self, body: ChatCompletionRequest, record: RequestRecord) -> _Prepared:
         params.check_chat(body, self._limits)
+        tool_plan = tools.plan(body.tools, body.tool_choice, body.parallel_tool_calls is not False)
         json_schema = json_schema_of(body.response_format)
+        if tool_plan is not None and tool_plan.forced_schema is not None:
+            json_schema = tool_plan.forced_schema  # a required call is enforced like a response schema
         engine = await self._engine(body, record)
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         params.check_token_cap(body.token_limit(), self._registry.resolve(body.model).max_tokens_cap, param)
-        prompt = await engine.render_chat([params.template_message(m) for m in body.messages])
+        messages = [params.template_message(m) for m in body.messages]
+        if tool_plan is not None:
+            messages = tools.with_instructions(messages, tool_plan)
+        prompt = await engine.render_chat(messages)
         tokens = await engine.tokenize(prompt)
         limit, logprobs = body.token_limit(), params.chat_logprobs(body)
-        return await self._start(
+        prepared = await self._start(
             engine, body, record, tokens, limit, logprobs, "chatcmpl", "messages", json_schema=json_schema
         )
+        return dataclasses.replace(prepared, functions=None if tool_plan is None else tool_plan.functions)
 
     async def _prepare_completion(self, body: CompletionRequest, record: RequestRecord) -> _Prepared:
         params.check_completion(body, self._limits)

@@ -195,7 +195,12 @@ def test_completions_default_max_tokens_is_16(client, loader):
         ({**HELLO, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
         ({**HELLO, "n": 9}, "n"),
         ({**HELLO, "n": 0}, "n"),
-        ({**HELLO, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({**HELLO, "tools": [{"type": "function", "function": {}}]}, "tools[0]"),
+        ({**HELLO, "tool_choice": "required"}, "tool_choice"),
+        (
+            {**HELLO, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "sometimes"},
+            "tool_choice",
+        ),
         ({**HELLO, "response_format": {"type": "xml"}}, "response_format.type"),
         ({**HELLO, "response_format": {"type": "json_schema"}}, "response_format.json_schema"),
         ({**HELLO, "top_logprobs": 2}, "top_logprobs"),
@@ -434,3 +439,97 @@ def test_unsupported_schema_features_are_a_400_naming_them(client, loader, schem
     error = assert_openai_error(client.post(CHAT, json={**HELLO, "response_format": fmt}), 400, param=param)
     assert param.rsplit(".", 1)[-1] in error["message"] or "type" in error["message"]
     assert loader.loads == []  # refused before the model was even loaded
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+CALL_PIECES = ('{"tool_calls": [{"name": "get_weather", ', '"arguments": {"city": "Paris"}}]}')
+
+
+@pytest.fixture
+def roomy(loader):
+    """The tool instructions are long for the fake engine's one-token-per-character count."""
+    loader.scripts["fake-model"] = FakeScript(n_ctx=4096)
+    return loader
+
+
+def test_tool_call_plain(client, roomy):
+    loader = roomy
+    loader.scripts["fake-model"] = FakeScript(pieces=CALL_PIECES, n_ctx=4096)
+    body = client.post(CHAT, json={**HELLO, "tools": [WEATHER]}).json()
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    [call] = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    rendered = loader.engines["fake-model"].rendered[-1]
+    assert rendered[0]["role"] == "system" and "get_weather" in rendered[0]["content"]
+    assert loader.engines["fake-model"].requests[-1].json_schema is None  # auto: no grammar
+
+
+def test_tool_choice_required_or_named_constrains_the_output(client, roomy):
+    loader = roomy
+    client.post(CHAT, json={**HELLO, "tools": [WEATHER], "tool_choice": "required"})
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    client.post(CHAT, json={**HELLO, "tools": [WEATHER], "tool_choice": named})
+    for request in loader.engines["fake-model"].requests:
+        schema = json.loads(request.json_schema)
+        [call] = schema["properties"]["tool_calls"]["items"]["anyOf"]
+        assert call["properties"]["name"] == {"const": "get_weather"}
+        assert call["properties"]["arguments"] == WEATHER["function"]["parameters"]
+    unknown = {"type": "function", "function": {"name": "nope"}}
+    assert_openai_error(client.post(CHAT, json={**HELLO, "tools": [WEATHER], "tool_choice": unknown}), 400)
+
+
+def test_auto_tools_with_a_text_reply_stream_as_text(client, roomy):
+    with client.stream("POST", CHAT, json={**HELLO, "tools": [WEATHER], "stream": True}) as response:
+        response.read()
+    events = sse_events(response)
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == "Hello, world!"
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_tool_call_streamed_in_openai_delta_format(client, loader):
+    loader.scripts["fake-model"] = FakeScript(pieces=CALL_PIECES, n_ctx=4096)
+    api = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
+    stream = api.chat.completions.create(
+        model="fake-model", messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER], stream=True
+    )
+    chunks = list(stream)
+    calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert len(calls) == 1 and calls[0].function.name == "get_weather" and calls[0].id
+    assert "".join(c.function.arguments for c in calls) == '{"city": "Paris"}'
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert all(not c.choices[0].delta.content for c in chunks)
+
+
+def test_tool_results_in_the_history_reach_the_template(client, roomy):
+    loader = roomy
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C and sunny"},
+    ]
+    assert client.post(CHAT, json={"model": "fake-model", "messages": messages, "tools": [WEATHER]}).status_code == 200
+    rendered = loader.engines["fake-model"].rendered[-1]
+    assert json.loads(rendered[2]["content"]) == {
+        "tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+    }
+    assert rendered[3] == {"role": "tool", "content": "18C and sunny"}

@@ -221,3 +221,92 @@ def test_json_object_output_is_an_object(api: openai.OpenAI):
         assert isinstance(json.loads(reply.choices[0].message.content), dict)
     else:  # cut by max_tokens: still the start of an object
         assert reply.choices[0].message.content.lstrip().startswith("{")
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 30}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME_TOOL = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def assert_valid_weather_call(call) -> None:
+    assert call.type == "function" and call.id.startswith("call_") and call.function.name == "get_weather"
+    arguments = json.loads(call.function.arguments)
+    assert set(arguments) == {"city", "unit"} and arguments["unit"] in ("celsius", "fahrenheit")
+    assert isinstance(arguments["city"], str) and len(arguments["city"]) <= 30
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_forced_tool_call_is_always_valid(api: openai.OpenAI, tool_choice):
+    for temperature in (0, 1.0):
+        reply = api.chat.completions.create(
+            model=SMOL,
+            messages=WEATHER_QUESTION,
+            tools=[WEATHER_TOOL],
+            tool_choice=tool_choice,
+            max_tokens=400,
+            temperature=temperature,
+            seed=11,
+        )
+        choice = reply.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        assert len(choice.message.tool_calls) >= 1
+        for call in choice.message.tool_calls:
+            assert_valid_weather_call(call)
+
+
+def test_parallel_tool_calls_false_means_one_call(api: openai.OpenAI):
+    reply = api.chat.completions.create(
+        model=SMOL,
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=200,
+        temperature=1.0,
+        seed=11,
+    )
+    assert len(reply.choices[0].message.tool_calls) == 1
+    assert_valid_weather_call(reply.choices[0].message.tool_calls[0])
+
+
+def test_streamed_tool_call_assembles_in_the_sdk(api: openai.OpenAI):
+    stream = api.chat.completions.create(
+        model=SMOL,
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=100,
+        temperature=0,
+        stream=True,
+    )
+    chunks = list(stream)
+    deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    names = [d.function.name for d in deltas if d.function and d.function.name]
+    assert names and all(name == "get_weather" for name in names)  # a name is sent once per call, not repeated
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_auto_tools_answer_in_text_or_with_a_valid_call(api: openai.OpenAI):
+    reply = api.chat.completions.create(
+        model=SMOL, messages=WEATHER_QUESTION, tools=[WEATHER_TOOL], max_tokens=60, temperature=0
+    )
+    choice = reply.choices[0]
+    if choice.message.tool_calls:
+        assert choice.finish_reason == "tool_calls"
+        for call in choice.message.tool_calls:
+            assert call.function.name == "get_weather"
+            json.loads(call.function.arguments)
+    else:
+        assert choice.message.content
