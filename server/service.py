@@ -11,21 +11,19 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from server import params, tools
 from server.chunks import (
     ChatStreamState,
-    ChoiceResult,
     CompletionStreamState,
     ResponseMeta,
     chat_completion,
     completion,
 )
 from server.engine import Engine, GenerationDelta, GenerationRequest
-from server.engine.base import TokenLogprob
 from server.errors import APIError, ContextLengthExceededError, RequestTimeoutError
 from server.metrics import EngineSnapshot, Metrics, RequestRecord
 from server.params import RequestLimits
@@ -41,8 +39,8 @@ from server.schemas import (
     ModelList,
     SamplingFields,
 )
+from server.streams import collect, relay
 
-T = TypeVar("T")
 logger = logging.getLogger(__name__)
 SCRAPE_TIMEOUT_S = 2.0
 
@@ -111,7 +109,7 @@ class InferenceService:
 
     async def chat(self, body: ChatCompletionRequest, record: RequestRecord | None = None) -> ChatCompletion:
         prepared = await self._prepare_chat(body, record or _record())
-        finished = await _collect(prepared.streams, bool(body.logprobs))
+        finished = await collect(prepared.streams, bool(body.logprobs))
         return chat_completion(prepared.meta, finished, prepared.functions)
 
     async def chat_stream(
@@ -128,11 +126,11 @@ class InferenceService:
         if prepared.functions is not None:
             for index in range(len(prepared.streams)):
                 state.hold(index)
-        return _relay(prepared.streams, state.push)
+        return relay(prepared.streams, state.push)
 
     async def complete(self, body: CompletionRequest, record: RequestRecord | None = None) -> Completion:
         prepared = await self._prepare_completion(body, record or _record())
-        return completion(prepared.meta, await _collect(prepared.streams, body.logprobs is not None))
+        return completion(prepared.meta, await collect(prepared.streams, body.logprobs is not None))
 
     async def complete_stream(
         self, body: CompletionRequest, record: RequestRecord | None = None
@@ -144,7 +142,7 @@ class InferenceService:
             n=len(prepared.streams),
             logprobs=body.logprobs is not None,
         )
-        return _relay(prepared.streams, state.push)
+        return relay(prepared.streams, state.push)
 
     async def _prepare_chat(self, body: ChatCompletionRequest, record: RequestRecord) -> _Prepared:
         params.check_chat(body, self._limits)
@@ -251,62 +249,3 @@ class InferenceService:
 
 def _record() -> RequestRecord:
     return RequestRecord(request_id="", method="", path="")
-
-
-async def _collect(streams: list[AsyncIterator[GenerationDelta]], logprobs: bool) -> list[ChoiceResult]:
-    parts: list[list[str]] = [[] for _ in streams]
-    tokens: list[list[TokenLogprob]] = [[] for _ in streams]
-    last: list[GenerationDelta | None] = [None for _ in streams]
-    async for index, delta in _merged(streams):
-        parts[index].append(delta.text)
-        tokens[index].extend(delta.logprobs)
-        last[index] = delta
-    results = []
-    for text, final, choice_tokens in zip(parts, last, tokens, strict=True):
-        if final is None or final.finish_reason is None:
-            raise RuntimeError("engine stream ended without a finish reason")
-        results.append(ChoiceResult("".join(text), final, tuple(choice_tokens) if logprobs else None))
-    return results
-
-
-async def _relay(
-    streams: list[AsyncIterator[GenerationDelta]], push: Callable[[int, GenerationDelta], Iterator[T]]
-) -> AsyncIterator[T]:
-    async for index, delta in _merged(streams):
-        for item in push(index, delta):
-            yield item
-
-
-async def _merged(streams: list[AsyncIterator[GenerationDelta]]) -> AsyncIterator[tuple[int, GenerationDelta]]:
-    """The deltas of all choices as they come, tagged with the choice index; every stream is closed at the end."""
-    if len(streams) == 1:
-        async with contextlib.aclosing(streams[0]):  # type: ignore[type-var]
-            async for delta in streams[0]:
-                yield 0, delta
-        return
-    queue: asyncio.Queue[tuple[int, GenerationDelta | Exception | None]] = asyncio.Queue()
-
-    async def pump(index: int, stream: AsyncIterator[GenerationDelta]) -> None:
-        try:
-            async with contextlib.aclosing(stream):  # type: ignore[type-var]
-                async for delta in stream:
-                    queue.put_nowait((index, delta))
-        except Exception as exc:
-            queue.put_nowait((index, exc))
-        queue.put_nowait((index, None))
-
-    tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
-    try:
-        running = len(tasks)
-        while running:
-            index, item = await queue.get()
-            if item is None:
-                running -= 1
-            elif isinstance(item, Exception):
-                raise item
-            else:
-                yield index, item
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,73 @@
+"""Stream plumbing for the service: merging the choices of one request, collecting or relaying them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
+
+from server.chunks import ChoiceResult
+from server.engine import GenerationDelta
+from server.engine.base import TokenLogprob
+
+T = TypeVar("T")
+
+
+async def collect(streams: list[AsyncIterator[GenerationDelta]], logprobs: bool) -> list[ChoiceResult]:
+    parts: list[list[str]] = [[] for _ in streams]
+    tokens: list[list[TokenLogprob]] = [[] for _ in streams]
+    last: list[GenerationDelta | None] = [None for _ in streams]
+    async for index, delta in merged(streams):
+        parts[index].append(delta.text)
+        tokens[index].extend(delta.logprobs)
+        last[index] = delta
+    results = []
+    for text, final, choice_tokens in zip(parts, last, tokens, strict=True):
+        if final is None or final.finish_reason is None:
+            raise RuntimeError("engine stream ended without a finish reason")
+        results.append(ChoiceResult("".join(text), final, tuple(choice_tokens) if logprobs else None))
+    return results
+
+
+async def relay(
+    streams: list[AsyncIterator[GenerationDelta]], push: Callable[[int, GenerationDelta], Iterator[T]]
+) -> AsyncIterator[T]:
+    async for index, delta in merged(streams):
+        for item in push(index, delta):
+            yield item
+
+
+async def merged(streams: list[AsyncIterator[GenerationDelta]]) -> AsyncIterator[tuple[int, GenerationDelta]]:
+    """The deltas of all choices as they come, tagged with the choice index; every stream is closed at the end."""
+    if len(streams) == 1:
+        async with contextlib.aclosing(streams[0]):  # type: ignore[type-var]
+            async for delta in streams[0]:
+                yield 0, delta
+        return
+    queue: asyncio.Queue[tuple[int, GenerationDelta | Exception | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[GenerationDelta]) -> None:
+        try:
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async for delta in stream:
+                    queue.put_nowait((index, delta))
+        except Exception as exc:
+            queue.put_nowait((index, exc))
+        queue.put_nowait((index, None))
+
+    tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
