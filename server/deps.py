@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from server.errors import AuthenticationError, from_validation_errors
 from server.metrics import RequestRecord
+from server.responses import ResponsesRequest
 from server.schemas import ChatCompletionRequest, CompletionRequest
 from server.service import InferenceService
 
@@ -90,3 +91,4 @@ ServiceDep = Annotated[InferenceService, Depends(get_service)]
 RecordDep = Annotated[RequestRecord, Depends(get_record)]
 ChatBody = Annotated[ChatCompletionRequest, Depends(json_body(ChatCompletionRequest))]
 CompletionBody = Annotated[CompletionRequest, Depends(json_body(CompletionRequest))]
+ResponsesBody = Annotated[ResponsesRequest, Depends(json_body(ResponsesRequest))]

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
+from server import responses as responses_api
 from server import sse
-from server.deps import ChatBody, CompletionBody, RecordDep, ServiceDep, request_body_doc, require_api_key
-from server.schemas import ChatCompletionRequest, CompletionRequest
+from server.deps import (
+    ChatBody,
+    CompletionBody,
+    RecordDep,
+    ResponsesBody,
+    ServiceDep,
+    request_body_doc,
+    require_api_key,
+)
+from server.responses import ResponsesRequest
+from server.schemas import ChatCompletionRequest, CompletionRequest, StreamOptions
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +46,9 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
-async def _unless_disconnected(request: Request, work: Awaitable[BaseModel]) -> Response:
+async def _unless_disconnected(
+    request: Request, work: Awaitable[Any], render: Callable[[Any], Response] = lambda obj: _json(obj)
+) -> Response:
     """Run a non-streaming request, cancelling it (and freeing its sequence) if the client goes away."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_until_disconnect(request))
@@ -47,7 +60,7 @@ async def _unless_disconnected(request: Request, work: Awaitable[BaseModel]) -> 
         task.cancel()
         logger.info("client disconnected; request cancelled")
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    return _json(task.result())
+    return render(task.result())
 
 
 @v1.get("/models")
@@ -72,3 +85,19 @@ async def completions(request: Request, body: CompletionBody, service: ServiceDe
     if body.stream:
         return _events(await service.complete_stream(body, record))
     return await _unless_disconnected(request, service.complete(body, record))
+
+
+@v1.post("/responses", response_model=None, openapi_extra=request_body_doc(ResponsesRequest))
+async def create_response(request: Request, body: ResponsesBody, service: ServiceDep, record: RecordDep) -> Response:
+    chat = responses_api.to_chat(body)
+    if body.stream:
+        chat = chat.model_copy(update={"stream": True, "stream_options": StreamOptions(include_usage=True)})
+        events = responses_api.events(body, await service.chat_stream(chat, record))
+        return StreamingResponse(
+            sse.encode_events(events), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    async def respond() -> dict:
+        return responses_api.from_chat(body, await service.chat(chat, record))
+
+    return await _unless_disconnected(request, respond(), JSONResponse)

@@ -42,3 +42,33 @@ async def encode(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[bytes]:
                 logger.exception("stream failed")
             yield event(error.body().model_dump(mode="json"))
     yield DONE
+
+
+async def encode_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """Named events of the Responses API (`event:` line, `sequence_number` in the data); a failure becomes an
+    `error` event. This API ends without a [DONE] line."""
+    sequence = 0
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        try:
+            async for payload in events:
+                yield _named({**payload, "sequence_number": sequence})
+                sequence += 1
+        except Exception as exc:
+            error = from_exception(exc)
+            if isinstance(error, InternalError):
+                logger.exception("stream failed")
+            detail = error.body().error
+            yield _named(
+                {
+                    "type": "error",
+                    "code": detail.code,
+                    "message": detail.message,
+                    "param": detail.param,
+                    "sequence_number": sequence,
+                }
+            )
+
+
+def _named(payload: dict[str, Any]) -> bytes:
+    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {payload['type']}\ndata: {data}\n\n".encode()

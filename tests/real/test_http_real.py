@@ -310,3 +310,28 @@ def test_auto_tools_answer_in_text_or_with_a_valid_call(api: openai.OpenAI):
             json.loads(call.function.arguments)
     else:
         assert choice.message.content
+
+
+def test_responses_api_text_and_stream(api: openai.OpenAI):
+    response = api.responses.create(
+        model=SMOL,
+        input="What is the capital of France?",
+        instructions="Answer briefly.",
+        max_output_tokens=12,
+        temperature=0,
+    )
+    assert response.status in ("completed", "incomplete") and response.output_text
+    events = list(
+        api.responses.create(
+            model=SMOL,
+            input="What is the capital of France?",
+            instructions="Answer briefly.",
+            max_output_tokens=12,
+            temperature=0,
+            stream=True,
+        )
+    )
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert streamed == response.output_text
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    assert events[-1].response.usage.output_tokens == response.usage.output_tokens
