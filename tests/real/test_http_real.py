@@ -335,3 +335,22 @@ def test_responses_api_text_and_stream(api: openai.OpenAI):
     assert streamed == response.output_text
     assert events[-1].type in ("response.completed", "response.incomplete")
     assert events[-1].response.usage.output_tokens == response.usage.output_tokens
+
+
+def test_sdk_parse_with_a_pydantic_model(api: openai.OpenAI):
+    from pydantic import BaseModel as PydanticModel
+
+    class City(PydanticModel):
+        name: str
+        country: str
+        population_millions: int
+
+    completion = api.chat.completions.parse(
+        model=SMOL,
+        messages=[{"role": "user", "content": "Describe Paris."}],
+        response_format=City,
+        max_tokens=120,
+        temperature=0,
+    )
+    city = completion.choices[0].message.parsed
+    assert isinstance(city, City) and city.name
