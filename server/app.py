@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
     service = InferenceService(
         registry,
         metrics=metrics,
-        limits=RequestLimits(max_messages=settings.max_messages),
+        limits=RequestLimits(max_messages=settings.max_messages, max_embedding_inputs=settings.max_embedding_inputs),
         request_timeout_s=settings.request_timeout_s,
         preload=settings.preload,
         created=int(time.time()),

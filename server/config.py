@@ -50,6 +50,7 @@ class Settings(BaseModel):
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_messages: int = Field(default=1000, ge=1)
+    max_embedding_inputs: int = Field(default=2048, ge=1)
     request_timeout_s: float = Field(default=600.0, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
 
@@ -138,6 +139,7 @@ class ModelSpec(BaseModel):
     parallel: int = Field(default=4, ge=1, le=64, description="Sequences decoded together.")
     max_queue: int = Field(default=64, ge=0, description="Requests that may wait for a sequence; then 429.")
     max_tokens_cap: int | None = Field(default=None, ge=1, description="Most tokens one request may generate.")
+    embedding: bool = Field(default=False, description="An embedding model (pooled), served on /v1/embeddings.")
     flash_attn: bool = Field(
         default=True,
         description="llama.cpp flash attention (auto). Without it, attention kernels differ for one and several "

@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
+from server.embeddings import EmbeddingRequest
 from server.errors import AuthenticationError, from_validation_errors
 from server.metrics import RequestRecord
 from server.responses import ResponsesRequest
@@ -92,3 +93,4 @@ RecordDep = Annotated[RequestRecord, Depends(get_record)]
 ChatBody = Annotated[ChatCompletionRequest, Depends(json_body(ChatCompletionRequest))]
 CompletionBody = Annotated[CompletionRequest, Depends(json_body(CompletionRequest))]
 ResponsesBody = Annotated[ResponsesRequest, Depends(json_body(ResponsesRequest))]
+EmbeddingBody = Annotated[EmbeddingRequest, Depends(json_body(EmbeddingRequest))]

@@ -27,7 +27,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UNMETERED_PATHS = frozenset({"/metrics", "/health", "/ready"})
-METERED_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/responses"})
+METERED_ENDPOINTS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/responses", "/v1/embeddings"}
+)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # echoed back in a header and logs: keep it tame
 
 

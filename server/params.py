@@ -22,6 +22,7 @@ class RequestLimits:
     max_stop_length: int = 500
     max_prompt_chars: int = 1_000_000
     max_choices: int = 8
+    max_embedding_inputs: int = 2048
 
 
 def sampling(body: SamplingFields, n_vocab: int) -> SamplingParams:

@@ -16,12 +16,14 @@ from server import sse
 from server.deps import (
     ChatBody,
     CompletionBody,
+    EmbeddingBody,
     RecordDep,
     ResponsesBody,
     ServiceDep,
     request_body_doc,
     require_api_key,
 )
+from server.embeddings import EmbeddingRequest
 from server.responses import ResponsesRequest
 from server.schemas import ChatCompletionRequest, CompletionRequest, StreamOptions
 
@@ -101,3 +103,8 @@ async def create_response(request: Request, body: ResponsesBody, service: Servic
         return responses_api.from_chat(body, await service.chat(chat, record))
 
     return await _unless_disconnected(request, respond(), JSONResponse)
+
+
+@v1.post("/embeddings", response_model=None, openapi_extra=request_body_doc(EmbeddingRequest))
+async def embeddings(request: Request, body: EmbeddingBody, service: ServiceDep, record: RecordDep) -> Response:
+    return await _unless_disconnected(request, service.embeddings(body, record))

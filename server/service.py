@@ -23,8 +23,9 @@ from server.chunks import (
     chat_completion,
     completion,
 )
+from server.embeddings import EmbeddingList, EmbeddingRequest, embed
 from server.engine import Engine, GenerationDelta, GenerationRequest
-from server.errors import APIError, ContextLengthExceededError, RequestTimeoutError
+from server.errors import APIError, ContextLengthExceededError, InvalidRequestError, RequestTimeoutError
 from server.metrics import EngineSnapshot, Metrics, RequestRecord
 from server.params import RequestLimits
 from server.registry import ModelRegistry
@@ -100,6 +101,9 @@ class InferenceService:
         self._metrics.engines.snapshots = snapshots
         return self._metrics.render()
 
+    async def embeddings(self, body: EmbeddingRequest, record: RequestRecord | None = None) -> EmbeddingList:
+        return await embed(self._registry, body, record or _record(), self._limits.max_embedding_inputs)
+
     def list_models(self) -> ModelList:
         return ModelList(data=[self._card(spec.name, spec.owned_by) for spec in self._registry.specs()])
 
@@ -172,8 +176,14 @@ class InferenceService:
         return await self._start(engine, body, record, tokens, body.max_tokens, body.logprobs, "cmpl", "prompt")
 
     async def _engine(self, body: SamplingFields, record: RequestRecord) -> Engine:
+        """The engine of a generative model for chat and completions (an embedding model is a 400)."""
         record.model = self._registry.resolve(body.model).name
-        return await self._registry.engine(body.model)
+        engine = await self._registry.engine(body.model)
+        if engine.info.embedding_dims is not None:
+            raise InvalidRequestError(
+                f"The model `{body.model}` is an embedding model; use /v1/embeddings.", param="model"
+            )
+        return engine
 
     async def _start(
         self,

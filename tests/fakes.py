@@ -20,6 +20,7 @@ class FakeScript:
     failure: Exception = field(default_factory=lambda: RuntimeError("secret internal detail /opt/x"))
     overloaded: bool = False
     n_ctx: int = 256
+    embedding_dims: int | None = None  # set: an embedding model
 
 
 class FakeEngine:
@@ -34,7 +35,7 @@ class FakeEngine:
 
     @property
     def info(self) -> EngineInfo:
-        return EngineInfo(n_ctx=self.script.n_ctx, n_vocab=1000)
+        return EngineInfo(n_ctx=self.script.n_ctx, n_vocab=1000, embedding_dims=self.script.embedding_dims)
 
     @property
     def alive(self) -> bool:
@@ -81,6 +82,16 @@ class FakeEngine:
         finally:
             if not finished:
                 self.closed_early += 1
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        # A vector per input from its first tokens, normalised: equal inputs give equal vectors.
+        dims = self.script.embedding_dims or 0
+        vectors = []
+        for tokens in inputs:
+            raw = [float((tokens[i % len(tokens)] % 7) + i) for i in range(dims)]
+            norm = sum(v * v for v in raw) ** 0.5
+            vectors.append([v / norm for v in raw])
+        return vectors
 
     def close(self) -> None:
         self.closed = True

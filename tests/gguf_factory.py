@@ -129,3 +129,80 @@ def write_tiny_llama(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+WORDPIECE_WORDS = ("the", "cat", "dog", "sat", "on", "mat", "car", "red", "blue", "runs", "fast")
+
+
+def write_tiny_bert(
+    path: Path,
+    *,
+    n_embd: int = 32,
+    n_layer: int = 2,
+    n_head: int = 2,
+    n_ff: int = 64,
+    context_length: int = 128,
+    seed: int = 0,
+) -> Path:
+    """A BERT embedding model (mean pooling) with random weights and a small WordPiece vocabulary."""
+    rng = np.random.default_rng(seed)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    # llama.cpp's WordPiece vocabularies mark word-initial pieces with "▁" and leave continuations bare
+    # (its converter turns BERT's "cat" / "##s" into "▁cat" / "s").
+    words = [*letters, *WORDPIECE_WORDS, ".", ",", "?", "!"]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"▁{w}" for w in words), *letters]
+    types = [gguf.TokenType.CONTROL] * 5 + [gguf.TokenType.NORMAL] * (len(tokens) - 5)
+    assert len(set(tokens)) == len(tokens)
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.add_name("tiny-test-bert")
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_layer_norm_eps(1e-12)
+    writer.add_causal_attention(False)
+    writer.add_pooling_type(gguf.PoolingType.MEAN)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("bert")
+    writer.add_token_list(tokens)
+    writer.add_token_types([int(t) for t in types])
+    writer.add_token_type_count(2)
+    writer.add_bos_token_id(tokens.index("[CLS]"))
+    writer.add_sep_token_id(tokens.index("[SEP]"))
+    writer.add_eos_token_id(tokens.index("[SEP]"))
+    writer.add_unk_token_id(tokens.index("[UNK]"))
+    writer.add_pad_token_id(tokens.index("[PAD]"))
+    writer.add_mask_token_id(tokens.index("[MASK]"))
+
+    def weight(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
+
+    def ones(n: int) -> np.ndarray:
+        return np.ones(n, dtype=np.float32)
+
+    def zeros(n: int) -> np.ndarray:
+        return np.zeros(n, dtype=np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(len(tokens), n_embd))
+    writer.add_tensor("token_types.weight", weight(2, n_embd))
+    writer.add_tensor("position_embd.weight", weight(context_length, n_embd))
+    writer.add_tensor("token_embd_norm.weight", ones(n_embd))
+    writer.add_tensor("token_embd_norm.bias", zeros(n_embd))
+    for i in range(n_layer):
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(f"blk.{i}.{name}.weight", weight(n_embd, n_embd))
+            writer.add_tensor(f"blk.{i}.{name}.bias", zeros(n_embd))
+        writer.add_tensor(f"blk.{i}.attn_output_norm.weight", ones(n_embd))
+        writer.add_tensor(f"blk.{i}.attn_output_norm.bias", zeros(n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(n_ff, n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_up.bias", zeros(n_ff))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(n_embd, n_ff))
+        writer.add_tensor(f"blk.{i}.ffn_down.bias", zeros(n_embd))
+        writer.add_tensor(f"blk.{i}.layer_output_norm.weight", ones(n_embd))
+        writer.add_tensor(f"blk.{i}.layer_output_norm.bias", zeros(n_embd))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

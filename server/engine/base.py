@@ -60,6 +60,8 @@ class EngineInfo:
     n_ctx: int
     """The most tokens (prompt plus completion) one request may occupy."""
     n_vocab: int
+    embedding_dims: int | None = None
+    """Vector size, for embedding models; None for generative ones."""
 
 
 @dataclass
@@ -98,6 +100,10 @@ class Engine(Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         """Start generating; raises at once (before any delta) when the request cannot be admitted."""
+        ...
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Pooled, L2-normalised vectors of token sequences (embedding models; others raise a 400)."""
         ...
 
     def close(self) -> None: ...

@@ -18,7 +18,7 @@ from server.engine.batching import BatchScheduler
 from server.engine.cpu import resolve_use_extra_bufts
 from server.engine.native import NativeModel
 from server.engine.template import ChatTemplate
-from server.errors import ModelUnavailableError
+from server.errors import InvalidRequestError, ModelUnavailableError
 
 logger = logging.getLogger(__name__)
 native_logger = logging.getLogger("server.engine.llama.native")
@@ -28,7 +28,7 @@ _NATIVE_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
 
 
 @llama_cpp.llama_log_callback
-def _native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+def native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     # llama.cpp logs a line per tensor while loading: keep it at DEBUG unless it is a warning or error.
     native_logger.log(_NATIVE_LEVELS.get(level, logging.DEBUG), "%s", text.decode("utf-8", "replace").rstrip())
 
@@ -52,8 +52,8 @@ class LlamaCppEngine:
     @classmethod
     def load(cls, spec: ModelSpec) -> LlamaCppEngine:
         """Load the model (blocking: call it off the event loop)."""
-        path = _checked_path(spec)
-        llama_cpp.llama_log_set(_native_log, ctypes.c_void_p(0))
+        path = checked_path(spec)
+        llama_cpp.llama_log_set(native_log, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         model_params.use_extra_bufts = resolve_use_extra_bufts(spec.use_extra_bufts)
@@ -109,6 +109,9 @@ class LlamaCppEngine:
     async def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
         return self._template.render(messages, add_generation_prompt=True)
 
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        raise InvalidRequestError(f"The model `{self._spec.name}` is not an embedding model.", param="model")
+
     async def tokenize(self, text: str) -> list[int]:
         return self._native.tokenize(text, add_special=True)
 
@@ -120,7 +123,7 @@ class LlamaCppEngine:
         self._native.free()
 
 
-def _checked_path(spec: ModelSpec) -> Path:
+def checked_path(spec: ModelSpec) -> Path:
     """Refuse what llama.cpp would choke on before handing it over: a missing file, or one that is not GGUF."""
     unavailable = ModelUnavailableError(f"The model `{spec.name}` is not available; see the server log.")
     try:

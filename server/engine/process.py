@@ -101,6 +101,9 @@ class ProcessEngine:
     async def tokenize(self, text: str) -> list[int]:
         return await self._call("tokenize", text)
 
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        return await self._call("embed", [list(tokens) for tokens in inputs])
+
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         # Admission is decided here, before any byte is streamed: `parallel` running plus `max_queue` waiting.
         if not self._alive:

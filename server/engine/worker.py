@@ -44,14 +44,15 @@ def serve(conn: Connection, spec_json: str, log_level: int) -> None:
     """Process entry point: load the model, report, then answer requests until shutdown or a closed pipe."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
     from server.config import ModelSpec
-    from server.engine.llama import LlamaCppEngine  # llama.cpp is imported in worker processes only
+    from server.engine.embedding import EmbeddingEngine  # llama.cpp is imported in worker processes only
+    from server.engine.llama import LlamaCppEngine
 
     spec = ModelSpec.model_validate_json(spec_json)
     # Admission (429) is decided in the HTTP process before a request is sent here; the worker queues all it gets,
     # so a request is never refused after its response has started.
     spec = spec.model_copy(update={"max_queue": UNBOUNDED_QUEUE})
     try:
-        engine = LlamaCppEngine.load(spec)
+        engine = (EmbeddingEngine if spec.embedding else LlamaCppEngine).load(spec)
     except APIError as exc:
         conn.send(("failed", exc.message))
         return
@@ -111,6 +112,8 @@ class _Worker:
                 value = await self._engine.tokenize(*args)
             elif kind == "counters":
                 value = await self._engine.counters()
+            elif kind == "embed":
+                value = await self._engine.embed(*args)
             else:
                 raise ValueError(f"unknown request {kind!r}")
         except Exception as exc:

@@ -15,7 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.gguf_factory import write_tiny_llama
+from tests.gguf_factory import write_tiny_bert, write_tiny_llama
 
 READY_LINE = "Uvicorn running on"
 WORKER_LINE = re.compile(r"worker for (\S+) started \(pid (\d+)\)")
@@ -91,7 +91,12 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, tiny_llama: Path) -> Iterator[ServerProcess]:
+def tiny_bert(tmp_path_factory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert.gguf")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, tiny_llama: Path, tiny_bert: Path) -> Iterator[ServerProcess]:
     models_file = tmp_path_factory.mktemp("config") / "models.yaml"
     models_file.write_text(
         f"""
@@ -108,6 +113,11 @@ models:
     n_ctx: 256
     n_threads: 1
     parallel: 2
+  - name: tiny-bert
+    description: random weights, WordPiece vocabulary, mean pooling
+    source: {{path: {tiny_bert}}}
+    embedding: true
+    n_ctx: 128
 """
     )
     process = ServerProcess(models_file)

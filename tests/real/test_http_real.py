@@ -103,7 +103,7 @@ def test_curl_style_request(server):
 
 
 def test_alias_and_model_listing(api: openai.OpenAI):
-    assert [m.id for m in api.models.list()] == [SMOL, "tiny-llama"]
+    assert [m.id for m in api.models.list()] == [SMOL, "tiny-llama", "tiny-bert"]
     reply = api.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=4)
     assert reply.model == "gpt-4o-mini"
 
@@ -354,3 +354,26 @@ def test_sdk_parse_with_a_pydantic_model(api: openai.OpenAI):
     )
     city = completion.choices[0].message.parsed
     assert isinstance(city, City) and city.name
+
+
+def test_embeddings_from_a_generated_bert_model(api: openai.OpenAI):
+    texts = ["the cat sat on the mat", "the cat sat on the mat", "a red car runs fast"]
+    result = api.embeddings.create(model="tiny-bert", input=texts)
+    vectors = [d.embedding for d in result.data]
+    assert [d.index for d in result.data] == [0, 1, 2] and all(len(v) == 32 for v in vectors)
+    for vector in vectors:
+        assert abs(sum(x * x for x in vector) - 1.0) < 1e-5  # mean-pooled, then normalised
+    assert vectors[0] == vectors[1] and vectors[0] != vectors[2]
+    assert result.usage.prompt_tokens == 8 + 8 + 7  # [CLS] words [SEP], WordPiece
+    single = api.embeddings.create(model="tiny-bert", input="the cat sat on the mat")
+    assert max(abs(a - b) for a, b in zip(single.data[0].embedding, vectors[0], strict=True)) < 1e-5
+    packed = api.embeddings.create(model="tiny-bert", input="a red car runs fast", encoding_format="base64")
+    import base64
+    import struct
+
+    decoded = struct.unpack("<32f", base64.b64decode(packed.data[0].embedding))
+    assert max(abs(a - b) for a, b in zip(decoded, vectors[2], strict=True)) < 1e-5
+    with pytest.raises(openai.BadRequestError):
+        api.embeddings.create(model=SMOL, input="x")  # a chat model is not an embedding model
+    with pytest.raises(openai.BadRequestError):
+        api.chat.completions.create(model="tiny-bert", messages=QUESTION)

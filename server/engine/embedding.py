@@ -1,0 +1,128 @@
+"""An embedding model (BERT family, pooled, normalised) served through llama.cpp. Worker processes only."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import math
+import threading
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import llama_cpp
+
+from server.config import ModelSpec
+from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
+from server.engine.cpu import resolve_use_extra_bufts
+from server.engine.llama import checked_path, native_log
+from server.engine.native import NativeModel
+from server.errors import InvalidRequestError, ModelUnavailableError
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddingEngine:
+    def __init__(self, spec: ModelSpec, native: NativeModel, dims: int) -> None:
+        self._spec = spec
+        self._native = native
+        self._info = EngineInfo(n_ctx=spec.n_ctx, n_vocab=native.n_vocab, embedding_dims=dims)
+        self._lock = threading.Lock()
+        self._encode = (
+            llama_cpp.llama_encode if llama_cpp.llama_model_has_encoder(native.model) else llama_cpp.llama_decode
+        )
+        self._batch = llama_cpp.llama_batch_init(spec.n_ctx, 0, 1)
+        self._counters = EngineCounters()
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> EmbeddingEngine:
+        path = checked_path(spec)
+        llama_cpp.llama_log_set(native_log, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.use_extra_bufts = resolve_use_extra_bufts(spec.use_extra_bufts)
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+        if not model:
+            raise ModelUnavailableError(f"The model `{spec.name}` failed to load; see the server log.")
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.embeddings = True
+        ctx_params.n_ctx = ctx_params.n_batch = ctx_params.n_ubatch = spec.n_ctx  # a whole input in one micro-batch
+        ctx_params.n_seq_max = spec.parallel
+        ctx_params.n_threads = ctx_params.n_threads_batch = spec.n_threads or 1
+        ctx = llama_cpp.llama_init_from_model(model, ctx_params)
+        if not ctx or llama_cpp.llama_pooling_type(ctx) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+            if ctx:
+                llama_cpp.llama_free(ctx)
+            llama_cpp.llama_model_free(model)
+            raise ModelUnavailableError(f"The model `{spec.name}` is not a pooled embedding model.")
+        native = NativeModel(model=model, ctx=ctx, vocab=llama_cpp.llama_model_get_vocab(model))
+        logger.info("loaded embedding model %s from %s", spec.name, path)
+        return cls(spec, native, llama_cpp.llama_model_n_embd(model))
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    async def counters(self) -> EngineCounters:
+        return self._counters
+
+    async def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+        raise self._not_generative()
+
+    async def tokenize(self, text: str) -> list[int]:
+        return self._native.tokenize(text, add_special=True)
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        raise self._not_generative()
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        return await asyncio.to_thread(self._embed_all, inputs)
+
+    def close(self) -> None:
+        llama_cpp.llama_batch_free(self._batch)
+        self._native.free()
+
+    def _not_generative(self) -> InvalidRequestError:
+        return InvalidRequestError(
+            f"The model `{self._spec.name}` is an embedding model; use /v1/embeddings.", param="model"
+        )
+
+    def _embed_all(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        vectors: list[list[float]] = []
+        with self._lock:
+            group: list[Sequence[int]] = []
+            for tokens in inputs:  # as many inputs per batch as fit in sequences and tokens
+                if group and (
+                    len(group) == self._spec.parallel or sum(map(len, group)) + len(tokens) > self._spec.n_ctx
+                ):
+                    vectors += self._embed_batch(group)
+                    group = []
+                group.append(tokens)
+            if group:
+                vectors += self._embed_batch(group)
+        return vectors
+
+    def _embed_batch(self, group: list[Sequence[int]]) -> list[list[float]]:
+        batch, n = self._batch, 0
+        for seq, tokens in enumerate(group):
+            for pos, token in enumerate(tokens):
+                batch.token[n], batch.pos[n], batch.n_seq_id[n], batch.logits[n] = token, pos, 1, True
+                batch.seq_id[n][0] = seq
+                n += 1
+        batch.n_tokens = n
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._native.ctx), True)
+        if self._encode(self._native.ctx, batch) != 0:
+            raise RuntimeError("llama.cpp failed to encode the inputs")
+        dims = self._info.embedding_dims or 0
+        vectors = []
+        for seq in range(len(group)):
+            pointer = llama_cpp.llama_get_embeddings_seq(self._native.ctx, seq)
+            vector = [pointer[i] for i in range(dims)]
+            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+            vectors.append([v / norm for v in vector])
+        self._counters.prompt_tokens_evaluated += n
+        return vectors
