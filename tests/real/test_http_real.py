@@ -377,3 +377,20 @@ def test_embeddings_from_a_generated_bert_model(api: openai.OpenAI):
         api.embeddings.create(model=SMOL, input="x")  # a chat model is not an embedding model
     with pytest.raises(openai.BadRequestError):
         api.chat.completions.create(model="tiny-bert", messages=QUESTION)
+
+
+def test_sdk_stream_helper_assembles_tool_calls(api: openai.OpenAI):
+    with api.chat.completions.stream(
+        model=SMOL,
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=100,
+        temperature=0,
+    ) as stream:
+        kinds = {event.type for event in stream}
+        final = stream.get_final_completion()
+    assert "tool_calls.function.arguments.done" in kinds
+    [call] = final.choices[0].message.tool_calls
+    assert_valid_weather_call(call)
+    assert final.choices[0].finish_reason == "tool_calls"
