@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import math
 import threading
@@ -14,8 +13,7 @@ import llama_cpp
 
 from server.config import ModelSpec
 from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
-from server.engine.cpu import resolve_use_extra_bufts
-from server.engine.llama import checked_path, native_log
+from server.engine.llama import load_weights
 from server.engine.native import NativeModel
 from server.errors import InvalidRequestError, ModelUnavailableError
 
@@ -36,14 +34,7 @@ class EmbeddingEngine:
 
     @classmethod
     def load(cls, spec: ModelSpec) -> EmbeddingEngine:
-        path = checked_path(spec)
-        llama_cpp.llama_log_set(native_log, ctypes.c_void_p(0))
-        llama_cpp.llama_backend_init()
-        model_params = llama_cpp.llama_model_default_params()
-        model_params.use_extra_bufts = resolve_use_extra_bufts(spec.use_extra_bufts)
-        model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
-        if not model:
-            raise ModelUnavailableError(f"The model `{spec.name}` failed to load; see the server log.")
+        model, path, _ = load_weights(spec)
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.embeddings = True
         ctx_params.n_ctx = ctx_params.n_batch = ctx_params.n_ubatch = spec.n_ctx  # a whole input in one micro-batch

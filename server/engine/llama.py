@@ -52,14 +52,7 @@ class LlamaCppEngine:
     @classmethod
     def load(cls, spec: ModelSpec) -> LlamaCppEngine:
         """Load the model (blocking: call it off the event loop)."""
-        path = checked_path(spec)
-        llama_cpp.llama_log_set(native_log, ctypes.c_void_p(0))
-        llama_cpp.llama_backend_init()
-        model_params = llama_cpp.llama_model_default_params()
-        model_params.use_extra_bufts = resolve_use_extra_bufts(spec.use_extra_bufts)
-        model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
-        if not model:
-            raise ModelUnavailableError(f"The model `{spec.name}` failed to load; see the server log.")
+        model, path, extra_bufts = load_weights(spec)
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_seq_max = spec.parallel
         # One KV stream per sequence (not unified): each sequence's cells stay in position order, and llama.cpp's
@@ -91,7 +84,7 @@ class LlamaCppEngine:
             spec.n_ctx,
             spec.parallel,
             threads,
-            model_params.use_extra_bufts,
+            extra_bufts,
         )
         return cls(spec, native, template)
 
@@ -121,6 +114,19 @@ class LlamaCppEngine:
     def close(self) -> None:
         self._scheduler.stop()
         self._native.free()
+
+
+def load_weights(spec: ModelSpec) -> tuple[llama_cpp.llama_model_p, Path, bool]:
+    """The llama.cpp model of a spec, its file, and whether extra buffer types (AMX, repacking) are on."""
+    path = checked_path(spec)
+    llama_cpp.llama_log_set(native_log, ctypes.c_void_p(0))
+    llama_cpp.llama_backend_init()
+    model_params = llama_cpp.llama_model_default_params()
+    model_params.use_extra_bufts = resolve_use_extra_bufts(spec.use_extra_bufts)
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+    if not model:
+        raise ModelUnavailableError(f"The model `{spec.name}` failed to load; see the server log.")
+    return model, path, bool(model_params.use_extra_bufts)
 
 
 def checked_path(spec: ModelSpec) -> Path:
