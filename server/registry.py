@@ -69,9 +69,6 @@ class ModelRegistry:
     def specs(self) -> list[ModelSpec]:
         return list(self._specs.values())
 
-    def is_loaded(self, name: str) -> bool:
-        return self.resolve(name).name in self._engines
-
     def loaded(self) -> dict[str, Engine]:
         return dict(self._engines)
 

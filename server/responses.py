@@ -218,7 +218,7 @@ async def events(body: ResponsesRequest, chunks: AsyncIterator[ChatCompletionChu
             if choice.delta.content:
                 if not opened:
                     opened = True
-                    yield from_item_added(item_id)
+                    yield _item_added(item_id)
                     yield {
                         **_part(item_id),
                         "type": "response.content_part.added",
@@ -260,7 +260,7 @@ async def events(body: ResponsesRequest, chunks: AsyncIterator[ChatCompletionChu
     yield {"type": "response.incomplete" if incomplete else "response.completed", "response": final}
 
 
-def from_item_added(item_id: str) -> dict[str, Any]:
+def _item_added(item_id: str) -> dict[str, Any]:
     return {
         "type": "response.output_item.added",
         "output_index": 0,

@@ -154,30 +154,39 @@ class InferenceService:
         json_schema = json_schema_of(body.response_format)
         if tool_plan is not None and tool_plan.forced_schema is not None:
             json_schema = tool_plan.forced_schema  # a required call is enforced like a response schema
-        engine = await self._engine(body, record)
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-        params.check_token_cap(body.token_limit(), self._registry.resolve(body.model).max_tokens_cap, param)
+        engine = await self._engine(body, record, body.token_limit(), param)
         messages = [params.template_message(m) for m in body.messages]
         if tool_plan is not None:
             messages = tools.with_instructions(messages, tool_plan)
         prompt = await engine.render_chat(messages)
         tokens = await engine.tokenize(prompt)
         limit, logprobs = body.token_limit(), params.chat_logprobs(body)
-        prepared = await self._start(
-            engine, body, record, tokens, limit, logprobs, "chatcmpl", "messages", json_schema=json_schema
+        return await self._start(
+            engine,
+            body,
+            record,
+            tokens,
+            limit,
+            logprobs,
+            "chatcmpl",
+            "messages",
+            json_schema=json_schema,
+            functions=None if tool_plan is None else tool_plan.functions,
         )
-        return dataclasses.replace(prepared, functions=None if tool_plan is None else tool_plan.functions)
 
     async def _prepare_completion(self, body: CompletionRequest, record: RequestRecord) -> _Prepared:
         params.check_completion(body, self._limits)
-        engine = await self._engine(body, record)
-        params.check_token_cap(body.max_tokens, self._registry.resolve(body.model).max_tokens_cap, "max_tokens")
+        engine = await self._engine(body, record, body.max_tokens, "max_tokens")
         tokens = await engine.tokenize(body.prompt_text())
         return await self._start(engine, body, record, tokens, body.max_tokens, body.logprobs, "cmpl", "prompt")
 
-    async def _engine(self, body: SamplingFields, record: RequestRecord) -> Engine:
-        """The engine of a generative model for chat and completions (an embedding model is a 400)."""
-        record.model = self._registry.resolve(body.model).name
+    async def _engine(self, body: SamplingFields, record: RequestRecord, requested: int | None, param: str) -> Engine:
+        """The engine of a generative model for chat and completions, once the token cap is checked (an
+        embedding model is a 400)."""
+        spec = self._registry.resolve(body.model)
+        record.model = spec.name
+        params.check_token_cap(requested, spec.max_tokens_cap, param)
         engine = await self._registry.engine(body.model)
         if engine.info.embedding_dims is not None:
             raise InvalidRequestError(
@@ -197,6 +206,7 @@ class InferenceService:
         param: str,
         *,
         json_schema: str | None = None,
+        functions: dict[str, Any] | None = None,
     ) -> _Prepared:
         n_ctx = engine.info.n_ctx
         room = n_ctx - len(tokens)
@@ -229,7 +239,7 @@ class InferenceService:
             raise
         self._metrics.observe_prompt(record, len(tokens))
         meta = ResponseMeta(model=body.model, prompt_tokens=len(tokens), id_prefix=prefix)
-        return _Prepared(meta=meta, streams=[self._observed(stream, record) for stream in streams])
+        return _Prepared(meta=meta, streams=[self._observed(s, record) for s in streams], functions=functions)
 
     async def _observed(
         self, stream: AsyncIterator[GenerationDelta], record: RequestRecord

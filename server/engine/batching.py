@@ -245,13 +245,13 @@ class BatchScheduler:
     def _sample(self, slot: _Slot) -> None:
         assert slot.job is not None and slot.assembler is not None
         token = llama_cpp.llama_sampler_sample(slot.sampler, self._native.ctx, slot.batch_index)
-        if slot.job.request.logprobs is not None and not llama_cpp.llama_vocab_is_eog(self._native.vocab, token):
-            slot.logprobs.append(self._native.logprobs(slot.batch_index, token, slot.job.request.logprobs))
         slot.generated += 1
         self.counters.generated_tokens += 1
-        if llama_cpp.llama_vocab_is_eog(self._native.vocab, token):
+        if token in self._native.eog_tokens:
             self._emit_last(slot, slot.assembler.finish(), "stop")
             return
+        if slot.job.request.logprobs is not None:
+            slot.logprobs.append(self._native.logprobs(slot.batch_index, token, slot.job.request.logprobs))
         step = slot.assembler.push(self._native.piece(token))
         if step.stopped:
             self._emit_last(slot, step.text, "stop")
