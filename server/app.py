@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from server import __version__
-from server.config import Settings, load_models_file
+from server.config import ConfigError, Settings, load_models_file
 from server.deps import APIKeyCheck
 from server.error_handlers import install_error_handlers
 from server.metrics import Metrics
@@ -20,14 +21,23 @@ from server.middleware import RequestMiddleware
 from server.ops import ops
 from server.params import RequestLimits
 from server.registry import ModelRegistry
-from server.routes import v1
+from server.residency import Budget
+from server.routes import extensions, v1
 from server.service import InferenceService
+
+logger = logging.getLogger(__name__)
+
+
+def budget_of(settings: Settings) -> Budget:
+    return Budget(
+        memory_bytes=settings.memory_budget, max_models=settings.max_loaded_models, wait_s=settings.load_wait_s
+    )
 
 
 def create_app(settings: Settings | None = None, *, registry: ModelRegistry | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     if registry is None:
-        registry = ModelRegistry(load_models_file(settings.models_file).models)
+        registry = ModelRegistry(load_models_file(settings.models_file).models, budget=budget_of(settings))
     for name in settings.preload:
         registry.resolve(name)  # an unknown preload name is a configuration error, raised now
     metrics = Metrics(restarts=lambda: registry.restarts)
@@ -43,14 +53,25 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        preloading = asyncio.create_task(service.preload())
+        tasks = [asyncio.create_task(service.preload()), asyncio.create_task(registry.run_sweeper())]
         try:
             yield
         finally:
-            preloading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await preloading
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await registry.close()
+
+    def reload_models() -> bool:
+        """Re-read the models file into the registry (SIGHUP); a broken file is logged and changes nothing."""
+        try:
+            models = load_models_file(settings.models_file)
+        except ConfigError as exc:
+            logger.error("models file not reloaded: %s", exc)
+            return False
+        registry.reload(models.models)
+        return True
 
     app = FastAPI(title="slm-server", version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -59,8 +80,10 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
     app.state.metrics = metrics
     app.state.api_key_check = APIKeyCheck(settings.all_api_keys())
     app.state.draining = False
+    app.state.reload_models = reload_models
     install_error_handlers(app)
     app.include_router(v1)
+    app.include_router(extensions)
     app.include_router(ops)
     if settings.cors_origins:
         app.add_middleware(

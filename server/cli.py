@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from server.commands import convert_command, list_command, pull_command
 from server.config import ConfigError, Settings, load_models_file
 
 logger = logging.getLogger("server")
@@ -33,17 +36,34 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key-file", type=Path, help="file with one API key per line")
     serve.add_argument("--preload", action="append", default=[], help="model to load at startup (repeatable)")
     serve.add_argument("--cors-origin", action="append", dest="cors_origins", default=[], help="allowed origin")
+    pull = commands.add_parser("pull", help="download models from Hugging Face into the local cache, verified")
+    pull.add_argument("names", nargs="+", metavar="NAME", help="model name or alias from the models file")
+    pull.add_argument("--models", type=Path, dest="models_file", help="models file (default models.yaml)")
+    convert = commands.add_parser("convert", help="convert a BERT-family safetensors model folder to GGUF")
+    convert.add_argument("name", nargs="?", help="a configured `safetensors` model: convert it into the cache")
+    convert.add_argument("--input", type=Path, help="a model folder (config.json, vocab.txt, model.safetensors)")
+    convert.add_argument("--output", type=Path, help="the GGUF file to write (with --input)")
+    convert.add_argument("--models", type=Path, dest="models_file", help="models file (default models.yaml)")
+    listing = commands.add_parser("list", help="configured models: present on disk, size, loaded")
+    listing.add_argument("--models", type=Path, dest="models_file", help="models file (default models.yaml)")
+    listing.add_argument("--url", help="a running server to ask which models are loaded (default from SLM_HOST/PORT)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "names", "url", "name", "input", "output")}
     try:
         settings = Settings.from_env(**overrides)
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.command == "serve":
             return _serve(settings)
+        if args.command == "pull":
+            return pull_command(settings, args.names)
+        if args.command == "list":
+            return list_command(settings, args.url)
+        if args.command == "convert":
+            return convert_command(settings, args.name, args.input, args.output)
     except ConfigError as exc:
         logging.basicConfig()
         logger.error("%s", exc)
@@ -61,7 +81,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _serve(settings: Settings) -> int:
-    from server.app import create_app
+    from server.app import budget_of, create_app
     from server.registry import ModelRegistry
 
     # Serving never reaches the network: Hugging Face libraries stay offline, and nothing phones home.
@@ -76,7 +96,7 @@ def _serve(settings: Settings) -> int:
             continue
         if not path.is_file():
             logger.error("model %s is not available: %s does not exist", spec.name, path)
-    app = create_app(settings, registry=ModelRegistry(models.models))
+    app = create_app(settings, registry=ModelRegistry(models.models, budget=budget_of(settings)))
     if not app.state.api_key_check.enabled and not _is_loopback(settings.host):
         logger.warning(
             "!!! listening on %s WITHOUT an API key: anyone who can reach this address can use the models. "
@@ -105,6 +125,17 @@ class _DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: Any) -> None:
         super().__init__(config)
         self._app = app
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # SIGHUP: re-read models.yaml; new entries appear, removed ones unload once idle.
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._app.state.reload_models)
+        try:
+            with super().capture_signals():
+                yield
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self._app.state.draining = True

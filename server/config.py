@@ -52,6 +52,9 @@ class Settings(BaseModel):
     max_messages: int = Field(default=1000, ge=1)
     max_embedding_inputs: int = Field(default=2048, ge=1)
     request_timeout_s: float = Field(default=600.0, gt=0)
+    memory_budget: int = Field(default=0, ge=0, description="Bytes all loaded models may take; 0: 75% of RAM.")
+    max_loaded_models: int = Field(default=4, ge=1)
+    load_wait_s: float = Field(default=30.0, ge=0, description="How long a load waits for busy models.")
     shutdown_grace_s: float = Field(default=30.0, ge=0)
 
     @classmethod
@@ -112,14 +115,78 @@ class PathSource(BaseModel):
         return self.path
 
 
+class NotPulledError(ConfigError):
+    """A Hugging Face model that is configured but whose file is not in the local cache."""
+
+
+class HubSource(BaseModel):
+    """A GGUF file in a Hugging Face repository, fetched only by `slm-server pull` into the standard HF cache."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repo_id: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    filename: str = Field(min_length=1)
+    revision: str = Field(default="main", description="A commit hash pins the exact file; a branch follows it.")
+
+    def resolve(self) -> Path:
+        """The cached file; never touches the network."""
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(self.repo_id, self.filename, revision=self.revision)
+        if not isinstance(cached, str):
+            raise NotPulledError(f"{self.repo_id}/{self.filename}@{self.revision} is not in the Hugging Face cache")
+        return Path(cached)
+
+
+class SafetensorsModel(BaseModel):
+    """A BERT-family model in Hugging Face format: a folder, or a folder inside an installed package."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    package: str | None = None
+    dir: Path
+
+    def folder(self) -> Path:
+        if self.package is None:
+            return self.dir
+        try:
+            dist = importlib.metadata.distribution(self.package)
+        except importlib.metadata.PackageNotFoundError as exc:
+            raise ConfigError(f"package {self.package!r} is not installed (it ships the model)") from exc
+        return Path(str(dist.locate_file(self.dir)))
+
+
+class SafetensorsSource(BaseModel):
+    """Converted to GGUF on first use (`slm-server convert`), then served from the conversion cache."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    safetensors: SafetensorsModel
+
+    def resolve(self) -> Path:
+        from server.convert import ConvertError, cached_conversion
+
+        folder = self.safetensors.folder()
+        try:
+            return cached_conversion(folder, self.safetensors.package or folder.name)
+        except (ConvertError, OSError) as exc:
+            raise ConfigError(f"cannot convert {folder}: {exc}") from exc
+
+
+SOURCE_KINDS = {"package": PackageSource, "repo_id": HubSource, "safetensors": SafetensorsSource}
+
+
 def _source_kind(value: object) -> str:
     if isinstance(value, dict):
-        return "package" if "package" in value else "path"
-    return "package" if isinstance(value, PackageSource) else "path"
+        return next((key for key in SOURCE_KINDS if key in value), "path")
+    return next((key for key, kind in SOURCE_KINDS.items() if isinstance(value, kind)), "path")
 
 
 ModelSource = Annotated[
-    Annotated[PackageSource, Tag("package")] | Annotated[PathSource, Tag("path")],
+    Annotated[PackageSource, Tag("package")]
+    | Annotated[HubSource, Tag("repo_id")]
+    | Annotated[SafetensorsSource, Tag("safetensors")]
+    | Annotated[PathSource, Tag("path")],
     Discriminator(_source_kind),
 ]
 
@@ -133,6 +200,9 @@ class ModelSpec(BaseModel):
     description: str = ""
     aliases: tuple[str, ...] = ()
     source: ModelSource
+    chat_template: str | None = Field(
+        default=None, description="A Jinja chat template replacing the GGUF's own; default: the file's template."
+    )
     n_ctx: int = Field(default=2048, ge=64, description="Context window in tokens, shared by all sequences.")
     n_threads: int | None = Field(default=None, ge=1, description="llama.cpp threads; default: all cores.")
     n_batch: int = Field(default=512, ge=8, description="Most tokens evaluated in one decode step.")
@@ -148,6 +218,9 @@ class ModelSpec(BaseModel):
     use_extra_bufts: Literal["auto"] | bool = Field(
         default="auto",
         description="llama.cpp weight repacking buffers (AMX and CPU repack). 'auto': off where the CPU has AMX.",
+    )
+    keep_alive: float | None = Field(
+        default=300.0, ge=0, description="Seconds an idle model stays loaded; null: until evicted or shutdown."
     )
     owned_by: str = "slm-server"
 
@@ -191,6 +264,9 @@ def load_models_file(path: Path) -> ModelsFile:
             source = entry.get("source") if isinstance(entry, dict) else None
             if isinstance(source, dict) and isinstance(source.get("path"), str):
                 source["path"] = str((path.parent / source["path"]).resolve())
+            folder = source.get("safetensors") if isinstance(source, dict) else None
+            if isinstance(folder, dict) and "package" not in folder and isinstance(folder.get("dir"), str):
+                folder["dir"] = str((path.parent / folder["dir"]).resolve())
     try:
         return ModelsFile.model_validate(raw)
     except ValidationError as exc:

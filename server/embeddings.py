@@ -52,29 +52,29 @@ async def embed(
             f"Too many inputs: {len(items)}; this server embeds at most {max_inputs} per request.", param="input"
         )
     record.model = registry.resolve(body.model).name
-    engine = await registry.engine(body.model)
-    dims = engine.info.embedding_dims
-    if dims is None:
-        raise InvalidRequestError(f"The model `{body.model}` is not an embedding model.", param="model")
-    if body.dimensions is not None and body.dimensions > dims:
-        raise InvalidRequestError(
-            f"Invalid value for 'dimensions': the model's vectors have {dims} (got {body.dimensions}).",
-            param="dimensions",
-        )
-    token_lists = []
-    for item in items:
-        tokens = await engine.tokenize(item) if isinstance(item, str) else list(item)
-        if not item or not tokens:
-            raise InvalidRequestError("An input is empty.", param="input")
-        if len(tokens) > engine.info.n_ctx:
-            raise ContextLengthExceededError(
-                f"This model's maximum input length is {engine.info.n_ctx} tokens; an input has {len(tokens)}.",
-                param="input",
+    async with registry.use(body.model) as engine:
+        dims = engine.info.embedding_dims
+        if dims is None:
+            raise InvalidRequestError(f"The model `{body.model}` is not an embedding model.", param="model")
+        if body.dimensions is not None and body.dimensions > dims:
+            raise InvalidRequestError(
+                f"Invalid value for 'dimensions': the model's vectors have {dims} (got {body.dimensions}).",
+                param="dimensions",
             )
-        if max(tokens) >= engine.info.n_vocab:
-            raise InvalidRequestError("An input holds a token id the model does not have.", param="input")
-        token_lists.append(tokens)
-    vectors = await engine.embed(token_lists)
+        token_lists = []
+        for item in items:
+            tokens = await engine.tokenize(item) if isinstance(item, str) else list(item)
+            if not item or not tokens:
+                raise InvalidRequestError("An input is empty.", param="input")
+            if len(tokens) > engine.info.n_ctx:
+                raise ContextLengthExceededError(
+                    f"This model's maximum input length is {engine.info.n_ctx} tokens; an input has {len(tokens)}.",
+                    param="input",
+                )
+            if max(tokens) >= engine.info.n_vocab:
+                raise InvalidRequestError("An input holds a token id the model does not have.", param="input")
+            token_lists.append(tokens)
+        vectors = await engine.embed(token_lists)
     used = sum(map(len, token_lists))
     record.prompt_tokens = used
     data = [Embedding(index=i, embedding=_encode(v, body)) for i, v in enumerate(vectors)]

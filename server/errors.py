@@ -59,6 +59,17 @@ class ModelNotFoundError(NotFoundError):
         super().__init__(f"The model `{model}` does not exist.", param="model")
 
 
+class ModelNotPulledError(NotFoundError):
+    code = "model_not_pulled"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model `{model}` is configured but its file is not on this server. "
+            f"An operator can fetch it with `slm-server pull {model}`.",
+            param="model",
+        )
+
+
 class MethodNotAllowedError(APIError):
     status_code = 405
     error_type = "invalid_request_error"

@@ -1,23 +1,28 @@
-"""The model registry: names and aliases to specs, and specs to lazily loaded engines."""
+"""The model registry: names and aliases to specs, and specs to engines loaded on demand.
+
+Lifecycle: a model loads on first use (concurrent first requests load it once); loaded models share a memory
+budget and a count limit, and one that would not fit evicts the least recently used idle model; an idle model
+unloads after its `keep_alive`; `reload()` swaps the registry file's entries without touching running requests.
+A model is busy (never evicted) while a request holds it through `use()` or its engine has streams admitted."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
 
-from server.config import ModelSpec
+from server.config import HubSource, ModelSpec, NotPulledError
 from server.engine import Engine
-from server.errors import APIError, ModelNotFoundError, ModelUnavailableError
+from server.errors import ModelNotFoundError, ModelNotPulledError, ModelUnavailableError
+from server.residency import Budget, CrashHistory, footprint, load_with_errors_named, resident_size
 
 logger = logging.getLogger(__name__)
 
 Loader = Callable[[ModelSpec], Engine]
-MAX_RESTART_DELAY_S = 30.0
-CRASH_MEMORY_S = 300.0  # a crash older than this no longer lengthens the back-off
+SWEEP_INTERVAL_S = 1.0
 
 
 def worker_process_loader(spec: ModelSpec) -> Engine:
@@ -27,15 +32,24 @@ def worker_process_loader(spec: ModelSpec) -> Engine:
     return ProcessEngine.load(spec)
 
 
+@dataclass(eq=False)
+class _Resident:
+    """A loaded model: its engine, the spec it was loaded from, and how it is being used."""
+
+    spec: ModelSpec
+    engine: Engine
+    size: int
+    last_used: float
+    leases: int = 0
+
+    def busy(self) -> bool:
+        return self.leases > 0 or getattr(self.engine, "in_flight", 0) > 0
+
+
 @dataclass
-class _CrashRecord:
-    count: int = 0
-    last: float = 0.0
-
-
-def restart_delay(crashes: int) -> float:
-    """No wait after a first crash, then 1, 2, 4 ... up to 30 s while a model keeps dying."""
-    return 0.0 if crashes <= 1 else min(2.0 ** (crashes - 2), MAX_RESTART_DELAY_S)
+class _Entry:
+    spec: ModelSpec
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class ModelRegistry:
@@ -44,93 +58,193 @@ class ModelRegistry:
         specs: Iterable[ModelSpec],
         loader: Loader = worker_process_loader,
         clock: Callable[[], float] = time.monotonic,
+        budget: Budget | None = None,
     ) -> None:
         self._loader = loader
         self._clock = clock
-        self._crashes: dict[str, _CrashRecord] = {}
+        self._budget = budget or Budget()
+        self._crashes = CrashHistory(clock)
         self.restarts: dict[str, int] = {}
         self.on_load: Callable[[str, float], None] = lambda _name, _seconds: None
-        self._specs: dict[str, ModelSpec] = {}
+        self._entries: dict[str, _Entry] = {}
         self._names: dict[str, str] = {}
-        for spec in specs:
-            self._specs[spec.name] = spec
-            for name in (spec.name, *spec.aliases):
-                self._names[name] = spec.name
-        self._engines: dict[str, Engine] = {}
-        self._locks = {name: asyncio.Lock() for name in self._specs}
+        self._resident: dict[str, _Resident] = {}
+        self._retired: list[_Resident] = []  # engines of removed or changed entries, unloaded once idle
+        self._room = asyncio.Condition()
+        self._set_specs(specs)
 
+    # -- names ---------------------------------------------------------------------------------------------
     def resolve(self, name: str) -> ModelSpec:
         """The spec for a model name or alias; unknown names are a 404, never another model."""
         try:
-            return self._specs[self._names[name]]
+            return self._entries[self._names[name]].spec
         except KeyError:
             raise ModelNotFoundError(name) from None
 
     def specs(self) -> list[ModelSpec]:
-        return list(self._specs.values())
+        return [entry.spec for entry in self._entries.values()]
 
     def loaded(self) -> dict[str, Engine]:
-        return dict(self._engines)
+        return {name: resident.engine for name, resident in self._resident.items()}
+
+    def available(self, spec: ModelSpec) -> bool:
+        """Whether the model's file is on this machine (only Hugging Face sources can be missing by design)."""
+        if not isinstance(spec.source, HubSource):
+            return True
+        try:
+            spec.model_path()
+        except NotPulledError:
+            return False
+        return True
+
+    def reload(self, specs: Iterable[ModelSpec]) -> None:
+        """New entries appear at once; removed or changed ones stop resolving and their engines unload when idle."""
+        specs = list(specs)
+        new = {spec.name: spec for spec in specs}
+        for name, resident in list(self._resident.items()):
+            if new.get(name) != resident.spec:
+                self._retired.append(self._resident.pop(name))
+        self._set_specs(specs)
+        logger.info("models file reloaded: %d model(s)", len(specs))
+
+    def _set_specs(self, specs: Iterable[ModelSpec]) -> None:
+        entries: dict[str, _Entry] = {}
+        names: dict[str, str] = {}
+        for spec in specs:
+            old = self._entries.get(spec.name)
+            entries[spec.name] = old if old is not None and old.spec == spec else _Entry(spec)
+            for name in (spec.name, *spec.aliases):
+                names[name] = spec.name
+        self._entries, self._names = entries, names
+
+    # -- use -----------------------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def use(self, name: str) -> AsyncIterator[Engine]:
+        """The model's engine, held busy (not evictable) until the block ends. Streams the engine admits in the
+        block keep it busy on their own until they finish."""
+        resident = await self._acquire(name)
+        try:
+            yield resident.engine
+        finally:
+            resident.leases -= 1
+            resident.last_used = self._clock()
+            async with self._room:
+                self._room.notify_all()
 
     async def engine(self, name: str) -> Engine:
-        """The loaded engine for a model, loading it first if needed; concurrent first calls load once.
-
-        An engine whose worker died is replaced by a fresh one, after a back-off if the model keeps dying."""
-        spec = self.resolve(name)
-        engine = self._engines.get(spec.name)
-        if engine is not None and engine.alive:
+        """Load the model if needed (for preload and readiness); the caller does not hold it."""
+        async with self.use(name) as engine:
             return engine
-        async with self._locks[spec.name]:
-            engine = self._engines.get(spec.name)
-            if engine is not None and not engine.alive:
-                await self._forget_crashed(spec.name, engine)
-                engine = None
-            if engine is None:
-                self._check_backoff(spec.name)
-                try:
-                    engine = await asyncio.to_thread(self._load, spec)
-                except ModelUnavailableError:
-                    self._record_crash(spec.name)  # a file that kills its loader must not be retried in a loop
-                    raise
-                self._engines[spec.name] = engine
-        return engine
 
-    async def _forget_crashed(self, name: str, engine: Engine) -> None:
-        del self._engines[name]
-        await asyncio.to_thread(engine.close)
-        self._record_crash(name)
-        self.restarts[name] = self.restarts.get(name, 0) + 1
+    async def _acquire(self, name: str) -> _Resident:
+        spec = self.resolve(name)
+        resident = self._live(spec.name)
+        if resident is None:
+            entry = self._entries[spec.name]
+            async with entry.lock:
+                resident = self._live(spec.name)
+                if resident is None:
+                    resident = await self._load(entry.spec)
+        resident.leases += 1
+        resident.last_used = self._clock()
+        return resident
 
-    def _record_crash(self, name: str) -> None:
-        now = self._clock()
-        record = self._crashes.setdefault(name, _CrashRecord())
-        record.count = 1 if now - record.last > CRASH_MEMORY_S else record.count + 1
-        record.last = now
-        logger.warning("model %s: worker died or failed to load (%d recent time(s))", name, record.count)
+    def _live(self, name: str) -> _Resident | None:
+        resident = self._resident.get(name)
+        if resident is not None and not resident.engine.alive:
+            self._resident.pop(name)
+            self._retired.append(resident)
+            self._crashes.record(name)
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            return None
+        return resident
 
-    def _check_backoff(self, name: str) -> None:
-        record = self._crashes.get(name)
-        if record is None:
-            return
-        wait = record.last + restart_delay(record.count) - self._clock()
-        if wait > 0:
-            raise ModelUnavailableError(
-                f"The model `{name}` keeps crashing; it restarts in {math.ceil(wait)} s.", retry_after=math.ceil(wait)
-            )
-
-    def _load(self, spec: ModelSpec) -> Engine:
+    async def _load(self, spec: ModelSpec) -> _Resident:
+        if not self.available(spec):
+            raise ModelNotPulledError(spec.name)
+        self._crashes.check(spec.name)
+        size = await asyncio.to_thread(footprint, spec)  # may convert a safetensors model first
+        await self._make_room(spec.name, size)
         started = time.monotonic()
         try:
-            engine = self._loader(spec)
-        except APIError:
+            engine = await asyncio.to_thread(load_with_errors_named, self._loader, spec)
+        except ModelUnavailableError:
+            self._crashes.record(spec.name)  # a file that fails or kills its loader must not be retried in a loop
             raise
-        except Exception as exc:
-            logger.exception("model %s failed to load", spec.name)
-            raise ModelUnavailableError(f"The model `{spec.name}` failed to load; see the server log.") from exc
         self.on_load(spec.name, time.monotonic() - started)
-        return engine
+        resident = _Resident(spec, engine, size, self._clock())
+        self._resident[spec.name] = resident
+        return resident
+
+    # -- memory --------------------------------------------------------------------------------------------
+    async def _make_room(self, name: str, size: int) -> None:
+        """Evict least recently used idle models until `size` more bytes and one more model fit; wait a bounded
+        time for busy models to finish, then give up with a 503."""
+        self._budget.check_fits_alone(name, size)
+        deadline = self._clock() + self._budget.wait_s
+        while True:
+            await self._unload_retired()
+            residents = list(self._resident.values())
+            if self._budget.fits(size, [r.size for r in residents]):
+                return
+            idle = sorted((r for r in residents if not r.busy()), key=lambda r: r.last_used)
+            if idle:
+                victim = idle[0]
+                logger.info("unloading %s (least recently used) to make room for %s", victim.spec.name, name)
+                self._resident.pop(victim.spec.name)
+                await self._unload(victim)
+                continue
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise ModelUnavailableError(
+                    f"The model `{name}` cannot be loaded now: the loaded models are all busy and it does not fit "
+                    f"beside them ({self._budget.describe([r.size for r in residents], size)}). Retry shortly.",
+                    retry_after=5,
+                )
+            async with self._room:
+                with contextlib.suppress(TimeoutError):
+                    # Woken when a request ends; streams end inside the engine, so look again every second too.
+                    await asyncio.wait_for(self._room.wait(), min(remaining, SWEEP_INTERVAL_S))
+
+    async def sweep(self) -> None:
+        """Unload models idle for longer than their keep_alive, and retired engines once idle."""
+        now = self._clock()
+        await self._unload_retired()
+        for name, resident in list(self._resident.items()):
+            measured = resident_size(resident.engine)
+            if measured is not None:
+                resident.size = max(resident.size, measured)
+            if resident.busy():
+                resident.last_used = now  # a stream ended inside the engine: idle time counts from now
+                continue
+            keep_alive = resident.spec.keep_alive
+            if keep_alive is not None and now - resident.last_used >= keep_alive:
+                idle = now - resident.last_used
+                logger.info("unloading %s: idle for %.0f s (keep_alive %s s)", name, idle, keep_alive)
+                self._resident.pop(name)
+                await self._unload(resident)
+
+    async def run_sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                await self.sweep()
+            except Exception:  # the sweeper must survive anything one engine does
+                logger.exception("model sweeper failed")
+
+    async def _unload_retired(self) -> None:
+        for resident in [r for r in self._retired if not r.busy()]:
+            self._retired.remove(resident)
+            await self._unload(resident)
+
+    async def _unload(self, resident: _Resident) -> None:
+        await asyncio.to_thread(resident.engine.close)
+        logger.info("model %s unloaded", resident.spec.name)
+        async with self._room:
+            self._room.notify_all()
 
     async def close(self) -> None:
-        engines, self._engines = list(self._engines.values()), {}
-        for engine in engines:
-            await asyncio.to_thread(engine.close)
+        residents = list(self._resident.values()) + self._retired
+        self._resident, self._retired = {}, []
+        for resident in residents:
+            await asyncio.to_thread(resident.engine.close)

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 CLIENT_CLOSED_REQUEST = 499
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+# llama.cpp server extensions under the paths its users know, behind the same API keys.
+extensions = APIRouter(dependencies=[Depends(require_api_key)])
 
 
 def _json(obj: BaseModel) -> JSONResponse:
@@ -80,6 +82,12 @@ async def chat_completions(request: Request, body: ChatBody, service: ServiceDep
     if body.stream:
         return _events(await service.chat_stream(body, record))
     return await _unless_disconnected(request, service.chat(body, record))
+
+
+@extensions.post("/apply-template", response_model=None, openapi_extra=request_body_doc(ChatCompletionRequest))
+async def apply_template(body: ChatBody, service: ServiceDep, record: RecordDep) -> Response:
+    """The prompt a chat request becomes with the model's chat template (as llama.cpp's server answers)."""
+    return JSONResponse({"prompt": await service.render_prompt(body, record)})
 
 
 @v1.post("/completions", response_model=None, openapi_extra=request_body_doc(CompletionRequest))

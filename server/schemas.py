@@ -238,6 +238,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # slm-server's additions: whether the model's file is on this machine, and whether it is in memory.
+    available: bool = True
+    loaded: bool = False
 
 
 class ModelList(BaseModel):

@@ -23,6 +23,7 @@ from server.chunks import (
     chat_completion,
     completion,
 )
+from server.config import ModelSpec
 from server.embeddings import EmbeddingList, EmbeddingRequest, embed
 from server.engine import Engine, GenerationDelta, GenerationRequest
 from server.errors import APIError, ContextLengthExceededError, InvalidRequestError, RequestTimeoutError
@@ -105,11 +106,10 @@ class InferenceService:
         return await embed(self._registry, body, record or _record(), self._limits.max_embedding_inputs)
 
     def list_models(self) -> ModelList:
-        return ModelList(data=[self._card(spec.name, spec.owned_by) for spec in self._registry.specs()])
+        return ModelList(data=[self._card(spec.name, spec) for spec in self._registry.specs()])
 
     def get_model(self, model_id: str) -> ModelCard:
-        spec = self._registry.resolve(model_id)
-        return self._card(model_id, spec.owned_by)
+        return self._card(model_id, self._registry.resolve(model_id))
 
     async def chat(self, body: ChatCompletionRequest, record: RequestRecord | None = None) -> ChatCompletion:
         prepared = await self._prepare_chat(body, record or _record())
@@ -148,6 +148,15 @@ class InferenceService:
         )
         return relay(prepared.streams, state.push)
 
+    async def render_prompt(self, body: ChatCompletionRequest, record: RequestRecord | None = None) -> str:
+        """The text a chat request becomes with the model's template, tool instructions included."""
+        params.check_chat(body, self._limits)
+        tool_plan = tools.plan(body.tools, body.tool_choice, body.parallel_tool_calls is not False)
+        self._check_cap(body, record or _record(), body.token_limit(), "max_tokens")
+        async with self._registry.use(body.model) as engine:
+            _check_generative(engine, body.model)
+            return await engine.render_chat(_template_messages(body, tool_plan))
+
     async def _prepare_chat(self, body: ChatCompletionRequest, record: RequestRecord) -> _Prepared:
         params.check_chat(body, self._limits)
         tool_plan = tools.plan(body.tools, body.tool_choice, body.parallel_tool_calls is not False)
@@ -155,44 +164,37 @@ class InferenceService:
         if tool_plan is not None and tool_plan.forced_schema is not None:
             json_schema = tool_plan.forced_schema  # a required call is enforced like a response schema
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-        engine = await self._engine(body, record, body.token_limit(), param)
-        messages = [params.template_message(m) for m in body.messages]
-        if tool_plan is not None:
-            messages = tools.with_instructions(messages, tool_plan)
-        prompt = await engine.render_chat(messages)
-        tokens = await engine.tokenize(prompt)
-        limit, logprobs = body.token_limit(), params.chat_logprobs(body)
-        return await self._start(
-            engine,
-            body,
-            record,
-            tokens,
-            limit,
-            logprobs,
-            "chatcmpl",
-            "messages",
-            json_schema=json_schema,
-            functions=None if tool_plan is None else tool_plan.functions,
-        )
+        self._check_cap(body, record, body.token_limit(), param)
+        async with self._registry.use(body.model) as engine:
+            _check_generative(engine, body.model)
+            prompt = await engine.render_chat(_template_messages(body, tool_plan))
+            tokens = await engine.tokenize(prompt)
+            limit, logprobs = body.token_limit(), params.chat_logprobs(body)
+            return await self._start(
+                engine,
+                body,
+                record,
+                tokens,
+                limit,
+                logprobs,
+                "chatcmpl",
+                "messages",
+                json_schema=json_schema,
+                functions=None if tool_plan is None else tool_plan.functions,
+            )
 
     async def _prepare_completion(self, body: CompletionRequest, record: RequestRecord) -> _Prepared:
         params.check_completion(body, self._limits)
-        engine = await self._engine(body, record, body.max_tokens, "max_tokens")
-        tokens = await engine.tokenize(body.prompt_text())
-        return await self._start(engine, body, record, tokens, body.max_tokens, body.logprobs, "cmpl", "prompt")
+        self._check_cap(body, record, body.max_tokens, "max_tokens")
+        async with self._registry.use(body.model) as engine:
+            _check_generative(engine, body.model)
+            tokens = await engine.tokenize(body.prompt_text())
+            return await self._start(engine, body, record, tokens, body.max_tokens, body.logprobs, "cmpl", "prompt")
 
-    async def _engine(self, body: SamplingFields, record: RequestRecord, requested: int | None, param: str) -> Engine:
-        """The engine of a generative model for chat and completions, once the token cap is checked (an
-        embedding model is a 400)."""
+    def _check_cap(self, body: SamplingFields, record: RequestRecord, requested: int | None, param: str) -> None:
         spec = self._registry.resolve(body.model)
         record.model = spec.name
         params.check_token_cap(requested, spec.max_tokens_cap, param)
-        engine = await self._registry.engine(body.model)
-        if engine.info.embedding_dims is not None:
-            raise InvalidRequestError(
-                f"The model `{body.model}` is an embedding model; use /v1/embeddings.", param="model"
-            )
-        return engine
 
     async def _start(
         self,
@@ -263,8 +265,25 @@ class InferenceService:
                     seen, previous_at = delta.completion_tokens, now
                 yield delta
 
-    def _card(self, model_id: str, owned_by: str) -> ModelCard:
-        return ModelCard(id=model_id, created=self._created, owned_by=owned_by)
+    def _card(self, model_id: str, spec: ModelSpec) -> ModelCard:
+        engine = self._registry.loaded().get(spec.name)
+        return ModelCard(
+            id=model_id,
+            created=self._created,
+            owned_by=spec.owned_by,
+            available=self._registry.available(spec),
+            loaded=engine is not None and engine.alive,
+        )
+
+
+def _template_messages(body: ChatCompletionRequest, tool_plan: tools.ToolPlan | None) -> list[dict[str, Any]]:
+    messages = [params.template_message(m) for m in body.messages]
+    return messages if tool_plan is None else tools.with_instructions(messages, tool_plan)
+
+
+def _check_generative(engine: Engine, model: str) -> None:
+    if engine.info.embedding_dims is not None:
+        raise InvalidRequestError(f"The model `{model}` is an embedding model; use /v1/embeddings.", param="model")
 
 
 def _record() -> RequestRecord:

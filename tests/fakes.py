@@ -31,6 +31,7 @@ class FakeEngine:
         self.closed_early = 0
         self.closed = False
         self.crashed = False
+        self.in_flight = 0
         self._counters = EngineCounters()
 
     @property
@@ -60,6 +61,7 @@ class FakeEngine:
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         assembler = TextAssembler(request.stop)
         finished = False
+        self.in_flight += 1
         try:
             for count, piece in enumerate(self.script.pieces, start=1):
                 if self.script.fail_after is not None and count > self.script.fail_after:
@@ -80,6 +82,7 @@ class FakeEngine:
             finished = True
             yield GenerationDelta(assembler.finish(), len(self.script.pieces), "stop")
         finally:
+            self.in_flight -= 1
             if not finished:
                 self.closed_early += 1
 

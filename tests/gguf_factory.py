@@ -36,12 +36,14 @@ def byte_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
-def bpe_vocab(*, duplicate_token: bool = False) -> tuple[list[str], list[int], list[str]]:
-    """Tokens, token types and merges of a small byte-level BPE vocabulary.
+def bpe_vocab(
+    *, duplicate_token: bool = False, specials: tuple[str, ...] = SPECIAL_TOKENS
+) -> tuple[list[str], list[int], list[str]]:
+    """Tokens, token types and merges of a small byte-level BPE vocabulary, special tokens first.
 
     `duplicate_token` repeats a token string, which makes llama.cpp abort the whole process while loading."""
-    tokens = list(SPECIAL_TOKENS)
-    types = [gguf.TokenType.CONTROL] * len(SPECIAL_TOKENS)
+    tokens = list(specials)
+    types = [gguf.TokenType.CONTROL] * len(specials)
     tokens += [byte_to_unicode()[b] for b in range(256)]
     types += [gguf.TokenType.NORMAL] * 256
     for left, right in MERGES:

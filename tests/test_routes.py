@@ -51,8 +51,10 @@ def test_models_list_and_get(client):
     assert listing["object"] == "list"
     assert [m["id"] for m in listing["data"]] == ["fake-model", "other-model"]
     for card in listing["data"]:
-        assert set(card) == {"id", "object", "created", "owned_by"}
-        assert card["object"] == "model"
+        assert set(card) == {"id", "object", "created", "owned_by", "available", "loaded"}
+        assert card["object"] == "model" and card["available"] is True and card["loaded"] is False
+    client.post(CHAT, json=HELLO)
+    assert [m["loaded"] for m in client.get("/v1/models").json()["data"]] == [True, False]
     assert client.get("/v1/models/gpt-4o-mini").json()["id"] == "gpt-4o-mini"
     assert_openai_error(client.get("/v1/models/nope"), 404, code="model_not_found", param="model")
 

@@ -16,6 +16,7 @@ from server.config import ConfigError, ModelSpec
 from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
 from server.engine.batching import BatchScheduler
 from server.engine.cpu import resolve_use_extra_bufts
+from server.engine.gguf_check import GGUFProblem, check_gguf
 from server.engine.native import NativeModel
 from server.engine.template import ChatTemplate
 from server.errors import InvalidRequestError, ModelUnavailableError
@@ -31,9 +32,6 @@ _NATIVE_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
 def native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     # llama.cpp logs a line per tensor while loading: keep it at DEBUG unless it is a warning or error.
     native_logger.log(_NATIVE_LEVELS.get(level, logging.DEBUG), "%s", text.decode("utf-8", "replace").rstrip())
-
-
-GGUF_MAGIC = b"GGUF"
 
 
 class LlamaCppEngine:
@@ -73,7 +71,7 @@ class LlamaCppEngine:
             raise ModelUnavailableError(f"The model `{spec.name}` could not get a context; see the server log.")
         native = NativeModel(model=model, ctx=ctx, vocab=llama_cpp.llama_model_get_vocab(model))
         template = ChatTemplate(
-            _decode_or_none(llama_cpp.llama_model_chat_template(model, None)),
+            spec.chat_template or _decode_or_none(llama_cpp.llama_model_chat_template(model, None)),
             bos_token=native.special_text(llama_cpp.llama_vocab_bos(native.vocab)),
             eos_token=native.special_text(llama_cpp.llama_vocab_eos(native.vocab)),
         )
@@ -121,27 +119,31 @@ def load_weights(spec: ModelSpec) -> tuple[llama_cpp.llama_model_p, Path, bool]:
     path = checked_path(spec)
     llama_cpp.llama_log_set(native_log, ctypes.c_void_p(0))
     llama_cpp.llama_backend_init()
+    logger.info("llama.cpp CPU features: %s", llama_cpp.llama_print_system_info().decode().strip())
     model_params = llama_cpp.llama_model_default_params()
     model_params.use_extra_bufts = resolve_use_extra_bufts(spec.use_extra_bufts)
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
     if not model:
-        raise ModelUnavailableError(f"The model `{spec.name}` failed to load; see the server log.")
+        raise ModelUnavailableError(
+            f"The model `{spec.name}` failed to load in llama.cpp (its architecture may be unsupported by this "
+            "version, or its tensors do not match it); see the server log."
+        )
     return model, path, bool(model_params.use_extra_bufts)
 
 
 def checked_path(spec: ModelSpec) -> Path:
-    """Refuse what llama.cpp would choke on before handing it over: a missing file, or one that is not GGUF."""
-    unavailable = ModelUnavailableError(f"The model `{spec.name}` is not available; see the server log.")
+    """Refuse what llama.cpp would choke on before handing it over, with a reason: a missing file, or one that is
+    not GGUF, damaged or truncated."""
     try:
         path = spec.model_path()
-        with path.open("rb") as fh:
-            magic = fh.read(4)
+        architecture = check_gguf(path)
     except (ConfigError, OSError) as exc:
         logger.error("model %s: %s", spec.name, exc)
-        raise unavailable from exc
-    if magic != GGUF_MAGIC:
-        logger.error("model %s: %s is not a GGUF file", spec.name, path)
-        raise unavailable
+        raise ModelUnavailableError(f"The model `{spec.name}` is not available; see the server log.") from exc
+    except GGUFProblem as exc:
+        logger.error("model %s: %s: %s", spec.name, path, exc)
+        raise ModelUnavailableError(f"The model `{spec.name}` cannot be loaded: {exc}.") from exc
+    logger.info("model %s: %s (architecture %s)", spec.name, path, architecture)
     return path
 
 

@@ -89,6 +89,11 @@ class ProcessEngine:
         return self._alive
 
     @property
+    def in_flight(self) -> int:
+        """Generation requests admitted and not yet finished (the registry never unloads a busy engine)."""
+        return self._admitted
+
+    @property
     def pid(self) -> int:
         return self._process.pid
 

@@ -41,6 +41,7 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.lines: list[str] = []
+        self._new_line = threading.Condition()
         self._ready: queue.Queue[str] = queue.Queue()
         command = [sys.executable, "-m", "server", "serve", "--port", str(self.port), "--models", str(models_file)]
         self.proc = subprocess.Popen(
@@ -63,10 +64,27 @@ class ServerProcess:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.lines.append(line)
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
             if READY_LINE in line:
                 self._ready.put(line)
         self._ready.put("exited")
+
+    def wait_for_log(self, pattern: str, *, after: int = 0, timeout: float = 60) -> re.Match[str]:
+        """Block until a log line from index `after` on matches `pattern` (woken by each new line)."""
+        regex = re.compile(pattern)
+        with self._new_line:
+            found = None
+
+            def seen() -> bool:
+                nonlocal found
+                found = next((m for line in self.lines[after:] if (m := regex.search(line))), None)
+                return found is not None
+
+            if not self._new_line.wait_for(seen, timeout):
+                raise AssertionError(f"no log line matched {pattern!r}:\n" + "".join(self.lines[-30:]))
+        return found
 
     def worker_pids(self, model: str) -> list[int]:
         """Worker process ids for a model, in start order, as the server logged them."""

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# End-to-end check of the Docker deployment on this machine, with no registry and no change to the host's
+# network: a private dockerd (no bridge, no iptables, no IP forwarding), the Debian base image built with
+# debootstrap, the project image, the compose stack on the host network, real requests, then everything down.
+# Needs root. Exits non-zero on any failure and leaves nothing running.
+#
+#   scripts/docker-e2e.sh        (or: make docker-e2e)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO="$PWD"
+PROJECT=slm-e2e
+PORT="${SLM_E2E_PORT:-18000}"
+KEY="e2e-$(date +%s)-$RANDOM"
+DOCKER=/usr/bin/docker
+WORK="$(mktemp -d /tmp/slm-e2e.XXXXXX)"
+export DOCKER_BUILDKIT=1
+
+log() { printf '[docker-e2e %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+fail() { log "FAIL: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || fail "run as root (it starts a private dockerd)"
+
+network_state() {
+    sysctl -n net.ipv4.ip_forward
+    ip -o link show | awk -F': ' '{print $2}' | sort
+    iptables-save 2>/dev/null | grep -v '^#' | grep -v '^:' || true
+}
+
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! command -v docker-compose >/dev/null; then
+    log "installing docker.io, debootstrap and docker-compose from Debian"
+    apt-get install -y -q docker.io debootstrap docker-compose >/dev/null
+fi
+network_state > "$WORK/network.before"
+
+compose() {
+    docker-compose -p "$PROJECT" -f "$WORK/compose.resolved.yml" "$@"
+}
+
+cleanup() {
+    local status=$?
+    set +e
+    if [ -n "${DOCKER_HOST:-}" ]; then
+        compose logs --no-color --tail 40 > "$WORK/container.log" 2>&1
+        compose down -v --remove-orphans >/dev/null 2>&1
+    fi
+    [ -n "${HUB_PID:-}" ] && kill "$HUB_PID" 2>/dev/null
+    "$REPO/scripts/private-dockerd.sh" stop
+    rm -f "$REPO/docker/ca-certificates/host-bundle.crt"
+    network_state > "$WORK/network.after"
+    if ! diff -q "$WORK/network.before" "$WORK/network.after" >/dev/null; then
+        log "FAIL: the host's network state changed:"; diff "$WORK/network.before" "$WORK/network.after"
+        status=1
+    fi
+    if pgrep -f "dockerd --host unix://${SLM_DOCKER_ROOT:-/var/lib/slm-docker}" >/dev/null; then
+        log "FAIL: dockerd is still running"; status=1
+    fi
+    if [ $status -ne 0 ] && [ -f "$WORK/container.log" ]; then
+        log "container log tail:"; tail -20 "$WORK/container.log"
+    fi
+    rm -rf "$WORK"
+    log "$([ $status -eq 0 ] && echo PASSED || echo FAILED) (nothing left running)"
+    exit $status
+}
+trap cleanup EXIT
+
+export DOCKER_HOST
+DOCKER_HOST="$(scripts/private-dockerd.sh start)"
+log "private dockerd at $DOCKER_HOST"
+
+DOCKER_CLI=$DOCKER docker/build-base-image.sh
+
+# The build reaches PyPI through this host's TLS setup: trust the host's CA bundle inside the build.
+if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    cp /etc/ssl/certs/ca-certificates.crt docker/ca-certificates/host-bundle.crt
+fi
+log "building the image"
+started=$(date +%s)
+$DOCKER build --network host -t slm-server:latest . > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; fail "image build"; }
+log "image built in $(( $(date +%s) - started )) s; size $($DOCKER image inspect slm-server:latest --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"
+
+# Static facts about the image: non-root user, healthcheck, the CPU backends for runtime dispatch.
+[ "$($DOCKER image inspect slm-server:latest --format '{{.Config.User}}')" = slm ] || fail "image user is not slm"
+$DOCKER image inspect slm-server:latest --format '{{json .Config.Healthcheck}}' | grep -q /health || fail "no HEALTHCHECK"
+variants=$($DOCKER run --rm --network host --entrypoint sh slm-server:latest -c 'ls /opt/venv/lib/ggml-backends | wc -l')
+[ "$variants" -ge 10 ] || fail "only $variants CPU backend variants in the image"
+log "image: user slm, HEALTHCHECK on /health, $variants CPU backend variants"
+
+# The stack is docker-compose.yml itself, resolved, with two changes for an engine without a bridge network:
+# the host network (so no port publishing; the server binds 127.0.0.1:$PORT itself) and a test API key.
+cat > "$WORK/compose.e2e.yml" <<YAML
+services:
+  slm-server:
+    environment:
+      SLM_API_KEYS: $KEY
+      SLM_HOST: 127.0.0.1
+      SLM_PORT: "$PORT"
+YAML
+docker-compose -f docker-compose.yml -f "$WORK/compose.e2e.yml" config > "$WORK/compose.merged.yml"
+python3 - "$WORK/compose.merged.yml" "$WORK/compose.resolved.yml" <<'PY'
+import sys, yaml
+stack = yaml.safe_load(open(sys.argv[1]))
+service = stack["services"]["slm-server"]
+assert service["ports"] == ["127.0.0.1:8000:8000/tcp"], service["ports"]  # loopback-only by default
+del service["ports"]
+service["network_mode"] = "host"
+yaml.safe_dump(stack, open(sys.argv[2], "w"))
+PY
+compose up -d --no-build
+CONTAINER=$(compose ps -q slm-server)
+log "waiting for the container to be healthy"
+for _ in $(seq 1 60); do
+    health=$($DOCKER inspect --format '{{.State.Health.Status}}' "$CONTAINER")
+    [ "$health" = healthy ] && break
+    [ "$($DOCKER inspect --format '{{.State.Running}}' "$CONTAINER")" = true ] || fail "the container stopped"
+    sleep 3
+done
+[ "$health" = healthy ] || fail "the container is $health, not healthy"
+log "healthy"
+
+URL="http://127.0.0.1:$PORT"
+status=$(curl -s -o /dev/null -w '%{http_code}' "$URL/v1/chat/completions" \
+    -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}')
+[ "$status" = 401 ] || fail "a request without the API key got $status, not 401"
+reply=$(curl -sf "$URL/v1/chat/completions" -H "Authorization: Bearer $KEY" \
+    -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16}') \
+    || fail "the authenticated chat completion failed"
+echo "$reply" | python3 -c 'import json,sys; r=json.load(sys.stdin); assert r["choices"][0]["message"]["content"], r; print("chat reply:", r["choices"][0]["message"]["content"])'
+dims=$(curl -sf "$URL/v1/embeddings" -H "Authorization: Bearer $KEY" \
+    -d '{"model": "all-minilm-l6-v2", "input": "offline embeddings"}' \
+    | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["data"][0]["embedding"]))') || fail "embeddings failed"
+[ "$dims" = 384 ] || fail "embedding has $dims dimensions, not 384"
+log "401 without a key, chat and embeddings (384 dims) with it"
+
+uid=$(compose exec -T slm-server id -u | tr -d '\r')
+[ "$uid" != 0 ] || fail "the server runs as root"
+log "the server runs as uid $uid"
+compose logs --no-color slm-server | grep -q "llama.cpp CPU features: .*AVX2 = 1" || fail "llama.cpp did not pick an AVX2 backend"
+log "llama.cpp loaded an AVX2 CPU backend at run time"
+
+# Compose v1 (Debian's docker-compose) refuses a one-off `run` beside a running host-network service
+# ("host type networking can't be used with links"), so the stack goes down first; the volume stays.
+compose down
+log "compose down (the models volume is kept)"
+
+# `slm-server pull` through `docker compose run`, against a local stand-in for the Hugging Face Hub.
+HUB_PORT=$((PORT + 1))
+head -c 3000000 /dev/urandom > "$WORK/blob.gguf"
+python3 - "$HUB_PORT" "$WORK/blob.gguf" > "$WORK/hub.log" 2>&1 <<'PY' &
+import sys, threading
+sys.path.insert(0, ".")
+from tests.fake_hub import FakeHub, HubFile
+hub = FakeHub(port=int(sys.argv[1]))
+hub.add("e2e-org/e2e-model", "e2e.gguf", HubFile(open(sys.argv[2], "rb").read()))
+with hub:
+    print("ready", flush=True)
+    threading.Event().wait()
+PY
+HUB_PID=$!
+for _ in $(seq 1 50); do grep -q ready "$WORK/hub.log" 2>/dev/null && break; sleep 0.2; done
+cat > "$WORK/models.yaml" <<YAML
+models:
+  - name: e2e-model
+    source: {repo_id: e2e-org/e2e-model, filename: e2e.gguf, revision: main}
+YAML
+chmod a+r "$WORK/models.yaml"; chmod a+x "$WORK"
+compose run --rm --no-deps -T -v "$WORK/models.yaml:/app/models.yaml:ro" -e HF_ENDPOINT="http://127.0.0.1:$HUB_PORT" \
+    slm-server pull e2e-model | tee "$WORK/pull.log"
+grep -q "e2e-model: present at /data/huggingface/hub/models--e2e-org--e2e-model/snapshots/" "$WORK/pull.log" \
+    || fail "pull did not report the file in the models volume"
+compose run --rm --no-deps -T -v "$WORK/models.yaml:/app/models.yaml:ro" slm-server list | tee "$WORK/list.log"
+grep -E -q "^e2e-model +hf:e2e-org/e2e-model/e2e.gguf +yes" "$WORK/list.log" || fail "list does not show the pulled model"
+log "pull through docker compose run put the model in the volume; list sees it"
+
+compose down -v
+log "compose down -v"
