@@ -202,7 +202,15 @@ def from_chat(body: ResponsesRequest, completion: ChatCompletion) -> dict[str, A
 
 
 async def events(body: ResponsesRequest, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[dict[str, Any]]:
-    """The documented streaming event sequence, from chat chunks (include_usage must be on)."""
+    """The documented streaming event sequence, from chat chunks (include_usage must be on), each event numbered
+    with its `sequence_number`."""
+    sequence_number = 0
+    async for event in _events(body, chunks):
+        yield {**event, "sequence_number": sequence_number}
+        sequence_number += 1
+
+
+async def _events(body: ResponsesRequest, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[dict[str, Any]]:
     response_id, item_id = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex[:24]}"
     yield {"type": "response.created", "response": _envelope(response_id, body, "in_progress", [])}
     yield {"type": "response.in_progress", "response": _envelope(response_id, body, "in_progress", [])}

@@ -175,7 +175,20 @@ class ChatChoice(BaseModel):
     finish_reason: FinishReason
 
 
-class ChatCompletion(BaseModel):
+class _Fingerprinted(BaseModel):
+    """OpenAI's schema types `system_fingerprint` as a string, never null: it is left out when there is none."""
+
+    system_fingerprint: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_empty_fingerprint(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("system_fingerprint") is None:
+            data.pop("system_fingerprint", None)
+        return data
+
+
+class ChatCompletion(_Fingerprinted):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -204,7 +217,7 @@ class ChatChunkChoice(BaseModel):
     finish_reason: FinishReason | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(_Fingerprinted):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -221,7 +234,7 @@ class CompletionChoice(BaseModel):
     finish_reason: FinishReason | None
 
 
-class Completion(BaseModel):
+class Completion(_Fingerprinted):
     """A legacy completion; also the shape of each of its stream chunks (`usage` then only on the last)."""
 
     id: str

@@ -4,11 +4,13 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.testclient import _TestClientTransport
 
 from server.app import create_app
 from server.config import ModelSpec, Settings
 from server.registry import ModelRegistry
 from tests.fakes import FakeEngine, FakeScript, fake_spec
+from tests.openai_schema import check_responses_of
 
 
 class FakeLoader:
@@ -24,6 +26,15 @@ class FakeLoader:
         engine = FakeEngine(self.scripts.get(spec.name))
         self.engines[spec.name] = engine
         return engine
+
+
+@pytest.fixture(autouse=True)
+def openai_schema_check(monkeypatch):
+    """Every /v1 body the fast tier's test client receives is checked against OpenAI's published schema."""
+    violations: list[str] = []
+    check_responses_of(_TestClientTransport, monkeypatch, violations)
+    yield
+    assert not violations, "responses that break OpenAI's schema:\n" + "\n".join(violations[:20])
 
 
 @pytest.fixture

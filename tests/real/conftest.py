@@ -12,10 +12,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
 from tests.gguf_factory import write_tiny_bert, write_tiny_llama
+from tests.openai_schema import check_responses_of
 
 READY_LINE = "Uvicorn running on"
 WORKER_LINE = re.compile(r"worker for (\S+) started \(pid (\d+)\)")
@@ -26,6 +28,16 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/real/" in str(item.fspath):
             item.add_marker(pytest.mark.real)
+
+
+@pytest.fixture(autouse=True)
+def openai_schema_check(monkeypatch):
+    """Every /v1 body a test receives over HTTP (the openai SDK, LangChain or plain httpx) is checked against
+    OpenAI's published schema; a violation fails the test."""
+    violations: list[str] = []
+    check_responses_of(httpx.HTTPTransport, monkeypatch, violations)
+    yield
+    assert not violations, "responses that break OpenAI's schema:\n" + "\n".join(violations[:20])
 
 
 def free_port() -> int:
