@@ -27,7 +27,7 @@ from server.schemas import (
     TopLogprob,
     Usage,
 )
-from server.tools import ToolCall, may_be_calls, parse_calls
+from server.tools import CallFormat, ToolCall, may_be_calls, parse_calls
 
 
 @dataclass
@@ -119,7 +119,7 @@ class ChatStreamState:
         include_usage: bool,
         n: int = 1,
         logprobs: bool = False,
-        functions: dict[str, Any] | None = None,
+        functions: CallFormat | None = None,
     ) -> None:
         self._meta = meta
         self._usage = _UsageTally(meta, n=n, include_usage=include_usage)
@@ -135,7 +135,7 @@ class ChatStreamState:
         text = delta.text
         if self._functions is not None and index in self._held:
             text = self._held.pop(index) + text
-            if may_be_calls(text):
+            if may_be_calls(text, self._functions):
                 if delta.finish_reason is None:
                     self._held[index] = text
                     return
@@ -213,7 +213,7 @@ def tool_call_deltas(calls: list[ToolCall]) -> list[dict[str, Any]]:
 
 
 def chat_completion(
-    meta: ResponseMeta, finished: list[ChoiceResult], functions: dict[str, Any] | None = None
+    meta: ResponseMeta, finished: list[ChoiceResult], functions: CallFormat | None = None
 ) -> ChatCompletion:
     choices = []
     for i, choice in enumerate(finished):

@@ -52,10 +52,26 @@ def _logit_bias(bias: dict[str, float], n_vocab: int) -> tuple[tuple[int, float]
     return tuple(out)
 
 
-def template_message(message: ChatMessage) -> dict[str, Any]:
-    """A message as chat templates expect it. Earlier tool calls are shown in the one call format the model
-    is taught (see server/tools.py), whatever its template knows about tools."""
+def template_message(message: ChatMessage, *, native_tools: bool = False) -> dict[str, Any]:
+    """A message as chat templates expect it. Earlier tool calls go to a template that knows tools as the
+    structured `tool_calls` it expects (arguments as objects); to any other template as text in the generic
+    call syntax the model is taught (see server/tools.py)."""
     content = message.text()
+    if message.tool_calls and native_tools:
+        calls = [
+            {
+                "id": call.get("id"),
+                "type": "function",
+                "function": {
+                    "name": call.get("function", {}).get("name"),
+                    "arguments": _json_or_text(call.get("function", {}).get("arguments")),
+                },
+            }
+            for call in message.tool_calls
+        ]
+        return {"role": "assistant", "content": content, "tool_calls": calls}
+    if native_tools and message.role == "tool":
+        return {"role": "tool", "content": content, "tool_call_id": message.tool_call_id}
     if message.tool_calls:
         calls = [
             {

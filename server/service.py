@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from server import params, tools
 from server.chunks import (
@@ -51,7 +50,7 @@ SCRAPE_TIMEOUT_S = 2.0
 class _Prepared:
     meta: ResponseMeta
     streams: list[AsyncIterator[GenerationDelta]]  # one per choice
-    functions: dict[str, Any] | None = None  # tools the reply may call
+    functions: tools.CallFormat | None = None  # tools the reply may call, and their syntax
 
 
 class InferenceService:
@@ -151,23 +150,27 @@ class InferenceService:
     async def render_prompt(self, body: ChatCompletionRequest, record: RequestRecord | None = None) -> str:
         """The text a chat request becomes with the model's template, tool instructions included."""
         params.check_chat(body, self._limits)
-        tool_plan = tools.plan(body.tools, body.tool_choice, body.parallel_tool_calls is not False)
+        _tool_plan(body, None)  # invalid tools are a 400 before any model loads
         self._check_cap(body, record or _record(), body.token_limit(), "max_tokens")
         async with self._registry.use(body.model) as engine:
             _check_generative(engine, body.model)
-            return await engine.render_chat(_template_messages(body, tool_plan))
+            tool_plan = _tool_plan(body, engine.info.tool_dialect)
+            return await _render(engine, body, tool_plan)
 
     async def _prepare_chat(self, body: ChatCompletionRequest, record: RequestRecord) -> _Prepared:
         params.check_chat(body, self._limits)
-        tool_plan = tools.plan(body.tools, body.tool_choice, body.parallel_tool_calls is not False)
+        _tool_plan(body, None)  # invalid tools are a 400 before any model loads
         json_schema = json_schema_of(body.response_format)
-        if tool_plan is not None and tool_plan.forced_schema is not None:
-            json_schema = tool_plan.forced_schema  # a required call is enforced like a response schema
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         self._check_cap(body, record, body.token_limit(), param)
         async with self._registry.use(body.model) as engine:
             _check_generative(engine, body.model)
-            prompt = await engine.render_chat(_template_messages(body, tool_plan))
+            tool_plan = _tool_plan(body, engine.info.tool_dialect)
+            call_blocks = None
+            if tool_plan is not None and tool_plan.forced_schema is not None:
+                json_schema = tool_plan.forced_schema  # a required call is enforced like a response schema
+                call_blocks = tool_plan.forced_blocks
+            prompt = await _render(engine, body, tool_plan)
             tokens = await engine.tokenize(prompt)
             limit, logprobs = body.token_limit(), params.chat_logprobs(body)
             return await self._start(
@@ -180,7 +183,8 @@ class InferenceService:
                 "chatcmpl",
                 "messages",
                 json_schema=json_schema,
-                functions=None if tool_plan is None else tool_plan.functions,
+                tool_call_blocks=call_blocks,
+                functions=None if tool_plan is None else tool_plan.calls,
             )
 
     async def _prepare_completion(self, body: CompletionRequest, record: RequestRecord) -> _Prepared:
@@ -208,7 +212,8 @@ class InferenceService:
         param: str,
         *,
         json_schema: str | None = None,
-        functions: dict[str, Any] | None = None,
+        tool_call_blocks: int | None = None,
+        functions: tools.CallFormat | None = None,
     ) -> _Prepared:
         n_ctx = engine.info.n_ctx
         room = n_ctx - len(tokens)
@@ -233,6 +238,7 @@ class InferenceService:
                     stop=body.stop_list(),
                     logprobs=logprobs,
                     json_schema=json_schema,
+                    tool_call_blocks=tool_call_blocks,
                 )
                 streams.append(engine.generate(request))
         except BaseException:
@@ -276,9 +282,17 @@ class InferenceService:
         )
 
 
-def _template_messages(body: ChatCompletionRequest, tool_plan: tools.ToolPlan | None) -> list[dict[str, Any]]:
-    messages = [params.template_message(m) for m in body.messages]
-    return messages if tool_plan is None else tools.with_instructions(messages, tool_plan)
+def _tool_plan(body: ChatCompletionRequest, dialect: str | None) -> tools.ToolPlan | None:
+    return tools.plan(body.tools, body.tool_choice, body.parallel_tool_calls is not False, dialect)
+
+
+async def _render(engine: Engine, body: ChatCompletionRequest, tool_plan: tools.ToolPlan | None) -> str:
+    """The prompt: the template's own tool support where it has one we read, else tools in the system message."""
+    native = tool_plan is not None and tool_plan.template_tools is not None
+    messages = [params.template_message(m, native_tools=native) for m in body.messages]
+    if tool_plan is not None:
+        messages = tools.with_instructions(messages, tool_plan)
+    return await engine.render_chat(messages, tool_plan.template_tools if native else None)
 
 
 def _check_generative(engine: Engine, model: str) -> None:

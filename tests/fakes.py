@@ -45,7 +45,9 @@ class FakeEngine:
     async def counters(self) -> EngineCounters:
         return self._counters
 
-    async def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+    async def render_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> str:
         self.rendered.append(list(messages))
         return "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
 

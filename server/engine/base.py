@@ -33,6 +33,8 @@ class GenerationRequest:
     """None: no log probabilities; n >= 0: each token's, with the n most likely alternatives."""
     json_schema: str | None = None
     """Constrain the output to JSON: "{}" for any JSON object, else a JSON schema (the subset params accepts)."""
+    tool_call_blocks: int | None = None
+    """With json_schema: the output is 1 to this many <tool_call> blocks, each holding JSON of the schema."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class EngineInfo:
     n_vocab: int
     embedding_dims: int | None = None
     """Vector size, for embedding models; None for generative ones."""
+    tool_dialect: str | None = None
+    """The tool-call syntax the model's own chat template teaches ("hermes": <tool_call> blocks), if one we read."""
 
 
 @dataclass
@@ -90,7 +94,9 @@ class Engine(Protocol):
 
     async def counters(self) -> EngineCounters: ...
 
-    async def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+    async def render_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> str:
         """The prompt text for a conversation, by the model's own chat template, ready for the reply."""
         ...
 

@@ -293,4 +293,6 @@ class BatchScheduler:
 
 
 def _grammar(request: GenerationRequest) -> str | None:
-    return None if request.json_schema is None else json_grammar(request.json_schema)
+    if request.json_schema is None:
+        return None
+    return json_grammar(request.json_schema, tool_call_blocks=request.tool_call_blocks)

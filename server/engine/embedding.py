@@ -61,7 +61,9 @@ class EmbeddingEngine:
     async def counters(self) -> EngineCounters:
         return self._counters
 
-    async def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+    async def render_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> str:
         raise self._not_generative()
 
     async def tokenize(self, text: str) -> list[int]:

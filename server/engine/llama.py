@@ -41,7 +41,7 @@ class LlamaCppEngine:
         self._spec = spec
         self._native = native
         self._template = template
-        self._info = EngineInfo(n_ctx=spec.n_ctx, n_vocab=native.n_vocab)
+        self._info = EngineInfo(n_ctx=spec.n_ctx, n_vocab=native.n_vocab, tool_dialect=template.tool_dialect)
         self._scheduler = BatchScheduler(
             native, n_seq=spec.parallel, n_ctx=spec.n_ctx, n_batch=spec.n_batch, max_queue=spec.max_queue
         )
@@ -97,8 +97,10 @@ class LlamaCppEngine:
     async def counters(self) -> EngineCounters:
         return dataclasses.replace(self._scheduler.counters)
 
-    async def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
-        return self._template.render(messages, add_generation_prompt=True)
+    async def render_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> str:
+        return self._template.render(messages, add_generation_prompt=True, tools=tools)
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         raise InvalidRequestError(f"The model `{self._spec.name}` is not an embedding model.", param="model")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import re
 from dataclasses import dataclass, field
 
 import llama_cpp
@@ -72,11 +73,21 @@ class NativeModel:
             self.model = None
 
 
-def json_grammar(json_schema: str) -> str:
-    """GBNF for JSON output: any object for "{}", else the grammar of the schema (llama-cpp-python's converter)."""
+def json_grammar(json_schema: str, *, tool_call_blocks: int | None = None) -> str:
+    """GBNF for JSON output: any object for "{}", else the grammar of the schema (llama-cpp-python's converter).
+    With `tool_call_blocks`, 1 to that many `<tool_call>` blocks each holding such JSON (the Hermes syntax)."""
     from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-    return JSON_GBNF if json_schema == "{}" else json_schema_to_gbnf(json_schema)
+    grammar = JSON_GBNF if json_schema == "{}" else json_schema_to_gbnf(json_schema)
+    # llama-cpp-python's converter lets raw control characters into strings, which JSON forbids (a strict parser
+    # rejects them): exclude them as llama.cpp's own converter and JSON_GBNF do.
+    grammar = grammar.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
+    if tool_call_blocks is None:
+        return grammar
+    block = '"<tool_call>\\n" call "\\n</tool_call>"'
+    more = f' ("\\n" {block}){{0,{tool_call_blocks - 1}}}' if tool_call_blocks > 1 else ""
+    renamed = re.sub(r"^root ::=", "call ::=", grammar, count=1, flags=re.MULTILINE)
+    return f"root ::= {block}{more}\n{renamed}"
 
 
 def make_sampler(params: SamplingParams, native: NativeModel, grammar: str | None = None) -> llama_cpp.llama_sampler_p:

@@ -100,8 +100,10 @@ class ProcessEngine:
     async def counters(self) -> EngineCounters:
         return await self._call("counters")
 
-    async def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
-        return await self._call("render", list(messages))
+    async def render_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> str:
+        return await self._call("render", list(messages), None if tools is None else list(tools))
 
     async def tokenize(self, text: str) -> list[int]:
         return await self._call("tokenize", text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,12 @@ def _raise_exception(message: str) -> None:
     raise ChatTemplateError(message)
 
 
+def _tojson(value: Any, indent: int | None = None, **_ignored: Any) -> str:
+    # Chat templates are written for Hugging Face's renderer, whose tojson is plain JSON (jinja2's own escapes
+    # <, > and & for HTML, which would show the model "\u003c" where it was trained on "<").
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
 def _strftime_now(fmt: str) -> str:
     return datetime.datetime.now().strftime(fmt)
 
@@ -47,17 +54,32 @@ class ChatTemplate:
             trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
         )
         env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+        env.filters["tojson"] = _tojson
         self._template = env.from_string(self.source)
         self._bos_token = bos_token
         self._eos_token = eos_token
 
-    def render(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+    @property
+    def tool_dialect(self) -> str | None:
+        """ "hermes" when the template lists `tools` itself and teaches <tool_call> blocks (Hermes, Qwen 2.5,
+        SmolLM3 and others); None otherwise (tools are then described in the system message)."""
+        return "hermes" if "tools" in self.source and "<tool_call>" in self.source else None
+
+    def render(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> str:
+        extra = {} if tools is None else {"tools": list(tools)}
         try:
             return self._template.render(
                 messages=list(messages),
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self._bos_token,
                 eos_token=self._eos_token,
+                **extra,
             )
         except ChatTemplateError:
             raise
