@@ -38,7 +38,7 @@ RUN { echo '[global]'; \
         if [ -n "$PYPI_EXTRA_INDEX_URL" ]; then echo "extra-index-url = $PYPI_EXTRA_INDEX_URL"; fi; \
         if [ -n "$PYPI_TRUSTED_HOST" ]; then echo "trusted-host = $PYPI_TRUSTED_HOST"; fi; \
     } > /etc/pip.conf
-# Portable llama.cpp: no -march=native. The CPU backend is built once per x86-64 feature level and the best
+# Portable llama.cpp: not built for this host's CPU. The CPU backend is built once per x86-64 feature level and the best
 # one for the host is loaded at run time (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS), from GGML_BACKEND_DIR.
 RUN CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_BACKEND_DIR=/opt/venv/lib/ggml-backends" \

@@ -137,6 +137,11 @@ uid=$(compose exec -T slm-server id -u | tr -d '\r')
 log "the server runs as uid $uid"
 compose logs --no-color slm-server | grep -q "llama.cpp CPU features: .*AVX2 = 1" || fail "llama.cpp did not pick an AVX2 backend"
 log "llama.cpp loaded an AVX2 CPU backend at run time"
+compose kill -s HUP slm-server
+for _ in $(seq 1 20); do compose logs --no-color slm-server | grep -q "models file reloaded" && break; sleep 0.5; done
+compose logs --no-color slm-server | grep -q "models file reloaded" || fail "SIGHUP did not reload models.yaml"
+[ "$($DOCKER inspect --format '{{.State.Running}}' "$CONTAINER")" = true ] || fail "SIGHUP stopped the container"
+log "SIGHUP through docker compose kill reloaded models.yaml"
 
 # Compose v1 (Debian's docker-compose) refuses a one-off `run` beside a running host-network service
 # ("host type networking can't be used with links"), so the stack goes down first; the volume stays.

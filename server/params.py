@@ -95,6 +95,18 @@ def include_usage(body: SamplingFields) -> bool:
     return body.stream_options is not None and body.stream_options.include_usage
 
 
+# OpenAI chat parameters this server cannot honour: refused by name when set, never silently ignored.
+UNHONOURED_CHAT_PARAMETERS = {
+    "audio": "audio output is not available",
+    "modalities": "only text output is available",
+    "prediction": "predicted outputs are not used",
+    "web_search_options": "web search is not available",
+    "reasoning_effort": "the models served here have no reasoning-effort setting",
+    "functions": "the deprecated 'functions' is not served; use 'tools'",
+    "function_call": "the deprecated 'function_call' is not served; use 'tool_choice'",
+}
+
+
 def check_chat(body: ChatCompletionRequest, limits: RequestLimits) -> None:
     _check_common(body, limits)
     if len(body.messages) > limits.max_messages:
@@ -109,6 +121,10 @@ def check_chat(body: ChatCompletionRequest, limits: RequestLimits) -> None:
         )
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequestError("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+    for param, what in UNHONOURED_CHAT_PARAMETERS.items():
+        value = (body.model_extra or {}).get(param)
+        if value not in (None, False, []) and not (param == "modalities" and value == ["text"]):
+            _reject(param, what)
 
 
 def check_completion(body: CompletionRequest, limits: RequestLimits) -> None:

@@ -535,3 +535,21 @@ def test_tool_results_in_the_history_reach_the_template(client, roomy):
         "tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]
     }
     assert rendered[3] == {"role": "tool", "content": "18C and sunny"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
+        ({"web_search_options": {}}, "web_search_options"),
+        ({"reasoning_effort": "high"}, "reasoning_effort"),
+        ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+    ],
+)
+def test_openai_parameters_that_cannot_be_honoured_are_refused_by_name(client, extra, param):
+    response = client.post(CHAT, json={**HELLO, **extra})
+    assert_openai_error(response, 400, code="unsupported_parameter", param=param)
+    assert client.post(CHAT, json={**HELLO, "modalities": ["text"], "store": False}).status_code == 200
