@@ -55,6 +55,9 @@ cleanup() {
     if pgrep -f "dockerd --host unix://${SLM_DOCKER_ROOT:-/var/lib/slm-docker}" >/dev/null; then
         log "FAIL: dockerd is still running"; status=1
     fi
+    if findmnt -rn -o TARGET | grep -q "^${SLM_DOCKER_ROOT:-/var/lib/slm-docker}"; then
+        log "FAIL: mounts of the private dockerd are left"; status=1
+    fi
     if [ $status -ne 0 ] && [ -f "$WORK/container.log" ]; then
         log "container log tail:"; tail -20 "$WORK/container.log"
     fi

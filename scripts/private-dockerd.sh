@@ -53,6 +53,8 @@ stop() {
     fi
     # containerd is started by dockerd as a child; make sure none of ours is left.
     pkill -f "containerd --config $root/exec" 2>/dev/null || true
+    # dockerd can leave mounts behind (its network namespace, the data root): nothing of ours stays mounted.
+    findmnt -rn -o TARGET | grep "^$root" | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
 }
 
 case "${1:-}" in

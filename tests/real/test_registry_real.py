@@ -146,11 +146,17 @@ def test_broken_files_fail_their_requests_with_the_reason_and_others_keep_servin
         tmp_path / "models.yaml",
         entry("truncated", truncated),
         entry("not-gguf", not_gguf),
+        entry("missing", tmp_path / "never-copied.gguf"),
         entry("fine", tiny_llama),
     )
     server = ServerProcess(models)
     try:
+        # a missing file is named with its entry at startup; the server still starts for the others
+        assert f"model missing is not available: {tmp_path / 'never-copied.gguf'} does not exist" in server.log_text()
         api = client(server)
+        with pytest.raises(openai.APIStatusError, match="The model `missing` is not available") as info:
+            api.chat.completions.create(model="missing", messages=HI, max_tokens=2)
+        assert info.value.status_code == 503
         for name, reason in (("truncated", "it is truncated"), ("not-gguf", "it is not a GGUF file")):
             with pytest.raises(openai.APIStatusError) as info:
                 api.chat.completions.create(model=name, messages=HI, max_tokens=2)
