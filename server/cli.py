@@ -82,6 +82,7 @@ def _is_loopback(host: str) -> bool:
 
 def _serve(settings: Settings) -> int:
     from server.app import budget_of, create_app
+    from server.hub import file_status
     from server.registry import ModelRegistry
 
     # Serving never reaches the network: Hugging Face libraries stay offline, and nothing phones home.
@@ -89,13 +90,9 @@ def _serve(settings: Settings) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     models = load_models_file(settings.models_file)
     for spec in models.models:
-        try:
-            path = spec.model_path()
-        except ConfigError as exc:
-            logger.error("model %s is not available: %s", spec.name, exc)
-            continue
-        if not path.is_file():
-            logger.error("model %s is not available: %s does not exist", spec.name, path)
+        status = file_status(spec)
+        if not status.present:
+            logger.error("model %s is not available: %s", spec.name, status.problem)
     app = create_app(settings, registry=ModelRegistry(models.models, budget=budget_of(settings)))
     if not app.state.api_key_check.enabled and not _is_loopback(settings.host):
         logger.warning(

@@ -76,9 +76,10 @@ def list_command(settings: Settings, server_url: str | None) -> int:
     specs = load_models_file(settings.models_file).models
     url = server_url or f"http://{_client_host(settings.host)}:{settings.port}"
     loaded = _loaded_models(url, settings)
+    statuses = {spec.name: file_status(spec) for spec in specs}
     rows = [("NAME", "SOURCE", "PRESENT", "SIZE", "LOADED")]
     for spec in specs:
-        status = file_status(spec)
+        status = statuses[spec.name]
         rows.append(
             (
                 spec.name,
@@ -93,7 +94,7 @@ def list_command(settings: Settings, server_url: str | None) -> int:
         sys.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
     if loaded is None:
         sys.stdout.write(f"(no server answered at {url}: loaded state unknown)\n")
-    missing = [spec.name for spec in specs if not file_status(spec).present]
+    missing = [name for name, status in statuses.items() if not status.present]
     if missing:
         sys.stdout.write(f"not present: {', '.join(missing)}; run `slm-server pull NAME`\n")
     return 0

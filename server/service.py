@@ -149,23 +149,26 @@ class InferenceService:
 
     async def render_prompt(self, body: ChatCompletionRequest, record: RequestRecord | None = None) -> str:
         """The text a chat request becomes with the model's template, tool instructions included."""
-        params.check_chat(body, self._limits)
-        _tool_plan(body, None)  # invalid tools are a 400 before any model loads
-        self._check_cap(body, record or _record(), body.token_limit(), "max_tokens")
-        async with self._registry.use(body.model) as engine:
-            _check_generative(engine, body.model)
-            tool_plan = _tool_plan(body, engine.info.tool_dialect)
+        async with self._chat_model(body, record or _record()) as (engine, tool_plan):
             return await _render(engine, body, tool_plan)
 
-    async def _prepare_chat(self, body: ChatCompletionRequest, record: RequestRecord) -> _Prepared:
+    @contextlib.asynccontextmanager
+    async def _chat_model(
+        self, body: ChatCompletionRequest, record: RequestRecord
+    ) -> AsyncIterator[tuple[Engine, tools.ToolPlan | None]]:
+        """Check a chat request (a 400 before any model loads), then hold its model, with the tool plan for the
+        model's chat template."""
         params.check_chat(body, self._limits)
-        _tool_plan(body, None)  # invalid tools are a 400 before any model loads
-        json_schema = json_schema_of(body.response_format)
+        _tool_plan(body, None)
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         self._check_cap(body, record, body.token_limit(), param)
         async with self._registry.use(body.model) as engine:
             _check_generative(engine, body.model)
-            tool_plan = _tool_plan(body, engine.info.tool_dialect)
+            yield engine, _tool_plan(body, engine.info.tool_dialect)
+
+    async def _prepare_chat(self, body: ChatCompletionRequest, record: RequestRecord) -> _Prepared:
+        json_schema = json_schema_of(body.response_format)
+        async with self._chat_model(body, record) as (engine, tool_plan):
             call_blocks = None
             if tool_plan is not None and tool_plan.forced_schema is not None:
                 json_schema = tool_plan.forced_schema  # a required call is enforced like a response schema
