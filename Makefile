@@ -11,7 +11,7 @@ MINILM_VERSION := 0.1.0
 CPU_KEY := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
 WHEEL_DIR ?= $(HOME)/.cache/slm-server/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-native-$(CPU_KEY)
 
-.PHONY: run test setup setup-dev lint format clean docker-e2e
+.PHONY: run test test-fast setup setup-dev lint format clean docker-e2e
 
 run: setup
 	$(BIN)/slm-server serve
@@ -19,6 +19,11 @@ run: setup
 test: setup-dev
 	$(BIN)/ruff check server tests bench
 	$(BIN)/python -m pytest
+
+# The fast tier only (fake engines, no llama.cpp models): seconds, for the edit-test loop.
+test-fast: setup-dev
+	$(BIN)/ruff check server tests bench
+	$(BIN)/python -m pytest -m "not real"
 
 setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev

@@ -51,10 +51,12 @@ def eog_tokens(model_path: Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def running(command: list[str], port: int, log: Path) -> Iterator[str]:
+def running(command: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})}
+        )
         try:
             deadline = time.monotonic() + 120
             while True:

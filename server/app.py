@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from server import __version__
+from server.access_guard import AccessGuard, is_loopback_name
 from server.config import ConfigError, Settings, load_models_file
 from server.deps import APIKeyCheck
 from server.error_handlers import install_error_handlers
@@ -20,10 +21,11 @@ from server.metrics import Metrics
 from server.middleware import RequestMiddleware
 from server.ops import ops
 from server.params import RequestLimits
-from server.registry import ModelRegistry
+from server.registry import ModelRegistry, worker_loader
 from server.residency import Budget
 from server.routes import extensions, v1
 from server.service import InferenceService
+from server.sse import ShutdownNotice
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,8 @@ def budget_of(settings: Settings) -> Budget:
 def create_app(settings: Settings | None = None, *, registry: ModelRegistry | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     if registry is None:
-        registry = ModelRegistry(load_models_file(settings.models_file).models, budget=budget_of(settings))
+        models = load_models_file(settings.models_file).models
+        registry = ModelRegistry(models, worker_loader(settings), budget=budget_of(settings))
     for name in settings.preload:
         registry.resolve(name)  # an unknown preload name is a configuration error, raised now
     metrics = Metrics(restarts=lambda: registry.restarts)
@@ -45,7 +48,11 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
     service = InferenceService(
         registry,
         metrics=metrics,
-        limits=RequestLimits(max_messages=settings.max_messages, max_embedding_inputs=settings.max_embedding_inputs),
+        limits=RequestLimits(
+            max_messages=settings.max_messages,
+            max_embedding_inputs=settings.max_embedding_inputs,
+            max_embedding_tokens=settings.max_embedding_tokens,
+        ),
         request_timeout_s=settings.request_timeout_s,
         preload=settings.preload,
         created=int(time.time()),
@@ -80,11 +87,24 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
     app.state.metrics = metrics
     app.state.api_key_check = APIKeyCheck(settings.all_api_keys())
     app.state.draining = False
+    app.state.shutdown_notice = ShutdownNotice()  # given by the server shortly before its grace period ends
     app.state.reload_models = reload_models
     install_error_handlers(app)
     app.include_router(v1)
     app.include_router(extensions)
     app.include_router(ops)
+    # Inside CORS, so that preflights are CORS's to answer and an allowed page can read a refusal.
+    app.add_middleware(
+        AccessGuard,
+        loopback_only=settings.loopback_guard
+        and not app.state.api_key_check.enabled
+        and is_loopback_name(settings.host),
+        allowed_origins=settings.cors_origins,
+        api_key_check=app.state.api_key_check,
+        keyed_paths=[
+            url for url in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if url
+        ],
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -47,15 +47,35 @@ class Settings(BaseModel):
     api_keys: tuple[SecretStr, ...] = ()
     api_key_file: Path | None = None
     metrics_require_key: bool = False
+    insecure_no_auth: bool = Field(default=False, description="Allow serving beyond loopback without an API key.")
+    loopback_guard: bool = Field(
+        default=False,
+        description="With no API key on a loopback address, refuse requests not addressed to a loopback name or "
+        "sent by a foreign web page (server/access_guard.py). `slm-server serve` always turns it on.",
+    )
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_messages: int = Field(default=1000, ge=1)
     max_embedding_inputs: int = Field(default=2048, ge=1)
+    max_embedding_tokens: int = Field(default=65536, ge=1, description="Most tokens one embedding request may hold.")
     request_timeout_s: float = Field(default=600.0, gt=0)
     memory_budget: int = Field(default=0, ge=0, description="Bytes all loaded models may take; 0: 75% of RAM.")
     max_loaded_models: int = Field(default=4, ge=1)
     load_wait_s: float = Field(default=30.0, ge=0, description="How long a load waits for busy models.")
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    worker_call_timeout_s: float = Field(
+        default=300.0, gt=0, description="How long a render, tokenize or embed call waits for a model worker."
+    )
+    worker_ping_interval_s: float = Field(default=10.0, gt=0, description="How often each model worker is pinged.")
+    worker_hang_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A worker that leaves a ping unanswered, or whose scheduler is stuck in one step, for longer "
+        "than this is killed and restarted.",
+    )
+    stream_send_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long one send of a stream may wait for a client that stopped reading."
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -74,14 +94,22 @@ class Settings(BaseModel):
             raise ConfigError(_readable(exc, "settings")) from exc
 
     def all_api_keys(self) -> tuple[str, ...]:
-        """Keys from the settings and the key file (one per line; blank lines and # comments skipped)."""
+        """Keys from the settings and the key file (one per line; blank lines and # comments skipped).
+
+        A key file that holds no key is an error, not an open server: whoever set it meant to require one."""
         keys = [key.get_secret_value() for key in self.api_keys]
         if self.api_key_file is not None:
             try:
                 lines = self.api_key_file.read_text(encoding="utf-8").splitlines()
             except OSError as exc:
                 raise ConfigError(f"cannot read the API key file {self.api_key_file}: {exc}") from exc
-            keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+            from_file = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+            if not from_file:
+                raise ConfigError(
+                    f"the API key file {self.api_key_file} holds no key (one key per line; blank lines and # "
+                    "comments are skipped): put a key in it, or unset --api-key-file / SLM_API_KEY_FILE"
+                )
+            keys += from_file
         return tuple(keys)
 
 
@@ -252,25 +280,43 @@ class ModelsFile(BaseModel):
 
 
 def load_models_file(path: Path) -> ModelsFile:
-    """Parse and validate `models.yaml`; every problem becomes a `ConfigError` naming the entry."""
+    """Parse and validate `models.yaml`; every problem (a missing or unreadable file, bytes that are not UTF-8,
+    bad YAML, a document of the wrong shape) becomes a `ConfigError` naming the entry."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"models file {path} does not exist") from exc
-    except yaml.YAMLError as exc:
+    except OSError as exc:
+        raise ConfigError(f"cannot read the models file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"models file {path} is not UTF-8 text: {exc}") from exc
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
         raise ConfigError(f"models file {path} is not valid YAML: {exc}") from exc
-    if isinstance(raw, dict):
-        for entry in raw.get("models") or ():
-            source = entry.get("source") if isinstance(entry, dict) else None
-            if isinstance(source, dict) and isinstance(source.get("path"), str):
-                source["path"] = str((path.parent / source["path"]).resolve())
-            folder = source.get("safetensors") if isinstance(source, dict) else None
-            if isinstance(folder, dict) and "package" not in folder and isinstance(folder.get("dir"), str):
-                folder["dir"] = str((path.parent / folder["dir"]).resolve())
+    if raw is None:
+        raise ConfigError(f"models file {path} is empty; it must hold a `models:` list")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"models file {path} must be a mapping with a `models:` list, not a {type(raw).__name__}")
+    entries = raw.get("models")
+    if not isinstance(entries, list):
+        raise ConfigError(f"models file {path}: `models` must be a list of model entries, not {entries!r:.80}")
+    for entry in entries:
+        source = entry.get("source") if isinstance(entry, dict) else None
+        if isinstance(source, dict) and isinstance(source.get("path"), str):
+            source["path"] = _beside(path, source["path"])
+        folder = source.get("safetensors") if isinstance(source, dict) else None
+        if isinstance(folder, dict) and "package" not in folder and isinstance(folder.get("dir"), str):
+            folder["dir"] = _beside(path, folder["dir"])
     try:
         return ModelsFile.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_readable(exc, str(path), raw)) from exc
+
+
+def _beside(models_file: Path, relative: str) -> str:
+    try:
+        return str((models_file.parent / relative).resolve())
+    except (OSError, ValueError):  # a NUL byte, a loop of links: left as written, for validation to refuse
+        return relative
 
 
 def _readable(exc: ValidationError, where: str, raw: object = None) -> str:
@@ -279,7 +325,8 @@ def _readable(exc: ValidationError, where: str, raw: object = None) -> str:
         loc = list(err["loc"])
         label = ".".join(str(part) for part in loc) or "(top level)"
         if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int) and isinstance(raw, dict):
-            entries = raw.get("models") or []
+            entries = raw.get("models")
+            entries = entries if isinstance(entries, list) else []
             entry = entries[loc[1]] if loc[1] < len(entries) else None
             name = entry.get("name") if isinstance(entry, dict) else None
             if name:

@@ -33,16 +33,20 @@ def request_body_doc(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
     definitions = schema.pop("$defs", {})
 
-    def inline(node: Any) -> Any:
+    def inline(node: Any, expanding: frozenset[str]) -> Any:
         if isinstance(node, dict):
             if "$ref" in node:
-                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
-            return {key: inline(value) for key, value in node.items()}
+                name = node["$ref"].rsplit("/", 1)[-1]
+                if name in expanding:  # a recursive type: below its first level, any value is described
+                    return {}
+                return inline(definitions[name], expanding | {name})
+            return {key: inline(value, expanding) for key, value in node.items()}
         if isinstance(node, list):
-            return [inline(item) for item in node]
+            return [inline(item, expanding) for item in node]
         return node
 
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
+    body = inline(schema, frozenset())
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
 
 
 def json_body(model: type[BodyT]) -> Callable[[Request], Awaitable[BodyT]]:

@@ -127,6 +127,18 @@ class ShuttingDownError(APIError):
         super().__init__("The server is shutting down and accepts no new requests.")
 
 
+class SlowClientError(APIError):
+    """A streaming client stopped reading (or fell too far behind): its generation was cancelled to free the
+    model for others. Only ever sent mid-stream, as an error event."""
+
+    status_code = 408
+    error_type = "server_error"
+    code = "slow_client"
+
+    def __init__(self) -> None:
+        super().__init__("This stream was ended because the client read it too slowly.")
+
+
 class AuthenticationError(APIError):
     status_code = 401
     error_type = "invalid_request_error"
@@ -161,42 +173,114 @@ def from_exception(exc: BaseException) -> APIError:
 
 
 def from_validation_errors(errors: Sequence[dict[str, Any]]) -> InvalidRequestError:
-    """Turn pydantic/FastAPI validation errors into one 400 naming the first offending parameter."""
+    """Turn pydantic/FastAPI validation errors into one 400 naming the offending parameter by its path
+    (`tools[0].function.name`)."""
     if not errors:
         return InvalidRequestError("Invalid request body.")
     first = errors[0]
-    if (
-        first.get("type") in ("json_invalid", "json_type", "model_type", "model_attributes_type", "dict_type")
-        and len(first["loc"]) <= 1
-    ):
+    if first.get("type") in _NOT_AN_OBJECT and not field_path(first.get("loc", ())):  # about the body itself
         return InvalidRequestError(
             "We could not parse the JSON body of your request. It must be a JSON object.", code="invalid_json"
         )
-    loc = [part for part in first.get("loc", ()) if part != "body"]
-    # Union branches add their type name to the location ("stop.str", "stop.list[str]"): keep the field path.
-    path = [str(part) for part in loc if isinstance(part, int) or not _is_type_tag(str(part))]
-    param = _dotted(path)
-    if first.get("type") == "missing":
+    error, path = _most_specific(errors)
+    param = param_of(path)
+    if error.get("type") == "missing":
         message = f"Missing required parameter: '{param}'."
     else:
-        value = first.get("input")
-        message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}"
+        value = error.get("input")
+        message = f"Invalid value for '{param}': {str(error.get('msg', 'invalid'))[:_MESSAGE_CHARS]}"
         if not isinstance(value, dict | list) and value is not None:
-            message += f" (got {value!r})"
+            message += f" (got {_cut(repr(value), _VALUE_CHARS)})"
         message += "."
     return InvalidRequestError(message, param=param or None)
 
 
+_NOT_AN_OBJECT = frozenset({"json_invalid", "json_type", "model_type", "model_attributes_type", "dict_type"})
+_MESSAGE_CHARS, _VALUE_CHARS, _KEY_CHARS = 300, 80, 40  # a client's keys and values are echoed, cut short
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "bytes"})
+
+
+def field_path(loc: Sequence[int | str]) -> list[int | str]:
+    """The path of the request field an error location points at, without pydantic's union branch labels:
+    scalar type names ('str'), labels with brackets ('list[str]', "literal['auto']", 'function-after[...]',
+    '[key]'), other validator labels ('constrained-str') and model class names, which begin with a capital
+    ('ResponseFormatJSONSchema': request field names never do; see request_parts.tagged_union)."""
+    parts = list(loc[1:] if loc[:1] in (("body",), ["body"]) else loc)
+    return [part for part in parts if isinstance(part, int) or not _is_type_tag(str(part))]
+
+
+def param_of(path: Sequence[int | str]) -> str:
+    """`tools[0].function.name` from ['tools', 0, 'function', 'name']."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = _cut(str(part), _KEY_CHARS)
+            out += f".{name}" if out else name
+    return out
+
+
+def _most_specific(errors: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[int | str]]:
+    """Of the errors about the first offending field, the one deepest in it, and of those one that is not a
+    plain type mismatch: when no branch of a union matches, pydantic reports each, and that error belongs to
+    the branch the input was meant for (`tool_choice` given as an object fails as a string at `tool_choice` and
+    as an object at `tool_choice.function`; token ids `[1, -1]` fail as strings at `input[0]` and as token ids,
+    by a bound, at `input[1]`)."""
+    paths = [field_path(error.get("loc", ())) for error in errors]
+    top = paths[0][:1]
+
+    def specificity(i: int) -> tuple[int, bool]:
+        return len(paths[i]), not str(errors[i].get("type", "")).endswith("_type")
+
+    best = 0
+    for i in range(1, len(errors)):
+        if paths[i][:1] == top and specificity(i) > specificity(best):
+            best = i
+    error, path = errors[best], paths[best]
+    context = error.get("ctx") or {}
+    if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):  # a plain discriminated union
+        key = str(context.get("discriminator", "")).strip("'")
+        if key.isidentifier():
+            path = [*path, key]
+    return error, path
+
+
 def _is_type_tag(part: str) -> bool:
     return (
-        part in ("str", "int", "float", "bool", "list", "dict")
+        part in _TYPE_TAGS
+        or part[:1].isupper()
         or "[" in part
-        or part.startswith(("function-", "constrained-"))
+        or part.startswith(("function-", "constrained-", "lax-", "json-or-python", "tagged-union", "nullable"))
     )
 
 
-def _dotted(path: list[str]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
-    return out
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+class ForbiddenError(APIError):
+    """Refused by where the request comes from, not by what it asks: no key can make it pass."""
+
+    status_code = 403
+    error_type = "request_forbidden"
+
+
+class ForbiddenHostError(ForbiddenError):
+    code = "forbidden_host"
+
+    def __init__(self, host: str) -> None:
+        super().__init__(
+            f"This server has no API key, so it only answers requests addressed to localhost; the Host header "
+            f"{host[:64]!r} is not a loopback name. Set an API key to serve other names."
+        )
+
+
+class ForbiddenOriginError(ForbiddenError):
+    code = "forbidden_origin"
+
+    def __init__(self, origin: str) -> None:
+        super().__init__(
+            f"This server has no API key, so it only answers browser pages from allowed origins; {origin[:64]!r} "
+            "is not one. An operator can allow it with --cors-origin (SLM_CORS_ORIGINS)."
+        )

@@ -31,6 +31,7 @@ class RequestRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     first_token_at: float | None = None
+    client_timed_out: bool = False
 
     def log_fields(self) -> dict[str, Any]:
         end = time.monotonic()
@@ -121,6 +122,12 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=r,
         )
+        self.client_timeouts = Counter(
+            "slm_client_timeouts",
+            "Streams ended because the client stopped reading them (a send timed out, or it fell too far behind)",
+            ["model"],
+            registry=r,
+        )
         self.engines = _EngineCollector(restarts)
         r.register(self.engines)
 
@@ -144,6 +151,12 @@ class Metrics:
                 self.inter_token.labels(record.model).observe((now - previous_at) / gaps)
         record.completion_tokens += new
         self.generated_tokens.labels(record.model).inc(new)
+
+    def observe_client_timeout(self, record: RequestRecord) -> None:
+        """Count a stream whose client stopped reading, once, however many ways it was caught."""
+        if not record.client_timed_out:
+            record.client_timed_out = True
+            self.client_timeouts.labels(record.model or "none").inc()
 
     def observe_prompt(self, record: RequestRecord, prompt_tokens: int) -> None:
         record.prompt_tokens = prompt_tokens

@@ -1,6 +1,8 @@
 """ASGI middleware: request ids, the per-request record (metrics and one log line), body size limit, draining.
 
-The log line carries ids, model, status, token counts and timings, never prompt or completion text.
+The log line carries ids, model, status, token counts and timings, never prompt or completion text. What in it
+comes from the client (method, path, request id) is bounded, and json.dumps escapes control characters, so a
+hostile request can neither forge log lines nor make one huge.
 
 Written as plain ASGI (not BaseHTTPMiddleware) so that streamed responses pass through untouched and a client
 disconnect still reaches the route.
@@ -31,6 +33,8 @@ METERED_ENDPOINTS = frozenset(
     {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/responses", "/v1/embeddings"}
 )
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # echoed back in a header and logs: keep it tame
+MAX_LOGGED_METHOD = 16
+MAX_LOGGED_PATH = 256
 
 
 class RequestMiddleware:
@@ -56,8 +60,8 @@ class RequestMiddleware:
         given = headers.get("x-request-id", "")
         record = RequestRecord(
             request_id=given if _REQUEST_ID.match(given) else uuid.uuid4().hex,
-            method=scope["method"],
-            path=path,
+            method=bounded(scope["method"], MAX_LOGGED_METHOD),
+            path=bounded(path, MAX_LOGGED_PATH),
         )
         scope.setdefault("state", {})["record"] = record
 
@@ -70,18 +74,18 @@ class RequestMiddleware:
 
         try:
             if self._draining() and path not in UNMETERED_PATHS:
-                await _send_error(send_with_id, ShuttingDownError())
+                await send_error(send_with_id, ShuttingDownError())
             elif _declared_length(headers) > self._max_body:
-                await _send_error(send_with_id, PayloadTooLargeError(self._max_body))
+                await send_error(send_with_id, PayloadTooLargeError(self._max_body))
             else:
                 await self._app(scope, self._limited(receive), send_with_id)
         except Exception as exc:
             # Outermost catch, so the status of a failed request is known here (Starlette's own 500 handler
             # sits outside user middleware).
-            logger.error("unhandled error on %s %s", record.method, path, exc_info=exc)
+            logger.error("unhandled error on %s %s", record.method, record.path, exc_info=exc)
             if record.status:
                 raise  # the response had started: the server closes the connection
-            await _send_error(send_with_id, from_exception(exc))
+            await send_error(send_with_id, from_exception(exc))
         finally:
             if path not in UNMETERED_PATHS:
                 if path.startswith("/v1/"):
@@ -104,6 +108,11 @@ class RequestMiddleware:
         return receive_limited
 
 
+def bounded(text: str, limit: int) -> str:
+    """At most `limit` characters of client text, saying how much was cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more)"
+
+
 def _declared_length(headers: dict[str, str]) -> int:
     try:
         return int(headers.get("content-length", "0"))
@@ -118,7 +127,7 @@ def _endpoint(path: str) -> str:
     return path if path in METERED_ENDPOINTS else "other"
 
 
-async def _send_error(send: Send, error: APIError) -> None:
+async def send_error(send: Send, error: APIError) -> None:
     body = error.body().model_dump_json().encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]

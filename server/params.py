@@ -8,7 +8,8 @@ from typing import Any
 
 from server.engine import SamplingParams
 from server.errors import InvalidRequestError, UnsupportedParameterError
-from server.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingFields
+from server.request_parts import AssistantMessageParam, MessageParam, ToolMessageParam
+from server.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 # Roles most chat templates know; OpenAI's newer "developer" role is a system message to them.
 _TEMPLATE_ROLES = {"developer": "system"}
@@ -23,6 +24,7 @@ class RequestLimits:
     max_prompt_chars: int = 1_000_000
     max_choices: int = 8
     max_embedding_inputs: int = 2048
+    max_embedding_tokens: int = 65536
 
 
 def sampling(body: SamplingFields, n_vocab: int) -> SamplingParams:
@@ -41,9 +43,10 @@ def sampling(body: SamplingFields, n_vocab: int) -> SamplingParams:
 
 
 def _logit_bias(bias: dict[str, float], n_vocab: int) -> tuple[tuple[int, float], ...]:
+    """The keys are decimal token ids (checked by the request model); each must be one of this model's."""
     out = []
     for key, value in bias.items():
-        if not (key.isdigit() and int(key) < n_vocab):
+        if int(key) >= n_vocab:
             raise InvalidRequestError(
                 f"Invalid key in 'logit_bias': {key!r} is not a token id of this model (0 to {n_vocab - 1}).",
                 param="logit_bias",
@@ -52,43 +55,52 @@ def _logit_bias(bias: dict[str, float], n_vocab: int) -> tuple[tuple[int, float]
     return tuple(out)
 
 
-def template_message(message: ChatMessage, *, native_tools: bool = False) -> dict[str, Any]:
+def template_message(message: MessageParam, *, native_tools: bool = False) -> dict[str, Any]:
     """A message as chat templates expect it. Earlier tool calls go to a template that knows tools as the
     structured `tool_calls` it expects (arguments as objects); to any other template as text in the generic
     call syntax the model is taught (see server/tools.py)."""
     content = message.text()
-    if message.tool_calls and native_tools:
-        calls = [
+    calls = message.tool_calls if isinstance(message, AssistantMessageParam) else None
+    if calls and native_tools:
+        structured = [
             {
-                "id": call.get("id"),
+                "id": call.id,
                 "type": "function",
-                "function": {
-                    "name": call.get("function", {}).get("name"),
-                    "arguments": _json_or_text(call.get("function", {}).get("arguments")),
-                },
+                "function": {"name": call.function.name, "arguments": _json_or_text(call.function.arguments)},
             }
-            for call in message.tool_calls
+            for call in calls
         ]
-        return {"role": "assistant", "content": content, "tool_calls": calls}
-    if native_tools and message.role == "tool":
+        return {"role": "assistant", "content": content, "tool_calls": structured}
+    if native_tools and isinstance(message, ToolMessageParam):
         return {"role": "tool", "content": content, "tool_call_id": message.tool_call_id}
-    if message.tool_calls:
-        calls = [
-            {
-                "name": call.get("function", {}).get("name"),
-                "arguments": _json_or_text(call.get("function", {}).get("arguments")),
-            }
-            for call in message.tool_calls
-        ]
-        content = json.dumps({"tool_calls": calls})
+    if calls:
+        generic = [{"name": call.function.name, "arguments": _json_or_text(call.function.arguments)} for call in calls]
+        content = json.dumps({"tool_calls": generic})
     return {"role": _TEMPLATE_ROLES.get(message.role, message.role), "content": content}
 
 
-def _json_or_text(value: Any) -> Any:
+MAX_ARGUMENT_DEPTH = 64  # deeper arguments stay text: a template renders objects recursively
+
+
+def _json_or_text(value: str) -> Any:
     try:
-        return json.loads(value)
-    except (TypeError, ValueError):
+        parsed = json.loads(value)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return value
+    return parsed if _depth(parsed) <= MAX_ARGUMENT_DEPTH else value
+
+
+def _depth(value: Any) -> int:
+    deepest, level = 0, [value]
+    while level:
+        deepest += 1
+        level = [
+            child
+            for node in level
+            if isinstance(node, dict | list)
+            for child in (node.values() if isinstance(node, dict) else node)
+        ]
+    return deepest
 
 
 def include_usage(body: SamplingFields) -> bool:
@@ -114,7 +126,7 @@ def check_chat(body: ChatCompletionRequest, limits: RequestLimits) -> None:
             f"Too many messages: {len(body.messages)}; this server accepts at most {limits.max_messages}.",
             param="messages",
         )
-    if sum(len(m.text()) for m in body.messages) > limits.max_prompt_chars:
+    if sum(_chars(m) for m in body.messages) > limits.max_prompt_chars:
         raise InvalidRequestError(
             f"The messages are longer than this server accepts ({limits.max_prompt_chars} characters).",
             param="messages",
@@ -125,6 +137,12 @@ def check_chat(body: ChatCompletionRequest, limits: RequestLimits) -> None:
         value = (body.model_extra or {}).get(param)
         if value not in (None, False, []) and not (param == "modalities" and value == ["text"]):
             _reject(param, what)
+
+
+def _chars(message: MessageParam) -> int:
+    """How much of the prompt a message becomes: its text and the arguments of the calls it made."""
+    calls = message.tool_calls if isinstance(message, AssistantMessageParam) else None
+    return len(message.text()) + sum(len(call.function.arguments) for call in calls or ())
 
 
 def check_completion(body: CompletionRequest, limits: RequestLimits) -> None:

@@ -3,33 +3,50 @@
 Lifecycle: a model loads on first use (concurrent first requests load it once); loaded models share a memory
 budget and a count limit, and one that would not fit evicts the least recently used idle model; an idle model
 unloads after its `keep_alive`; `reload()` swaps the registry file's entries without touching running requests.
-A model is busy (never evicted) while a request holds it through `use()` or its engine has streams admitted."""
+A model is busy (never evicted) while a request holds it through `use()` or its engine has streams admitted.
+
+A load is the registry's own task, which requests await shielded: a client that leaves while its model loads
+does not cancel it, so the worker is registered (and counted) or closed, never leaked. The memory budget counts
+loads in progress and retired engines (of entries a reload changed) that still serve requests."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from server.config import HubSource, ModelSpec, NotPulledError
+from server.config import HubSource, ModelSpec, NotPulledError, Settings
 from server.engine import Engine
-from server.errors import ModelNotFoundError, ModelNotPulledError, ModelUnavailableError
+from server.engine.liveness import WorkerDeadlines
+from server.errors import ModelNotFoundError, ModelNotPulledError, ModelUnavailableError, ShuttingDownError
 from server.residency import Budget, CrashHistory, footprint, load_with_errors_named, resident_size
 
 logger = logging.getLogger(__name__)
 
 Loader = Callable[[ModelSpec], Engine]
 SWEEP_INTERVAL_S = 1.0
+CLOSE_LOAD_WAIT_S = 30.0  # how long close() waits for loads in progress, to close their workers too
 
 
-def worker_process_loader(spec: ModelSpec) -> Engine:
+def worker_process_loader(spec: ModelSpec, deadlines: WorkerDeadlines | None = None) -> Engine:
     """The production loader: each model in its own worker process, so native crashes stay there."""
     from server.engine.process import ProcessEngine
 
-    return ProcessEngine.load(spec)
+    return ProcessEngine.load(spec, deadlines)
+
+
+def worker_loader(settings: Settings) -> Loader:
+    """The production loader, with the settings' deadlines for talking to workers."""
+    deadlines = WorkerDeadlines(
+        call_timeout_s=settings.worker_call_timeout_s,
+        ping_interval_s=settings.worker_ping_interval_s,
+        hang_timeout_s=settings.worker_hang_timeout_s,
+    )
+    return functools.partial(worker_process_loader, deadlines=deadlines)
 
 
 @dataclass(eq=False)
@@ -49,7 +66,6 @@ class _Resident:
 @dataclass
 class _Entry:
     spec: ModelSpec
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class ModelRegistry:
@@ -70,6 +86,9 @@ class ModelRegistry:
         self._names: dict[str, str] = {}
         self._resident: dict[str, _Resident] = {}
         self._retired: list[_Resident] = []  # engines of removed or changed entries, unloaded once idle
+        self._loading: dict[str, asyncio.Task[_Resident | None]] = {}
+        self._reserved: dict[str, int] = {}  # bytes of loads in progress, by model
+        self._closed = False
         self._room = asyncio.Condition()
         self._set_specs(specs)
 
@@ -137,17 +156,30 @@ class ModelRegistry:
             return engine
 
     async def _acquire(self, name: str) -> _Resident:
-        spec = self.resolve(name)
-        resident = self._live(spec.name)
-        if resident is None:
-            entry = self._entries[spec.name]
-            async with entry.lock:
+        while True:
+            spec = self.resolve(name)
+            resident = self._live(spec.name)
+            if resident is None:
+                task = self._loading.get(spec.name)
+                if task is None:
+                    task = asyncio.create_task(self._owned_load(spec), name=f"load-{spec.name}")
+                    task.add_done_callback(_retrieve)
+                    self._loading[spec.name] = task
+                # A request that goes away stops waiting; the load goes on and registers its engine.
+                await asyncio.shield(task)
+                # Loaded for an entry a reload changed, or evicted before this request woke up: look again.
                 resident = self._live(spec.name)
-                if resident is None:
-                    resident = await self._load(entry.spec)
-        resident.leases += 1
-        resident.last_used = self._clock()
-        return resident
+            if resident is not None:
+                resident.leases += 1
+                resident.last_used = self._clock()
+                return resident
+
+    async def _owned_load(self, spec: ModelSpec) -> _Resident | None:
+        try:
+            return await self._load(spec)
+        finally:
+            self._loading.pop(spec.name, None)
+            self._reserved.pop(spec.name, None)
 
     def _live(self, name: str) -> _Resident | None:
         resident = self._resident.get(name)
@@ -159,12 +191,13 @@ class ModelRegistry:
             return None
         return resident
 
-    async def _load(self, spec: ModelSpec) -> _Resident:
+    async def _load(self, spec: ModelSpec) -> _Resident | None:
         if not self.available(spec):
             raise ModelNotPulledError(spec.name)
         self._crashes.check(spec.name)
         size = await asyncio.to_thread(footprint, spec)  # may convert a safetensors model first
         await self._make_room(spec.name, size)
+        self._reserved[spec.name] = size  # counted by other loads' _make_room until it is resident
         started = time.monotonic()
         try:
             engine = await asyncio.to_thread(load_with_errors_named, self._loader, spec)
@@ -173,6 +206,14 @@ class ModelRegistry:
             raise
         self.on_load(spec.name, time.monotonic() - started)
         resident = _Resident(spec, engine, size, self._clock())
+        entry = self._entries.get(spec.name)
+        if self._closed or entry is None or entry.spec != spec:
+            why = "closed" if self._closed else "reload changed or removed its entry"
+            logger.info("model %s loaded after the registry %s: closing it", spec.name, why)
+            await self._unload(resident)
+            if self._closed:
+                raise ShuttingDownError()
+            return None
         self._resident[spec.name] = resident
         return resident
 
@@ -185,7 +226,10 @@ class ModelRegistry:
         while True:
             await self._unload_retired()
             residents = list(self._resident.values())
-            if self._budget.fits(size, [r.size for r in residents]):
+            # Retired engines still serving and loads in progress take memory too, and cannot be evicted.
+            others = [r.size for r in self._retired if r.engine.alive] + list(self._reserved.values())
+            loaded_sizes = [r.size for r in residents] + others
+            if self._budget.fits(size, loaded_sizes):
                 return
             idle = sorted((r for r in residents if not r.busy()), key=lambda r: r.last_used)
             if idle:
@@ -198,7 +242,7 @@ class ModelRegistry:
             if remaining <= 0:
                 raise ModelUnavailableError(
                     f"The model `{name}` cannot be loaded now: the loaded models are all busy and it does not fit "
-                    f"beside them ({self._budget.describe([r.size for r in residents], size)}). Retry shortly.",
+                    f"beside them ({self._budget.describe(loaded_sizes, size)}). Retry shortly.",
                     retry_after=5,
                 )
             async with self._room:
@@ -244,7 +288,17 @@ class ModelRegistry:
             self._room.notify_all()
 
     async def close(self) -> None:
+        """Close every engine, and those of loads in progress once they finish (waited for a bounded time)."""
+        self._closed = True
+        if self._loading:
+            await asyncio.wait(list(self._loading.values()), timeout=CLOSE_LOAD_WAIT_S)
         residents = list(self._resident.values()) + self._retired
         self._resident, self._retired = {}, []
         for resident in residents:
             await asyncio.to_thread(resident.engine.close)
+
+
+def _retrieve(task: asyncio.Task[_Resident | None]) -> None:
+    """A load whose requests all went away: its failure was logged where it happened; nobody is left to raise to."""
+    if not task.cancelled():
+        task.exception()

@@ -6,65 +6,27 @@ becomes the documented event sequence. Responses are not stored: `previous_respo
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ValidationError
 
-from server.errors import InvalidRequestError, UnsupportedParameterError
-from server.schemas import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, OpenAIRequest
-
-Role = Literal["system", "developer", "user", "assistant"]
-
-
-class InputText(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
-    type: Literal["input_text", "output_text"]
-    text: str
-
-
-class InputMessage(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
-    type: Literal["message"] = "message"
-    role: Role
-    content: str | list[InputText]
-
-
-class FunctionCallOutput(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
-    type: Literal["function_call_output"]
-    call_id: str
-    output: str
-
-
-class FunctionCallItem(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
-    type: Literal["function_call"]
-    call_id: str
-    name: str
-    arguments: str
-
-
-InputItem = Annotated[InputMessage | FunctionCallOutput | FunctionCallItem, Field(union_mode="left_to_right")]
-
-
-class ResponsesRequest(OpenAIRequest):
-    model: str = Field(min_length=1)
-    input: str | Annotated[list[InputItem], Field(min_length=1)]
-    instructions: str | None = None
-    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    stream: bool = False
-    text: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
-    previous_response_id: str | None = None
-    store: bool | None = None
-    metadata: dict[str, str] | None = None
+from server import tools
+from server.errors import InvalidRequestError, UnsupportedParameterError, from_validation_errors
+from server.request_parts import OtherToolParam, ToolChoiceMode
+from server.response_format import json_schema_of
+from server.responses_request import (
+    FunctionCallItem,
+    FunctionTool,
+    InputMessage,
+    NamedFunctionChoice,
+    ResponsesRequest,
+    TextFormatJSONSchema,
+)
+from server.schemas import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 
 
 def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
@@ -80,8 +42,7 @@ def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
     items = [InputMessage(role="user", content=body.input)] if isinstance(body.input, str) else body.input
     for item in items:
         if isinstance(item, InputMessage):
-            content = item.content if isinstance(item.content, str) else "".join(p.text for p in item.content)
-            messages.append({"role": item.role, "content": content})
+            messages.append({"role": item.role, "content": item.text()})
         elif isinstance(item, FunctionCallItem):
             call = {
                 "id": item.call_id,
@@ -90,47 +51,77 @@ def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
             }
             messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         else:
-            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
+            output = item.output if isinstance(item.output, str) else "".join(part.text for part in item.output)
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
     chat: dict[str, Any] = {
         "model": body.model,
         "messages": messages,
         "max_tokens": body.max_output_tokens,
         "temperature": body.temperature,
         "top_p": body.top_p,
-        "tool_choice": body.tool_choice
-        if not isinstance(body.tool_choice, dict)
-        else _chat_tool_choice(body.tool_choice),
+        "tool_choice": _chat_tool_choice(body.tool_choice),
         "parallel_tool_calls": body.parallel_tool_calls,
     }
     if body.tools:
         chat["tools"] = [_chat_tool(tool, i) for i, tool in enumerate(body.tools)]
-    fmt = (body.text or {}).get("format")
-    if fmt:
-        chat["response_format"] = _chat_format(fmt)
-    return ChatCompletionRequest.model_validate({k: v for k, v in chat.items() if v is not None})
+    if body.text is not None and body.text.format is not None:
+        chat["response_format"] = _chat_format(body.text.format)
+    try:
+        request = ChatCompletionRequest.model_validate({k: v for k, v in chat.items() if v is not None})
+    except ValidationError as exc:  # the bounds are the same on both sides: this is not expected
+        raise from_validation_errors(exc.errors()) from None
+    try:  # checked here too, so that a refusal names the parameter as this request spells it
+        tools.plan(request.tools, request.tool_choice, request.parallel_tool_calls is not False)
+        json_schema_of(request.response_format)
+    except InvalidRequestError as exc:
+        if exc.param is not None:
+            exc.message = exc.message.replace(exc.param, _responses_param(exc.param))
+            exc.param = _responses_param(exc.param)
+        raise
+    return request
 
 
-def _chat_tool(tool: dict[str, Any], index: int) -> dict[str, Any]:
-    if tool.get("type") != "function":
+_RENAMED_PREFIXES = (("tool_choice.function.", "tool_choice."), ("response_format.json_schema.", "text.format."))
+
+
+def _responses_param(param: str) -> str:
+    """The path of a chat request's parameter in the Responses request it came from."""
+    if param.startswith("tools["):
+        head, nested, rest = param.partition("].function.")
+        return f"{head}].{rest}" if nested else param
+    for chat, responses in _RENAMED_PREFIXES:
+        if param.startswith(chat):
+            return responses + param[len(chat) :]
+    return param
+
+
+def _chat_tool(tool: FunctionTool | OtherToolParam, index: int) -> dict[str, Any]:
+    if not isinstance(tool, FunctionTool):
         raise UnsupportedParameterError(
-            f"Only function tools are supported (tools[{index}] is {tool.get('type')!r}).", param=f"tools[{index}]"
+            f"Only function tools are supported (tools[{index}] is {tool.type[:40]!r}).", param=f"tools[{index}].type"
         )
-    function = {k: tool[k] for k in ("name", "description", "parameters") if k in tool}
-    return {"type": "function", "function": function}
+    function = {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
+    return {"type": "function", "function": {k: v for k, v in function.items() if v is not None}}
 
 
-def _chat_tool_choice(choice: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "function", "function": {"name": choice.get("name")}}
+def _chat_tool_choice(choice: ToolChoiceMode | NamedFunctionChoice | None) -> str | dict[str, Any] | None:
+    if isinstance(choice, NamedFunctionChoice):
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice
 
 
-def _chat_format(fmt: dict[str, Any]) -> dict[str, Any]:
-    kind = fmt.get("type")
-    if kind == "json_schema":
-        spec = {k: fmt[k] for k in ("name", "schema", "strict") if k in fmt}
-        return {"type": "json_schema", "json_schema": spec}
-    if kind in ("text", "json_object"):
-        return {"type": kind}
-    raise InvalidRequestError(f"Invalid value for 'text.format.type': {kind!r}.", param="text.format.type")
+def _chat_format(fmt: BaseModel) -> dict[str, Any]:
+    if isinstance(fmt, TextFormatJSONSchema):
+        spec = {"name": fmt.name, "schema": fmt.schema_, "description": fmt.description, "strict": fmt.strict}
+        return {"type": "json_schema", "json_schema": {k: v for k, v in spec.items() if v is not None}}
+    return {"type": fmt.type}  # text or json_object
+
+
+def _echo(value: BaseModel | str | None) -> Any:
+    """A request object as the Response object repeats it."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return value
 
 
 def _usage(prompt: int, completion: int) -> dict[str, Any]:
@@ -154,10 +145,10 @@ def _envelope(response_id: str, body: ResponsesRequest, status: str, output: lis
         "max_output_tokens": body.max_output_tokens,
         "temperature": body.temperature,
         "top_p": body.top_p,
-        "tools": body.tools or [],
-        "tool_choice": body.tool_choice or "auto",
+        "tools": [_echo(tool) for tool in body.tools or ()],
+        "tool_choice": _echo(body.tool_choice) or "auto",
         "parallel_tool_calls": body.parallel_tool_calls is not False,
-        "text": body.text or {"format": {"type": "text"}},
+        "text": _echo(body.text) or {"format": {"type": "text"}},
         "metadata": body.metadata or {},
         "output": output,
         "error": None,
@@ -205,9 +196,11 @@ async def events(body: ResponsesRequest, chunks: AsyncIterator[ChatCompletionChu
     """The documented streaming event sequence, from chat chunks (include_usage must be on), each event numbered
     with its `sequence_number`."""
     sequence_number = 0
-    async for event in _events(body, chunks):
-        yield {**event, "sequence_number": sequence_number}
-        sequence_number += 1
+    # aclosing both: a client that leaves closes the chat chunks, and with them the engine stream, at once.
+    async with contextlib.aclosing(chunks), contextlib.aclosing(_events(body, chunks)) as numbered:  # type: ignore[type-var]
+        async for event in numbered:
+            yield {**event, "sequence_number": sequence_number}
+            sequence_number += 1
 
 
 async def _events(body: ResponsesRequest, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[dict[str, Any]]:

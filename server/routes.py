@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from server import responses as responses_api
@@ -24,6 +25,7 @@ from server.deps import (
     require_api_key,
 )
 from server.embeddings import EmbeddingRequest
+from server.metrics import RequestRecord
 from server.responses import ResponsesRequest
 from server.schemas import ChatCompletionRequest, CompletionRequest, StreamOptions
 
@@ -41,8 +43,17 @@ def _json(obj: BaseModel) -> JSONResponse:
     return JSONResponse(obj.model_dump(mode="json"))
 
 
-def _events(chunks: AsyncIterator[BaseModel]) -> StreamingResponse:
-    return StreamingResponse(sse.encode(chunks), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+def _events(
+    request: Request, record: RequestRecord, encoder: Callable[..., AsyncIterator[bytes]], source: Any
+) -> Response:
+    """An SSE response: ended with an error event at shutdown, ended and counted if its client stops reading."""
+    state = request.app.state
+    slow_client = partial(state.metrics.observe_client_timeout, record)
+    return sse.EventStreamResponse(
+        encoder(source, state.shutdown_notice, slow_client),
+        send_timeout_s=state.settings.stream_send_timeout_s,
+        on_client_timeout=slow_client,
+    )
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -80,7 +91,7 @@ async def get_model(model_id: str, service: ServiceDep) -> JSONResponse:
 @v1.post("/chat/completions", response_model=None, openapi_extra=request_body_doc(ChatCompletionRequest))
 async def chat_completions(request: Request, body: ChatBody, service: ServiceDep, record: RecordDep) -> Response:
     if body.stream:
-        return _events(await service.chat_stream(body, record))
+        return _events(request, record, sse.encode, await service.chat_stream(body, record))
     return await _unless_disconnected(request, service.chat(body, record))
 
 
@@ -93,7 +104,7 @@ async def apply_template(body: ChatBody, service: ServiceDep, record: RecordDep)
 @v1.post("/completions", response_model=None, openapi_extra=request_body_doc(CompletionRequest))
 async def completions(request: Request, body: CompletionBody, service: ServiceDep, record: RecordDep) -> Response:
     if body.stream:
-        return _events(await service.complete_stream(body, record))
+        return _events(request, record, sse.encode, await service.complete_stream(body, record))
     return await _unless_disconnected(request, service.complete(body, record))
 
 
@@ -103,9 +114,7 @@ async def create_response(request: Request, body: ResponsesBody, service: Servic
     if body.stream:
         chat = chat.model_copy(update={"stream": True, "stream_options": StreamOptions(include_usage=True)})
         events = responses_api.events(body, await service.chat_stream(chat, record))
-        return StreamingResponse(
-            sse.encode_events(events), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
+        return _events(request, record, sse.encode_events, events)
 
     async def respond() -> dict:
         return responses_api.from_chat(body, await service.chat(chat, record))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
+from server.request_parts import ChatMessage, ChatToolChoice, ChatTools, LogitBias, ResponseFormat
+
 logger = logging.getLogger(__name__)
+LOGGED_NAMES, LOGGED_NAME_CHARS = 10, 40  # a client can send 100k unknown fields: the log line stays short
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
@@ -20,7 +24,8 @@ class OpenAIRequest(BaseModel):
     @model_validator(mode="after")
     def _log_unknown_fields(self) -> OpenAIRequest:
         if self.model_extra:
-            logger.info("ignoring unknown request fields: %s", sorted(self.model_extra))
+            names = [name[:LOGGED_NAME_CHARS] for name in itertools.islice(self.model_extra, LOGGED_NAMES)]
+            logger.info("ignoring %d unknown request fields: %s", len(self.model_extra), names)
         return self
 
 
@@ -28,30 +33,6 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
     include_usage: bool = False
-
-
-class TextContentPart(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
-
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    """A message of the conversation sent by the client."""
-
-    model_config = ConfigDict(strict=True, extra="allow")
-
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextContentPart] | None = None
-    name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
 
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
@@ -76,7 +57,7 @@ class SamplingFields(OpenAIRequest):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: LogitBias | None = None
     # llama.cpp server extensions, under the names its users know.
     top_k: Annotated[int, Field(ge=0)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
@@ -94,10 +75,10 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: ChatTools | None = None
+    tool_choice: ChatToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

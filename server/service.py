@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from server import params, tools
 from server.chunks import (
@@ -23,9 +24,10 @@ from server.chunks import (
     completion,
 )
 from server.config import ModelSpec
-from server.embeddings import EmbeddingList, EmbeddingRequest, embed
+from server.embeddings import EmbeddingAdmission, EmbeddingList, EmbeddingRequest, embed
 from server.engine import Engine, GenerationDelta, GenerationRequest
 from server.errors import APIError, ContextLengthExceededError, InvalidRequestError, RequestTimeoutError
+from server.json_grammar import output_grammar
 from server.metrics import EngineSnapshot, Metrics, RequestRecord
 from server.params import RequestLimits
 from server.registry import ModelRegistry
@@ -44,6 +46,7 @@ from server.streams import collect, relay
 
 logger = logging.getLogger(__name__)
 SCRAPE_TIMEOUT_S = 2.0
+GRAMMAR_BUDGET_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class InferenceService:
         self._timeout = request_timeout_s
         self._preload = preload
         self._created = created
+        self._embedding_admission = EmbeddingAdmission()
 
     async def preload(self) -> None:
         """Load the `preload` models one after the other; a failure is logged and leaves /ready red."""
@@ -102,7 +106,14 @@ class InferenceService:
         return self._metrics.render()
 
     async def embeddings(self, body: EmbeddingRequest, record: RequestRecord | None = None) -> EmbeddingList:
-        return await embed(self._registry, body, record or _record(), self._limits.max_embedding_inputs)
+        """Embed within the request timeout; past it (or when the client leaves) the worker stops too."""
+        record = record or _record()
+        delay = None if self._timeout is None else self._timeout - (time.monotonic() - record.started)
+        try:
+            async with asyncio.timeout(delay):
+                return await embed(self._registry, body, record, self._limits, self._embedding_admission)
+        except TimeoutError:
+            raise RequestTimeoutError(self._timeout or 0) from None
 
     def list_models(self) -> ModelList:
         return ModelList(data=[self._card(spec.name, spec) for spec in self._registry.specs()])
@@ -150,7 +161,7 @@ class InferenceService:
     async def render_prompt(self, body: ChatCompletionRequest, record: RequestRecord | None = None) -> str:
         """The text a chat request becomes with the model's template, tool instructions included."""
         async with self._chat_model(body, record or _record()) as (engine, tool_plan):
-            return await _render(engine, body, tool_plan)
+            return await engine.render_chat(*_conversation(body, tool_plan))
 
     @contextlib.asynccontextmanager
     async def _chat_model(
@@ -169,12 +180,14 @@ class InferenceService:
     async def _prepare_chat(self, body: ChatCompletionRequest, record: RequestRecord) -> _Prepared:
         json_schema = json_schema_of(body.response_format)
         async with self._chat_model(body, record) as (engine, tool_plan):
-            call_blocks = None
+            call_blocks, where = None, "response_format"
             if tool_plan is not None and tool_plan.forced_schema is not None:
                 json_schema = tool_plan.forced_schema  # a required call is enforced like a response schema
-                call_blocks = tool_plan.forced_blocks
-            prompt = await _render(engine, body, tool_plan)
-            tokens = await engine.tokenize(prompt)
+                call_blocks, where = tool_plan.forced_blocks, "tools"
+            grammar = None
+            if json_schema is not None:
+                grammar = await _compiled_grammar(engine, json_schema, call_blocks, where)
+            tokens = await engine.tokenize_chat(*_conversation(body, tool_plan))
             limit, logprobs = body.token_limit(), params.chat_logprobs(body)
             return await self._start(
                 engine,
@@ -185,8 +198,7 @@ class InferenceService:
                 logprobs,
                 "chatcmpl",
                 "messages",
-                json_schema=json_schema,
-                tool_call_blocks=call_blocks,
+                grammar=grammar,
                 functions=None if tool_plan is None else tool_plan.calls,
             )
 
@@ -214,8 +226,7 @@ class InferenceService:
         prefix: str,
         param: str,
         *,
-        json_schema: str | None = None,
-        tool_call_blocks: int | None = None,
+        grammar: str | None = None,
         functions: tools.CallFormat | None = None,
     ) -> _Prepared:
         n_ctx = engine.info.n_ctx
@@ -240,8 +251,7 @@ class InferenceService:
                     sampling=dataclasses.replace(sampling, seed=seed),
                     stop=body.stop_list(),
                     logprobs=logprobs,
-                    json_schema=json_schema,
-                    tool_call_blocks=tool_call_blocks,
+                    grammar=grammar,
                 )
                 streams.append(engine.generate(request))
         except BaseException:
@@ -285,17 +295,35 @@ class InferenceService:
         )
 
 
+async def _compiled_grammar(engine: Engine, json_schema: str, call_blocks: int | None, where: str) -> str:
+    """The output grammar, built here (a 400 past a bound) and compiled in the model's worker within a time
+    budget, before the request is admitted: a grammar llama.cpp refuses is a 400, never an error event."""
+    grammar = await asyncio.to_thread(output_grammar, json_schema, tool_call_blocks=call_blocks, path=where)
+    try:
+        async with asyncio.timeout(GRAMMAR_BUDGET_S):
+            await engine.compile_grammar(grammar)
+    except TimeoutError:
+        raise InvalidRequestError(
+            f"The output schema's grammar took longer than {GRAMMAR_BUDGET_S:g} s to build; simplify the schema.",
+            param=where,
+        ) from None
+    return grammar
+
+
 def _tool_plan(body: ChatCompletionRequest, dialect: str | None) -> tools.ToolPlan | None:
     return tools.plan(body.tools, body.tool_choice, body.parallel_tool_calls is not False, dialect)
 
 
-async def _render(engine: Engine, body: ChatCompletionRequest, tool_plan: tools.ToolPlan | None) -> str:
-    """The prompt: the template's own tool support where it has one we read, else tools in the system message."""
+def _conversation(
+    body: ChatCompletionRequest, tool_plan: tools.ToolPlan | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The messages and tools for the chat template: the template's own tool support where it has one we read,
+    else tools in the system message."""
     native = tool_plan is not None and tool_plan.template_tools is not None
     messages = [params.template_message(m, native_tools=native) for m in body.messages]
     if tool_plan is not None:
         messages = tools.with_instructions(messages, tool_plan)
-    return await engine.render_chat(messages, tool_plan.template_tools if native else None)
+    return messages, tool_plan.template_tools if native else None
 
 
 def _check_generative(engine: Engine, model: str) -> None:

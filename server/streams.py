@@ -33,9 +33,11 @@ async def collect(streams: list[AsyncIterator[GenerationDelta]], logprobs: bool)
 async def relay(
     streams: list[AsyncIterator[GenerationDelta]], push: Callable[[int, GenerationDelta], Iterator[T]]
 ) -> AsyncIterator[T]:
-    async for index, delta in merged(streams):
-        for item in push(index, delta):
-            yield item
+    # aclosing: a client that leaves closes this generator, and with it the engine streams, at once.
+    async with contextlib.aclosing(merged(streams)) as deltas:
+        async for index, delta in deltas:
+            for item in push(index, delta):
+                yield item
 
 
 async def merged(streams: list[AsyncIterator[GenerationDelta]]) -> AsyncIterator[tuple[int, GenerationDelta]]:
@@ -45,16 +47,17 @@ async def merged(streams: list[AsyncIterator[GenerationDelta]]) -> AsyncIterator
             async for delta in streams[0]:
                 yield 0, delta
         return
-    queue: asyncio.Queue[tuple[int, GenerationDelta | Exception | None]] = asyncio.Queue()
+    # Bounded: a pump waits while the consumer is behind, so each engine stream's own bounded buffer applies.
+    queue: asyncio.Queue[tuple[int, GenerationDelta | Exception | None]] = asyncio.Queue(maxsize=len(streams))
 
     async def pump(index: int, stream: AsyncIterator[GenerationDelta]) -> None:
         try:
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
                 async for delta in stream:
-                    queue.put_nowait((index, delta))
+                    await queue.put((index, delta))
         except Exception as exc:
-            queue.put_nowait((index, exc))
-        queue.put_nowait((index, None))
+            await queue.put((index, exc))
+        await queue.put((index, None))
 
     tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
     try:

@@ -12,12 +12,12 @@ valid call; with "auto" the model may answer in text, and a reply in the call sy
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from server.errors import InvalidRequestError
+from server.errors import InvalidRequestError, UnsupportedParameterError
+from server.request_parts import FunctionToolParam, NamedToolChoiceParam, OtherToolParam, ToolChoiceMode
 from server.response_format import check_schema
 
 CALL_INSTRUCTIONS = (
@@ -40,7 +40,7 @@ class ToolCall:
 
 
 GENERIC, HERMES = "generic", "hermes"
-HERMES_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+OPEN_TAG, CLOSE_TAG = "<tool_call>", "</tool_call>"
 
 
 @dataclass(frozen=True)
@@ -66,36 +66,36 @@ MAX_CALLS = 8  # per reply: a forced call cannot grow without end
 
 
 def plan(
-    tools: list[dict[str, Any]] | None,
-    tool_choice: str | dict[str, Any] | None,
+    tools: list[FunctionToolParam | OtherToolParam] | None,
+    tool_choice: ToolChoiceMode | NamedToolChoiceParam | None,
     parallel: bool = True,
     dialect: str | None = None,
 ) -> ToolPlan | None:
-    """Validate `tools` and `tool_choice`; None when no tool may be called."""
+    """Check `tools` and `tool_choice` against each other; None when no tool may be called."""
     if not tools or tool_choice == "none":
-        if isinstance(tool_choice, dict) or tool_choice == "required":
+        if isinstance(tool_choice, NamedToolChoiceParam) or tool_choice == "required":
             raise InvalidRequestError("'tool_choice' needs 'tools'.", param="tool_choice")
         return None
     functions: dict[str, dict[str, Any]] = {}
     described = []
     for i, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if tool.get("type") != "function" or not isinstance(function, dict) or not function.get("name"):
-            raise InvalidRequestError(f"'tools[{i}]' must be a function with a name.", param=f"tools[{i}]")
-        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        if not isinstance(tool, FunctionToolParam):
+            raise UnsupportedParameterError(
+                f"Only function tools are supported (tools[{i}] is {tool.type[:40]!r}).", param=f"tools[{i}].type"
+            )
+        parameters = tool.function.parameters or {"type": "object", "properties": {}}
         check_schema(parameters, f"tools[{i}].function.parameters")
-        functions[function["name"]] = parameters
-        described.append(json.dumps({k: function[k] for k in ("name", "description", "parameters") if k in function}))
-    choice = tool_choice or "auto"
-    if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
+        functions[tool.function.name] = parameters
+        described.append(json.dumps(tool.function.described()))
+    if isinstance(tool_choice, NamedToolChoiceParam):
+        choice, name = "named", tool_choice.function.name
         if name not in functions:
-            raise InvalidRequestError(f"'tool_choice' names an unknown function: {name!r}.", param="tool_choice")
+            where = "tool_choice.function.name"
+            raise InvalidRequestError(f"Invalid value for '{where}': no tool is named {name!r}.", param=where)
         allowed, when = [name], f"You must call the function {name}."
-    elif choice in WHEN:
-        allowed, when = list(functions), WHEN[choice]
     else:
-        raise InvalidRequestError(f"Invalid value for 'tool_choice': {choice!r}.", param="tool_choice")
+        choice = tool_choice or "auto"
+        allowed, when = list(functions), WHEN[choice]
     most = MAX_CALLS if parallel else 1
     forced = None if choice == "auto" else {n: functions[n] for n in allowed}
     if dialect == HERMES:
@@ -103,7 +103,11 @@ def plan(
             calls=CallFormat(functions, HERMES),
             system_prompt=None if choice == "auto" else when,
             forced_schema=None if forced is None else json.dumps({"anyOf": _call_schemas(forced)}),
-            template_tools=[{"type": "function", "function": tool["function"]} for tool in tools],
+            template_tools=[
+                {"type": "function", "function": tool.function.described()}
+                for tool in tools
+                if isinstance(tool, FunctionToolParam)
+            ],
             forced_blocks=most,
         )
     prompt = CALL_INSTRUCTIONS.format(functions="\n".join(described), when=when)
@@ -134,27 +138,28 @@ def _calls_schema(functions: dict[str, dict[str, Any]], most: int) -> dict[str, 
 
 
 def parse_calls(text: str, calls_format: CallFormat) -> list[ToolCall] | None:
-    """The tool calls in a reply, or None when the reply is plain text (or not a well-formed call)."""
+    """The tool calls in a reply, or None when the reply is plain text (or not a well-formed call). At most
+    MAX_CALLS are read; the work is linear in the length of the reply, whatever it holds."""
     stripped = text.strip()
     if calls_format.dialect == HERMES:
-        if not stripped.startswith("<tool_call>"):
+        if not stripped.startswith(OPEN_TAG):
             return None
         try:
-            calls = [json.loads(block) for block in HERMES_BLOCK.findall(stripped)]
-        except json.JSONDecodeError:
+            calls = [json.loads(block) for block in _hermes_blocks(stripped)]
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
             return None
     else:
         if not stripped.startswith("{"):
             return None
         try:
             data = json.loads(stripped)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return None
         calls = data.get("tool_calls") if isinstance(data, dict) else None
     if not isinstance(calls, list) or not calls:
         return None
     parsed = []
-    for call in calls:
+    for call in calls[:MAX_CALLS]:
         if not isinstance(call, dict) or call.get("name") not in calls_format.functions:
             return None
         arguments = call.get("arguments", {})
@@ -162,12 +167,25 @@ def parse_calls(text: str, calls_format: CallFormat) -> list[ToolCall] | None:
     return parsed
 
 
+def _hermes_blocks(text: str) -> list[str]:
+    """The contents of the first MAX_CALLS closed `<tool_call>...</tool_call>` blocks, by a forward scan."""
+    blocks: list[str] = []
+    start = text.find(OPEN_TAG)
+    while start != -1 and len(blocks) < MAX_CALLS:
+        end = text.find(CLOSE_TAG, start + len(OPEN_TAG))
+        if end == -1:
+            break
+        blocks.append(text[start + len(OPEN_TAG) : end].strip())
+        start = text.find(OPEN_TAG, end + len(CLOSE_TAG))
+    return blocks
+
+
 def may_be_calls(text_so_far: str, calls_format: CallFormat) -> bool:
     """While streaming with tool_choice "auto": could this reply still turn out to be tool calls?"""
-    stripped = text_so_far.lstrip()
+    first = len(text_so_far) - len(text_so_far.lstrip())
     if calls_format.dialect == HERMES:
-        return stripped.startswith("<tool_call>") or "<tool_call>".startswith(stripped)
-    return not stripped or stripped.startswith("{")
+        return OPEN_TAG.startswith(text_so_far[first : first + len(OPEN_TAG)])
+    return first == len(text_so_far) or text_so_far[first] == "{"
 
 
 def with_instructions(messages: list[dict[str, Any]], tool_plan: ToolPlan) -> list[dict[str, Any]]:

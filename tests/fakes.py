@@ -28,6 +28,7 @@ class FakeEngine:
         self.script = script or FakeScript()
         self.requests: list[GenerationRequest] = []
         self.rendered: list[list[dict[str, Any]]] = []
+        self.grammars: list[str] = []
         self.closed_early = 0
         self.closed = False
         self.crashed = False
@@ -53,6 +54,14 @@ class FakeEngine:
 
     async def tokenize(self, text: str) -> list[int]:
         return [ord(c) for c in text]  # one token per character keeps counts easy to reason about
+
+    async def tokenize_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        return await self.tokenize(await self.render_chat(messages, tools))
+
+    async def compile_grammar(self, grammar: str) -> None:
+        self.grammars.append(grammar)
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         if self.script.overloaded:

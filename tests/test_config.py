@@ -72,3 +72,63 @@ def test_settings_precedence_cli_over_env_over_default():
     assert Settings.from_env({"SLM_PORT": "9000"}, port=9100, host=None).port == 9100
     with pytest.raises(ConfigError, match="port"):
         Settings.from_env({"SLM_PORT": "many"})
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"# only a comment\n",
+        b"- name: a\n- name: b\n",
+        b"5\n",
+        b"just a string\n",
+        b"models: 5\n",
+        b"models:\n",
+        b"models: abc\n",
+        b"models: {name: a}\n",
+        b'models: [1, "x"]\n',
+        b"models: [[1]]\n",
+        b"models:\n  - name: a\n    source: {path: [1]}\n",
+        b"\xff\xfe models: []\n",
+        b"models:\n  - name: caf\xe9\n",
+    ],
+)
+def test_a_models_file_of_the_wrong_shape_or_encoding_is_a_config_error(tmp_path, content):
+    path = tmp_path / "models.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match="models"):
+        load_models_file(path)
+
+
+def test_an_unreadable_models_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_models_file(tmp_path)  # a directory
+
+
+def test_a_reload_from_a_broken_file_is_refused_and_changes_nothing(tmp_path):
+    from server.app import create_app
+    from server.registry import ModelRegistry
+    from tests.conftest import FakeLoader
+    from tests.fakes import fake_spec
+
+    path = write(tmp_path, GOOD)
+    registry = ModelRegistry([fake_spec("kept")], FakeLoader())
+    app = create_app(Settings(models_file=path), registry=registry)
+    for content in (b"models: 5\n", b"\xff\xfe", b"[1, 2]\n", b""):
+        path.write_bytes(content)
+        assert app.state.reload_models() is False
+        assert [spec.name for spec in registry.specs()] == ["kept"]
+    path.write_text(GOOD)
+    assert app.state.reload_models() is True
+    assert [spec.name for spec in registry.specs()] == ["smollm2-135m-instruct", "local"]
+
+
+def test_worker_deadline_settings_come_from_the_environment_and_are_checked():
+    settings = Settings.from_env({"SLM_WORKER_HANG_TIMEOUT_S": "30", "SLM_WORKER_PING_INTERVAL_S": "2.5"})
+    assert (settings.worker_hang_timeout_s, settings.worker_ping_interval_s) == (30.0, 2.5)
+    assert Settings().worker_call_timeout_s == 300.0
+    for name in ("SLM_WORKER_CALL_TIMEOUT_S", "SLM_WORKER_PING_INTERVAL_S", "SLM_WORKER_HANG_TIMEOUT_S"):
+        with pytest.raises(ConfigError, match=name.removeprefix("SLM_").lower()):
+            Settings.from_env({name: "0"})
+        with pytest.raises(ConfigError, match=name.removeprefix("SLM_").lower()):
+            Settings.from_env({name: "soon"})

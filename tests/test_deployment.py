@@ -1,16 +1,21 @@
 """The deployment files, checked statically: the Dockerfile's rules (multi-stage, portable CPU build, non-root,
 healthcheck, dependencies before code, no BuildKit frontend to pull) and the compose file's settings; the compose
-file is also validated by docker-compose itself where it is installed (CI installs it)."""
+file is also validated by docker-compose itself where it is installed (CI installs it). The container's entrypoint
+(an API key generated when none is configured) runs here under POSIX sh with a stand-in server."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from server.config import Settings
 
 ROOT = Path(__file__).parents[1]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -90,6 +95,79 @@ def test_compose_service_settings():
     assert service["mem_limit"]
     assert "/health" in " ".join(service["healthcheck"]["test"])
     assert (ROOT / "slm-server.env").exists()
+
+
+def test_the_container_serves_behind_a_key_it_generates_when_none_is_configured():
+    runtime = stages()["runtime"]
+    assert instructions(runtime, "ENTRYPOINT") == ['ENTRYPOINT ["slm-entrypoint"]']
+    assert "COPY docker/entrypoint.sh /usr/local/bin/slm-entrypoint" in runtime
+    assert "!docker/entrypoint.sh" in (ROOT / ".dockerignore").read_text().splitlines()
+    assert re.search(r'^VOLUME \[.*"/data/secrets".*\]$', runtime, flags=re.MULTILINE)
+    assert "chmod 700 /data/secrets" in runtime
+    service = COMPOSE["services"]["slm-server"]
+    assert "slm-secrets:/data/secrets" in service["volumes"] and "slm-secrets" in COMPOSE["volumes"]
+
+
+ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+
+
+def run_entrypoint(tmp_path: Path, *args: str, **env: str) -> tuple[list[str], str | None, str]:
+    """docker/entrypoint.sh under POSIX sh with a stand-in `slm-server`: the arguments and SLM_API_KEY_FILE it got,
+    and the entrypoint's log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "slm-server"
+    fake.write_text('#!/bin/sh\nprintf \'%s\\n\' "${SLM_API_KEY_FILE:-<unset>}" "$@"\n')
+    fake.chmod(0o755)
+    environ = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLM_GENERATED_KEY_FILE": str(tmp_path / "secrets" / "api-key"),
+        **env,
+    }
+    done = subprocess.run(
+        ["sh", str(ENTRYPOINT), *args], env=environ, capture_output=True, text=True, timeout=60, check=True
+    )
+    key_file, *passed = done.stdout.splitlines()
+    return passed, None if key_file == "<unset>" else key_file, done.stderr
+
+
+def test_the_entrypoint_generates_a_key_once_and_serves_with_it(tmp_path):
+    key_file = tmp_path / "secrets" / "api-key"
+    args, served_with, log = run_entrypoint(tmp_path, "serve", "--log-level", "debug")
+    assert args == ["serve", "--log-level", "debug"] and served_with == str(key_file)
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    (key,) = Settings(api_key_file=key_file).all_api_keys()
+    assert re.fullmatch(r"sk-slm-[A-Za-z0-9_-]{40,}", key)
+    assert f"generated one into {key_file}" in log and key not in log  # where to read it, never the key
+    _, served_with, log = run_entrypoint(tmp_path, "serve")
+    assert key_file.read_text().strip() == key and served_with == str(key_file)  # kept across restarts
+    assert "generated" not in log and str(key_file) in log
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["serve"], {"SLM_API_KEYS": "mine"}),
+        (["serve"], {"SLM_API_KEY_FILE": "/run/secrets/keys"}),
+        (["serve"], {"SLM_INSECURE_NO_AUTH": "1"}),
+        (["serve"], {"SLM_INSECURE_NO_AUTH": "True"}),
+        (["serve", "--api-key", "mine"], {}),
+        (["serve", "--api-key=mine"], {}),
+        (["serve", "--api-key-file", "/run/secrets/keys"], {}),
+        (["serve", "--insecure-no-auth"], {}),
+        (["pull", "some-model"], {}),
+        (["list"], {}),
+    ],
+)
+def test_the_entrypoint_leaves_configured_keys_and_other_commands_alone(tmp_path, args, env):
+    passed, served_with, log = run_entrypoint(tmp_path, *args, **env)
+    assert passed == args and served_with == env.get("SLM_API_KEY_FILE") and log == ""
+    assert not (tmp_path / "secrets").exists()
+
+
+def test_a_false_insecure_flag_still_gets_a_key(tmp_path):
+    _, served_with, _ = run_entrypoint(tmp_path, "serve", SLM_INSECURE_NO_AUTH="0")
+    assert served_with == str(tmp_path / "secrets" / "api-key")
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed here")

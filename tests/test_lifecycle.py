@@ -1,16 +1,18 @@
 """Model lifecycle in the registry: memory budget and LRU eviction, busy models, keep_alive, reload, not pulled."""
 
 import asyncio
+import threading
 
 import pytest
 
 from server.config import HubSource, ModelSpec, PathSource
-from server.errors import ModelNotFoundError, ModelNotPulledError, ModelUnavailableError
+from server.errors import ModelNotFoundError, ModelNotPulledError, ModelUnavailableError, ShuttingDownError
 from server.registry import ModelRegistry
 from server.residency import Budget
 from tests.conftest import FakeLoader
 
 MB = 1024 * 1024
+WAIT_S = 30  # an upper bound for conditions that hold within milliseconds; reached only when a test fails
 
 
 class Clock:
@@ -209,3 +211,113 @@ def test_a_hugging_face_model_that_is_not_pulled_is_a_404_saying_how_to_pull_it(
         asyncio.run(registry.engine("phi"))
     assert info.value.status_code == 404 and info.value.code == "model_not_pulled"
     assert loader.loads == []
+
+
+class BlockingLoader(FakeLoader):
+    """Every load waits for `release`; `entered` is set once one has started. Keeps every engine it built."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.built: list = []
+
+    def __call__(self, spec):
+        self.entered.set()
+        assert self.release.wait(WAIT_S)
+        engine = super().__call__(spec)
+        self.built.append(engine)
+        return engine
+
+
+async def started_loading(loader: BlockingLoader, registry: ModelRegistry, name: str) -> asyncio.Task:
+    request = asyncio.ensure_future(registry.engine(name))
+    await asyncio.to_thread(loader.entered.wait, WAIT_S)
+    return request
+
+
+def test_a_request_that_goes_away_while_its_model_loads_does_not_leak_the_worker(tmp_path):
+    loader = BlockingLoader()
+    registry = ModelRegistry([sized_spec(tmp_path, "a", 1)], loader)
+
+    async def scenario():
+        request = await started_loading(loader, registry, "a")
+        request.cancel()  # the client disconnected
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        loader.release.set()
+        return await registry.engine("a")  # the load went on: this request gets its engine
+
+    engine = asyncio.run(scenario())
+    assert loader.loads == ["a"] and loader.built == [engine]
+    assert registry.loaded() == {"a": engine} and not engine.closed  # registered, so counted and closed later
+    asyncio.run(registry.close())
+    assert engine.closed
+
+
+def test_a_load_in_progress_counts_in_the_memory_budget(tmp_path):
+    loader = BlockingLoader()
+    specs = [sized_spec(tmp_path, name, 4) for name in ("a", "b")]
+    registry = ModelRegistry(specs, loader, budget=Budget(memory_bytes=6 * MB, max_models=8, wait_s=0.05))
+
+    async def scenario():
+        loading = await started_loading(loader, registry, "a")
+        with pytest.raises(ModelUnavailableError, match="`b` cannot be loaded now"):
+            await registry.engine("b")
+        loader.release.set()
+        await loading
+        await registry.engine("b")  # a is loaded and idle now: b evicts it
+
+    asyncio.run(scenario())
+    assert loader.loads == ["a", "b"] and list(registry.loaded()) == ["b"]
+
+
+def test_a_retired_engine_still_serving_counts_in_the_memory_budget(tmp_path):
+    loader = FakeLoader()
+    a, b = sized_spec(tmp_path, "a", 4), sized_spec(tmp_path, "b", 4)
+    registry = ModelRegistry([a], loader, budget=Budget(memory_bytes=6 * MB, max_models=8, wait_s=0.05))
+
+    async def scenario():
+        async with registry.use("a") as engine:
+            registry.reload([a.model_copy(update={"n_ctx": 512}), b])  # a's old engine retires, still busy
+            with pytest.raises(ModelUnavailableError, match="`b` cannot be loaded now"):
+                await registry.engine("b")
+        await registry.engine("b")  # the request ended: the retired engine unloads, b fits
+        return engine
+
+    old = asyncio.run(scenario())
+    assert old.closed and list(registry.loaded()) == ["b"]
+
+
+def test_a_load_that_finishes_after_a_reload_changed_its_entry_is_closed_and_the_new_one_served(tmp_path):
+    loader = BlockingLoader()
+    old = sized_spec(tmp_path, "a", 1, n_ctx=256)
+    registry = ModelRegistry([old], loader)
+
+    async def scenario():
+        request = await started_loading(loader, registry, "a")
+        registry.reload([old.model_copy(update={"n_ctx": 512})])
+        loader.release.set()
+        return await request
+
+    engine = asyncio.run(scenario())
+    stale, fresh = loader.built
+    assert stale.closed and engine is fresh and not fresh.closed
+    assert registry.loaded() == {"a": fresh} and registry.resolve("a").n_ctx == 512
+
+
+def test_a_load_that_finishes_after_the_registry_closed_is_closed(tmp_path):
+    loader = BlockingLoader()
+    registry = ModelRegistry([sized_spec(tmp_path, "a", 1)], loader)
+
+    async def scenario():
+        request = await started_loading(loader, registry, "a")
+        closing = asyncio.ensure_future(registry.close())  # runs before the load can finish: it is still blocked
+        loader.release.set()
+        await closing
+        with pytest.raises(ShuttingDownError):
+            await request
+
+    asyncio.run(scenario())
+    [engine] = loader.built
+    assert engine.closed and registry.loaded() == {}

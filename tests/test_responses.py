@@ -7,6 +7,7 @@ import json
 import openai
 import pytest
 
+from server.json_grammar import output_grammar
 from tests.fakes import FakeScript
 from tests.test_routes import CALL_PIECES, assert_openai_error
 
@@ -73,7 +74,7 @@ def test_function_tools_and_json_schema_format(api, loader):
     api.responses.create(
         model="fake-model", input="x", text={"format": {"type": "json_schema", "name": "s", "schema": schema}}
     )
-    assert json.loads(loader.engines["fake-model"].requests[-1].json_schema) == schema
+    assert loader.engines["fake-model"].requests[-1].grammar == output_grammar(json.dumps(schema))
 
 
 def test_previous_response_id_is_refused_clearly(client):

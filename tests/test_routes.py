@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from server.errors import GENERIC_500_MESSAGE
+from server.json_grammar import output_grammar
 from tests.fakes import FakeScript
 
 CHAT = "/v1/chat/completions"
@@ -197,7 +198,7 @@ def test_completions_default_max_tokens_is_16(client, loader):
         ({**HELLO, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
         ({**HELLO, "n": 9}, "n"),
         ({**HELLO, "n": 0}, "n"),
-        ({**HELLO, "tools": [{"type": "function", "function": {}}]}, "tools[0]"),
+        ({**HELLO, "tools": [{"type": "function", "function": {}}]}, "tools[0].function.name"),
         ({**HELLO, "tool_choice": "required"}, "tool_choice"),
         (
             {**HELLO, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "sometimes"},
@@ -419,8 +420,10 @@ def test_response_format_reaches_the_engine_as_a_schema(client, loader):
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}
     client.post(CHAT, json={**HELLO, "response_format": fmt})
     client.post(CHAT, json={**HELLO, "response_format": {"type": "text"}})
-    sent = [r.json_schema for r in loader.engines["fake-model"].requests]
-    assert sent[0] == "{}" and json.loads(sent[1]) == SCHEMA and sent[2] is None
+    engine = loader.engines["fake-model"]
+    sent = [r.grammar for r in engine.requests]
+    assert sent[0] == output_grammar("{}") and sent[1] == output_grammar(json.dumps(SCHEMA)) and sent[2] is None
+    assert engine.grammars == sent[:2]  # each compiled in the worker before it was admitted
 
 
 @pytest.mark.parametrize(
@@ -473,7 +476,7 @@ def test_tool_call_plain(client, roomy):
     assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
     rendered = loader.engines["fake-model"].rendered[-1]
     assert rendered[0]["role"] == "system" and "get_weather" in rendered[0]["content"]
-    assert loader.engines["fake-model"].requests[-1].json_schema is None  # auto: no grammar
+    assert loader.engines["fake-model"].requests[-1].grammar is None  # auto: no grammar
 
 
 def test_tool_choice_required_or_named_constrains_the_output(client, roomy):
@@ -482,10 +485,8 @@ def test_tool_choice_required_or_named_constrains_the_output(client, roomy):
     named = {"type": "function", "function": {"name": "get_weather"}}
     client.post(CHAT, json={**HELLO, "tools": [WEATHER], "tool_choice": named})
     for request in loader.engines["fake-model"].requests:
-        schema = json.loads(request.json_schema)
-        [call] = schema["properties"]["tool_calls"]["items"]["anyOf"]
-        assert call["properties"]["name"] == {"const": "get_weather"}
-        assert call["properties"]["arguments"] == WEATHER["function"]["parameters"]
+        # A call of get_weather with a city is the only JSON the grammar admits.
+        assert '"\\"get_weather\\""' in request.grammar and '"\\"city\\""' in request.grammar
     unknown = {"type": "function", "function": {"name": "nope"}}
     assert_openai_error(client.post(CHAT, json={**HELLO, "tools": [WEATHER], "tool_choice": unknown}), 400)
 

@@ -31,10 +31,8 @@ class GenerationRequest:
     stop: Sequence[str] = ()
     logprobs: int | None = None
     """None: no log probabilities; n >= 0: each token's, with the n most likely alternatives."""
-    json_schema: str | None = None
-    """Constrain the output to JSON: "{}" for any JSON object, else a JSON schema (the subset params accepts)."""
-    tool_call_blocks: int | None = None
-    """With json_schema: the output is 1 to this many <tool_call> blocks, each holding JSON of the schema."""
+    grammar: str | None = None
+    """A GBNF grammar (root rule `root`) the output must follow; compiled by `compile_grammar` beforehand."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +100,17 @@ class Engine(Protocol):
 
     async def tokenize(self, text: str) -> list[int]:
         """Tokens of a prompt, with the model's BOS where it wants one; special tokens in text are parsed."""
+        ...
+
+    async def tokenize_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """The tokens of `render_chat`'s prompt, in which only the template's own markup becomes control tokens:
+        message contents are tokenized as plain text."""
+        ...
+
+    async def compile_grammar(self, grammar: str) -> None:
+        """Build an output grammar ahead of generation (cached by its text); a 400 when llama.cpp refuses it."""
         ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:

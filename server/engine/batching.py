@@ -12,12 +12,14 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 import llama_cpp
 
 from server.engine.base import EngineCounters, GenerationDelta, GenerationRequest, TokenLogprob
-from server.engine.native import NativeModel, json_grammar, make_sampler
+from server.engine.grammar import ConstrainedSampler
+from server.engine.native import NativeModel, make_sampler
 from server.engine.prefix import SlotView, place, should_wait
 from server.engine.text import TextAssembler
 from server.errors import InternalError, OverloadedError
@@ -28,8 +30,15 @@ logger = logging.getLogger(__name__)
 class _Job:
     """One request's side of the scheduler: an async iterator of deltas; closing it cancels the request."""
 
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, wake: threading.Condition):
+    def __init__(
+        self,
+        request: GenerationRequest,
+        loop: asyncio.AbstractEventLoop,
+        wake: threading.Condition,
+        grammar: llama_cpp.llama_sampler_p | None = None,
+    ):
         self.request = request
+        self.grammar = grammar  # owned by the job until a sequence takes it
         self.cancelled = False
         self._loop = loop
         self._queue: asyncio.Queue[GenerationDelta | BaseException] = asyncio.Queue()
@@ -75,6 +84,7 @@ class _Slot:
     job: _Job | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
     sampler: llama_cpp.llama_sampler_p | None = None
+    grammar: llama_cpp.llama_sampler_p | None = None
     assembler: TextAssembler | None = None
     generated: int = 0
     next_token: int | None = None  # sampled, not yet evaluated
@@ -98,6 +108,8 @@ class BatchScheduler:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._memory = llama_cpp.llama_get_memory(native.ctx)
         self.counters = EngineCounters()
+        self.step_started: float | None = None  # monotonic start of the running step; None while idle (watchdog)
+        self._constrained = ConstrainedSampler(native.n_vocab)
 
     def start(self) -> None:
         self._thread.start()
@@ -110,13 +122,17 @@ class BatchScheduler:
         llama_cpp.llama_batch_free(self._batch)
         for slot in self._slots:
             self._release(slot)
+        for job in self._waiting:
+            _discard(job)
 
-    def submit(self, request: GenerationRequest) -> _Job:
-        """Queue a request; raises OverloadedError (429) at once when the wait queue is full."""
-        job = _Job(request, asyncio.get_running_loop(), self._wake)
+    def submit(self, request: GenerationRequest, grammar: llama_cpp.llama_sampler_p | None = None) -> _Job:
+        """Queue a request (with its compiled grammar sampler, which the scheduler then owns and frees); raises
+        OverloadedError (429) at once when the wait queue is full."""
+        job = _Job(request, asyncio.get_running_loop(), self._wake, grammar)
         with self._wake:
             running = sum(slot.job is not None for slot in self._slots)
             if running + len(self._waiting) >= len(self._slots) + self._max_queue:
+                _discard(job)
                 raise OverloadedError("The model is overloaded; retry shortly.", retry_after=1)
             self._waiting.append(job)
             self.counters.queue_depth = len(self._waiting)
@@ -128,9 +144,11 @@ class BatchScheduler:
             try:
                 with self._wake:
                     while not self._stopping and not self._waiting and not self._busy():
+                        self.step_started = None
                         self._wake.wait()
                     if self._stopping:
                         break
+                    self.step_started = time.monotonic()
                     self._admit()
                 self._step()
             except Exception:
@@ -145,6 +163,7 @@ class BatchScheduler:
         with self._wake:
             waiting, self._waiting = list(self._waiting), collections.deque()
         for job in waiting:
+            _discard(job)
             job.emit(InternalError())
         for slot in self._slots:
             if slot.job is not None:
@@ -170,6 +189,9 @@ class BatchScheduler:
     def _admit(self) -> None:
         """Admit waiting requests in arrival order while sequences are free."""
         if any(job.cancelled for job in self._waiting):
+            for job in self._waiting:
+                if job.cancelled:
+                    _discard(job)
             self._waiting = collections.deque(job for job in self._waiting if not job.cancelled)
         while self._waiting:
             prompt = list(self._waiting[0].request.prompt_tokens)
@@ -179,9 +201,10 @@ class BatchScheduler:
                 break
             job = self._waiting.popleft()
             try:
-                sampler = make_sampler(job.request.sampling, self._native, _grammar(job.request))
+                sampler = make_sampler(job.request.sampling, self._native)
             except Exception:
                 logger.exception("could not build the sampler of a request")
+                _discard(job)
                 job.emit(InternalError())
                 continue
             slot = self._slots[placement.slot]
@@ -190,6 +213,7 @@ class BatchScheduler:
             slot.pending = prompt[reuse:]
             slot.job = job
             slot.sampler = sampler
+            slot.grammar, job.grammar = job.grammar, None
             slot.assembler = TextAssembler(job.request.stop)
             slot.generated = 0
             slot.logprobs = []
@@ -244,7 +268,14 @@ class BatchScheduler:
 
     def _sample(self, slot: _Slot) -> None:
         assert slot.job is not None and slot.assembler is not None
-        token = llama_cpp.llama_sampler_sample(slot.sampler, self._native.ctx, slot.batch_index)
+        if slot.grammar is None:
+            token = llama_cpp.llama_sampler_sample(slot.sampler, self._native.ctx, slot.batch_index)
+        else:
+            chosen = self._constrained.sample(self._native.ctx, slot.batch_index, slot.sampler, slot.grammar)
+            if chosen is None:  # the grammar allows nothing more (complete, and the end token is banned)
+                self._emit_last(slot, slot.assembler.finish(), "stop")
+                return
+            token = chosen
         slot.generated += 1
         self.counters.generated_tokens += 1
         if token in self._native.eog_tokens:
@@ -290,9 +321,13 @@ class BatchScheduler:
         if slot.sampler is not None:
             llama_cpp.llama_sampler_free(slot.sampler)
             slot.sampler = None
+        if slot.grammar is not None:
+            llama_cpp.llama_sampler_free(slot.grammar)
+            slot.grammar = None
 
 
-def _grammar(request: GenerationRequest) -> str | None:
-    if request.json_schema is None:
-        return None
-    return json_grammar(request.json_schema, tool_call_blocks=request.tool_call_blocks)
+def _discard(job: _Job) -> None:
+    """Free the grammar of a job that never reached a sequence."""
+    if job.grammar is not None:
+        llama_cpp.llama_sampler_free(job.grammar)
+        job.grammar = None

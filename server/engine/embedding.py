@@ -6,7 +6,8 @@ import asyncio
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import llama_cpp
@@ -31,6 +32,7 @@ class EmbeddingEngine:
         )
         self._batch = llama_cpp.llama_batch_init(spec.n_ctx, 0, 1)
         self._counters = EngineCounters()
+        self._batch_started: float | None = None  # monotonic start of the running batch (watchdog)
 
     @classmethod
     def load(cls, spec: ModelSpec) -> EmbeddingEngine:
@@ -61,6 +63,11 @@ class EmbeddingEngine:
     async def counters(self) -> EngineCounters:
         return self._counters
 
+    def stalled_s(self) -> float:
+        """How long the running batch has taken so far (0 while idle): the worker's pings report it."""
+        started = self._batch_started
+        return 0.0 if started is None else time.monotonic() - started
+
     async def render_chat(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
     ) -> str:
@@ -69,11 +76,24 @@ class EmbeddingEngine:
     async def tokenize(self, text: str) -> list[int]:
         return self._native.tokenize(text, add_special=True)
 
+    async def compile_grammar(self, grammar: str) -> None:
+        raise self._not_generative()
+
+    async def tokenize_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        raise self._not_generative()
+
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         raise self._not_generative()
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
-        return await asyncio.to_thread(self._embed_all, inputs)
+        cancelled = threading.Event()
+        try:
+            return await asyncio.to_thread(self._embed_all, inputs, cancelled)
+        except asyncio.CancelledError:  # the request is gone: the thread stops before its next batch
+            cancelled.set()
+            raise
 
     def close(self) -> None:
         llama_cpp.llama_batch_free(self._batch)
@@ -84,19 +104,18 @@ class EmbeddingEngine:
             f"The model `{self._spec.name}` is an embedding model; use /v1/embeddings.", param="model"
         )
 
-    def _embed_all(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+    def _embed_all(self, inputs: Sequence[Sequence[int]], cancelled: threading.Event) -> list[list[float]]:
         vectors: list[list[float]] = []
         with self._lock:
-            group: list[Sequence[int]] = []
-            for tokens in inputs:  # as many inputs per batch as fit in sequences and tokens
-                if group and (
-                    len(group) == self._spec.parallel or sum(map(len, group)) + len(tokens) > self._spec.n_ctx
-                ):
+            for group in batches(inputs, self._spec.parallel, self._spec.n_ctx):
+                if cancelled.is_set():
+                    logger.info("embedding request cancelled after %d of %d inputs", len(vectors), len(inputs))
+                    return []
+                self._batch_started = time.monotonic()
+                try:
                     vectors += self._embed_batch(group)
-                    group = []
-                group.append(tokens)
-            if group:
-                vectors += self._embed_batch(group)
+                finally:
+                    self._batch_started = None
         return vectors
 
     def _embed_batch(self, group: list[Sequence[int]]) -> list[list[float]]:
@@ -119,3 +138,17 @@ class EmbeddingEngine:
             vectors.append([v / norm for v in vector])
         self._counters.prompt_tokens_evaluated += n
         return vectors
+
+
+def batches(inputs: Sequence[Sequence[int]], n_seq: int, n_tokens: int) -> Iterator[list[Sequence[int]]]:
+    """Inputs in order, as many per batch as fit in `n_seq` sequences and `n_tokens` tokens."""
+    group: list[Sequence[int]] = []
+    size = 0
+    for tokens in inputs:
+        if group and (len(group) == n_seq or size + len(tokens) > n_tokens):
+            yield group
+            group, size = [], 0
+        group.append(tokens)
+        size += len(tokens)
+    if group:
+        yield group

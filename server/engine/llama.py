@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, Gene
 from server.engine.batching import BatchScheduler
 from server.engine.cpu import resolve_use_extra_bufts
 from server.engine.gguf_check import GGUFProblem, check_gguf
+from server.engine.grammar import GrammarCache
 from server.engine.native import NativeModel
 from server.engine.template import ChatTemplate
 from server.errors import InvalidRequestError, ModelUnavailableError
@@ -26,12 +30,18 @@ native_logger = logging.getLogger("server.engine.llama.native")
 
 # ggml levels: 1 debug, 2 info (a line per tensor while loading), 3 warn, 4 error, 5 continuation.
 _NATIVE_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+_NATIVE_LOG_MAX_BYTES = 500
 
 
 @llama_cpp.llama_log_callback
 def native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     # llama.cpp logs a line per tensor while loading: keep it at DEBUG unless it is a warning or error.
-    native_logger.log(_NATIVE_LEVELS.get(level, logging.DEBUG), "%s", text.decode("utf-8", "replace").rstrip())
+    # A line can hold a whole grammar or prompt: cut it before decoding, so none becomes a multi-megabyte line.
+    text = text.rstrip()
+    line = text[:_NATIVE_LOG_MAX_BYTES].decode("utf-8", "replace")
+    if len(text) > _NATIVE_LOG_MAX_BYTES:
+        line += f"... ({len(text) - _NATIVE_LOG_MAX_BYTES} more bytes)"
+    native_logger.log(_NATIVE_LEVELS.get(level, logging.DEBUG), "%s", line)
 
 
 class LlamaCppEngine:
@@ -45,6 +55,7 @@ class LlamaCppEngine:
         self._scheduler = BatchScheduler(
             native, n_seq=spec.parallel, n_ctx=spec.n_ctx, n_batch=spec.n_batch, max_queue=spec.max_queue
         )
+        self._grammars = GrammarCache(native.vocab)
         self._scheduler.start()
 
     @classmethod
@@ -97,6 +108,11 @@ class LlamaCppEngine:
     async def counters(self) -> EngineCounters:
         return dataclasses.replace(self._scheduler.counters)
 
+    def stalled_s(self) -> float:
+        """How long the scheduler has been inside its current step (0 while idle): the worker's pings report it."""
+        started = self._scheduler.step_started
+        return 0.0 if started is None else time.monotonic() - started
+
     async def render_chat(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
     ) -> str:
@@ -108,11 +124,47 @@ class LlamaCppEngine:
     async def tokenize(self, text: str) -> list[int]:
         return self._native.tokenize(text, add_special=True)
 
+    async def tokenize_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        text, segments = self._template.render_segments(messages, add_generation_prompt=True, tools=tools)
+        if segments is None:  # the template rewrites contents: safe only if none holds control-token text
+            for message in messages:
+                content = message.get("content")
+                if isinstance(content, str) and self._native.tokenize(content, add_special=False) != (
+                    self._native.tokenize(content, add_special=False, parse_special=False)
+                ):
+                    raise InvalidRequestError(
+                        "A message holds the text of one of this model's control tokens, and its chat template "
+                        "rewrites messages, so that text cannot be kept apart from the template's own markup.",
+                        param="messages",
+                    )
+            return self._native.tokenize(text, add_special=True)
+        tokens: list[int] = []
+        for i, (piece, is_content) in enumerate(segments):
+            tokens += self._native.tokenize(piece, add_special=i == 0, parse_special=not is_content)
+        return tokens
+
+    async def compile_grammar(self, grammar: str) -> None:
+        await asyncio.to_thread(self._grammars.compile, grammar)
+
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        return self._scheduler.submit(request)
+        if request.grammar is None:
+            return self._scheduler.submit(request)
+        return self._constrained(request, request.grammar)
+
+    async def _constrained(self, request: GenerationRequest, grammar: str) -> AsyncIterator[GenerationDelta]:
+        # The grammar was compiled before admission (compile_grammar); here it is cloned, or compiled again if
+        # it left the cache meanwhile, in a thread: never on the scheduler's thread or under its lock.
+        sampler = await asyncio.to_thread(self._grammars.instance, grammar)
+        job = self._scheduler.submit(request, sampler)
+        async with contextlib.aclosing(job):
+            async for delta in job:
+                yield delta
 
     def close(self) -> None:
         self._scheduler.stop()
+        self._grammars.close()
         self._native.free()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import re
 from dataclasses import dataclass, field
 
 import llama_cpp
@@ -29,15 +28,16 @@ class NativeModel:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.eog_tokens = tuple(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
 
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        """Tokens of `text`; with `parse_special`, control-token text (`<|im_end|>`) becomes the control token."""
         data = text.encode("utf-8")
         capacity = len(data) + 16
         buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
         if n < 0:  # buffer too small: -n is the size needed
             capacity = -n
             buf = (llama_cpp.llama_token * capacity)()
-            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
         return list(buf[:n])
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
@@ -73,33 +73,11 @@ class NativeModel:
             self.model = None
 
 
-def json_grammar(json_schema: str, *, tool_call_blocks: int | None = None) -> str:
-    """GBNF for JSON output: any object for "{}", else the grammar of the schema (llama-cpp-python's converter).
-    With `tool_call_blocks`, 1 to that many `<tool_call>` blocks each holding such JSON (the Hermes syntax)."""
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-
-    grammar = JSON_GBNF if json_schema == "{}" else json_schema_to_gbnf(json_schema)
-    # llama-cpp-python's converter lets raw control characters into strings, which JSON forbids (a strict parser
-    # rejects them): exclude them as llama.cpp's own converter and JSON_GBNF do.
-    grammar = grammar.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
-    if tool_call_blocks is None:
-        return grammar
-    block = '"<tool_call>\\n" call "\\n</tool_call>"'
-    more = f' ("\\n" {block}){{0,{tool_call_blocks - 1}}}' if tool_call_blocks > 1 else ""
-    renamed = re.sub(r"^root ::=", "call ::=", grammar, count=1, flags=re.MULTILINE)
-    return f"root ::= {block}{more}\n{renamed}"
-
-
-def make_sampler(params: SamplingParams, native: NativeModel, grammar: str | None = None) -> llama_cpp.llama_sampler_p:
-    """A llama.cpp sampler chain for one request: biases, penalties, then greedy or top-k/p, min-p, temperature."""
+def make_sampler(params: SamplingParams, native: NativeModel) -> llama_cpp.llama_sampler_p:
+    """A llama.cpp sampler chain for one request: biases, penalties, then greedy or top-k/p, min-p, temperature.
+    An output grammar is applied beside it (server/engine/grammar.py)."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     add = llama_cpp.llama_sampler_chain_add
-    if grammar is not None:  # first: it removes every token the grammar does not allow
-        constraint = llama_cpp.llama_sampler_init_grammar(native.vocab, grammar.encode(), b"root")
-        if not constraint:
-            llama_cpp.llama_sampler_free(chain)
-            raise ValueError("llama.cpp could not parse the output grammar")
-        add(chain, constraint)
     biases = list(params.logit_bias)
     if params.ignore_eos:
         biases += [(token, -math.inf) for token in native.eog_tokens]
@@ -110,7 +88,7 @@ def make_sampler(params: SamplingParams, native: NativeModel, grammar: str | Non
         add(
             chain,
             llama_cpp.llama_sampler_init_penalties(
-                PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
+                native.n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
             ),
         )
     if params.temperature <= 0.0:

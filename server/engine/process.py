@@ -1,7 +1,10 @@
 """`ProcessEngine`: the Engine interface, served by a model worker in its own process.
 
 The HTTP process never runs llama.cpp. If the worker dies, the requests it was serving fail with a 503 and the
-engine reports itself dead, so the registry starts a fresh worker for the next request.
+engine reports itself dead, so the registry starts a fresh worker for the next request. A worker that stops
+answering is killed by the watchdog (server/engine/liveness.py), and every call to it has a deadline: nothing
+the HTTP process does waits on a worker without a bound. Messages go out through a writer thread, so a worker
+that stops reading its pipe never blocks the event loop.
 """
 
 from __future__ import annotations
@@ -10,19 +13,20 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import multiprocessing
 import threading
 from collections.abc import AsyncIterator, Sequence
+from queue import SimpleQueue
 from typing import Any
 
 from server.config import ModelSpec
 from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
-from server.engine.worker import WireError, serve
+from server.engine.delta_buffer import MAX_BUFFERED_DELTAS, DeltaBuffer
+from server.engine.liveness import Watchdog, WorkerDeadlines
+from server.engine.spawn import start_worker
+from server.engine.worker import WireError
 from server.errors import APIError, ModelCrashedError, ModelUnavailableError, OverloadedError
 
 logger = logging.getLogger(__name__)
-
-LOAD_TIMEOUT_S = 600
 
 
 class RemoteError(APIError):
@@ -35,50 +39,39 @@ class RemoteError(APIError):
 
 
 class ProcessEngine:
-    def __init__(self, spec: ModelSpec, process: Any, conn: Any, info: EngineInfo) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        process: Any,
+        conn: Any,
+        info: EngineInfo,
+        deadlines: WorkerDeadlines | None = None,
+    ) -> None:
         self._spec = spec
         self._process = process
         self._conn = conn
         self._info = info
+        self._deadlines = deadlines = deadlines or WorkerDeadlines()
         self._alive = True
         self._closing = False
+        self._hung = False
         self._ids = itertools.count()
         self._pending: dict[int, asyncio.Future[Any] | asyncio.Queue[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._admitted = 0
+        self._outbox: SimpleQueue[tuple[Any, ...] | None] = SimpleQueue()
+        self._writer = threading.Thread(target=self._write, name=f"worker-{spec.name}-out", daemon=True)
         self._reader = threading.Thread(target=self._read, name=f"worker-{spec.name}", daemon=True)
+        self._watchdog = Watchdog(spec.name, deadlines, lambda: self._outbox.put(("ping",)), self._on_hung)
+        self._writer.start()
         self._reader.start()
+        self._watchdog.start()
 
     @classmethod
-    def load(cls, spec: ModelSpec) -> ProcessEngine:
+    def load(cls, spec: ModelSpec, deadlines: WorkerDeadlines | None = None) -> ProcessEngine:
         """Start a worker and wait until its model is loaded (blocking: call it off the event loop)."""
-        context = multiprocessing.get_context("spawn")
-        conn, child_conn = context.Pipe()
-        process = context.Process(
-            target=serve,
-            args=(child_conn, spec.model_dump_json(), logging.getLogger().getEffectiveLevel()),
-            name=f"slm-worker-{spec.name}",
-            daemon=True,
-        )
-        process.start()
-        child_conn.close()
-        unavailable = f"The model `{spec.name}` failed to load; see the server log."
-        try:
-            if not conn.poll(LOAD_TIMEOUT_S):
-                raise ModelUnavailableError(unavailable)
-            message = conn.recv()
-        except (EOFError, OSError):
-            process.join(5)
-            logger.error("worker for %s exited while loading (exit code %s)", spec.name, process.exitcode)
-            raise ModelUnavailableError(unavailable) from None
-        except ModelUnavailableError:
-            process.kill()
-            raise
-        if message[0] != "ready":
-            process.join(5)
-            raise ModelUnavailableError(message[1])
-        logger.info("worker for %s started (pid %d)", spec.name, process.pid)
-        return cls(spec, process, conn, message[1])
+        process, conn, info = start_worker(spec)
+        return cls(spec, process, conn, info, deadlines)
 
     @property
     def info(self) -> EngineInfo:
@@ -111,10 +104,18 @@ class ProcessEngine:
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         return await self._call("embed", [list(tokens) for tokens in inputs])
 
+    async def compile_grammar(self, grammar: str) -> None:
+        await self._call("compile", grammar)
+
+    async def tokenize_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        return await self._call("tokenize_chat", list(messages), None if tools is None else list(tools))
+
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         # Admission is decided here, before any byte is streamed: `parallel` running plus `max_queue` waiting.
         if not self._alive:
-            raise self._crashed()
+            raise self._failure()
         if self._admitted >= self._spec.parallel + self._spec.max_queue:
             raise OverloadedError("The model is overloaded; retry shortly.", retry_after=1)
         self._admitted += 1
@@ -122,13 +123,15 @@ class ProcessEngine:
 
     def close(self) -> None:
         self._closing = True
+        self._watchdog.stop()
         if self._process.is_alive():
-            with contextlib.suppress(OSError):
-                self._conn.send(("shutdown",))
+            self._outbox.put(("shutdown",))
             self._process.join(10)
         if self._process.is_alive():
             self._process.kill()
             self._process.join(5)
+        self._outbox.put(None)
+        self._writer.join(5)  # a writer blocked on a dead worker's pipe has failed by now
         self._conn.close()
 
     async def _call(self, kind: str, *args: Any) -> Any:
@@ -137,22 +140,45 @@ class ProcessEngine:
         self._register(request_id, future)
         try:
             self._send((kind, request_id, *args))
-            return await future
+            async with asyncio.timeout(self._deadlines.call_timeout_s):
+                return await future
+        except TimeoutError:
+            self._cancel_call(request_id)
+            seconds = self._deadlines.call_timeout_s
+            logger.error("worker for %s did not answer a %s call within %g s", self._spec.name, kind, seconds)
+            raise ModelUnavailableError(
+                f"The model `{self._spec.name}` did not answer within {seconds:g} s; retry shortly.", retry_after=1
+            ) from None
+        except asyncio.CancelledError:  # the client went away: the worker stops working on it too
+            self._cancel_call(request_id)
+            raise
         finally:
             self._pending.pop(request_id, None)
 
+    def _cancel_call(self, request_id: int) -> None:
+        if self._alive and request_id in self._pending:
+            self._outbox.put(("cancel", request_id))
+
     def _register(self, request_id: int, waiter: asyncio.Future[Any] | asyncio.Queue[Any]) -> None:
         if not self._alive:
-            raise self._crashed()
+            raise self._failure()
         self._loop = asyncio.get_running_loop()
         self._pending[request_id] = waiter
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        try:
-            self._conn.send(message)
-        except OSError:
-            self._on_exit()
-            raise self._crashed() from None
+        if not self._alive:
+            raise self._failure()
+        self._outbox.put(message)
+
+    def _write(self) -> None:
+        """Writer thread: a worker that stops reading blocks this thread only, until the watchdog kills it."""
+        while (message := self._outbox.get()) is not None:
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError):  # the worker is gone (or the pipe closed): the reader sees it too
+                return
+            except Exception:
+                logger.exception("could not send a message to the worker for %s", self._spec.name)
 
     def _read(self) -> None:
         """Reader thread: hand each message to the event loop; a closed pipe means the worker is gone."""
@@ -161,12 +187,34 @@ class ProcessEngine:
                 message = self._conn.recv()
             except (EOFError, OSError):
                 break
-            if self._loop is not None:
+            if message[0] == "pong":
+                self._watchdog.answered(message[1])
+            elif self._loop is not None:
                 self._loop.call_soon_threadsafe(self._dispatch, message)
-        if self._closing or self._loop is None or self._loop.is_closed():
+        self._watchdog.stop()
+        self._outbox.put(None)
+        self._exited()
+
+    def _exited(self) -> None:
+        """The worker is gone (or killed): fail its requests on the event loop, or just mark the engine dead."""
+        loop = self._loop
+        if self._closing or loop is None or loop.is_closed():
             self._alive = False
-        else:
-            self._loop.call_soon_threadsafe(self._on_exit)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._on_exit)
+            return
+        self._alive = False
+
+    def _on_hung(self, reason: str) -> None:
+        """Watchdog thread: kill a worker that stopped answering; its requests get 503 model_unavailable."""
+        if self._closing or not self._alive:
+            return
+        self._hung = True
+        logger.error("worker for %s (pid %s) is hung (%s): killing it", self._spec.name, self.pid, reason)
+        self._process.kill()
+        self._process.join(5)
+        self._exited()  # at once, even if something else still holds the worker's end of the pipe
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind, request_id = message[0], message[1]
@@ -189,14 +237,21 @@ class ProcessEngine:
         if self._closing:
             return
         self._process.join(1)
-        logger.error("worker for %s died (exit code %s)", self._spec.name, self._process.exitcode)
+        if not self._hung:
+            logger.error("worker for %s died (exit code %s)", self._spec.name, self._process.exitcode)
         for waiter in list(self._pending.values()):
             if isinstance(waiter, asyncio.Queue):
-                waiter.put_nowait(self._crashed())
+                waiter.put_nowait(self._failure())
             elif not waiter.done():
-                waiter.set_exception(self._crashed())
+                waiter.set_exception(self._failure())
 
-    def _crashed(self) -> ModelCrashedError:
+    def _failure(self) -> APIError:
+        """What a request gets once the worker is gone: killed as hung (503 model_unavailable) or crashed."""
+        if self._hung:
+            return ModelUnavailableError(
+                f"The model `{self._spec.name}` stopped answering and is being restarted; retry shortly.",
+                retry_after=1,
+            )
         return ModelCrashedError(self._spec.name)
 
     def submit(self, request: GenerationRequest, queue: asyncio.Queue[Any]) -> int:
@@ -223,24 +278,27 @@ class _RemoteStream:
     """Deltas of one request. It is sent to the worker on first use, so a stream that is dropped unstarted (the
     client left before the response began) costs nothing; closing it early cancels the request in the worker."""
 
+    buffer_limit = MAX_BUFFERED_DELTAS
+
     def __init__(self, engine: ProcessEngine, request: GenerationRequest) -> None:
         self._engine = engine
         self._request = request
         self._id: int | None = None
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._done = False
+        self._queue = DeltaBuffer(self._fell_behind, self.buffer_limit)
+        self._done = False  # its admission is given back
+        self._ended = False  # nothing more will be read from it
 
     def __aiter__(self) -> _RemoteStream:
         return self
 
     async def __anext__(self) -> GenerationDelta:
-        if self._done:
+        if self._ended:
             raise StopAsyncIteration
         if self._id is None:
             try:
                 self._id = self._engine.submit(self._request, self._queue)
             except APIError:
-                self._done = True  # submit gave the admission back
+                self._done = self._ended = True  # submit gave the admission back
                 raise
         try:
             item = await self._queue.get()
@@ -248,14 +306,24 @@ class _RemoteStream:
             await self.aclose()
             raise
         if isinstance(item, BaseException):
+            self._ended = True
             self._finish(cancel=False)
             raise item
         if item.finish_reason is not None:
+            self._ended = True
             self._finish(cancel=False)
         return item
 
     async def aclose(self) -> None:
+        self._ended = True
         self._finish(cancel=True)
+
+    def _fell_behind(self) -> None:
+        """The consumer is `buffer_limit` deltas behind (a client not reading): free the model now, not when (if
+        ever) the consumer reads on; it will read the SlowClientError left in the buffer."""
+        logger.warning("a stream fell %d deltas behind its client: request cancelled", self.buffer_limit)
+        with contextlib.suppress(APIError):  # the worker is gone: nothing left to cancel
+            self._finish(cancel=True)
 
     def _finish(self, *, cancel: bool) -> None:
         if not self._done:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,6 +66,41 @@ class ChatTemplate:
         """ "hermes" when the template lists `tools` itself and teaches <tool_call> blocks (Hermes, Qwen 2.5,
         SmolLM3 and others); None otherwise (tools are then described in the system message)."""
         return "hermes" if "tools" in self.source and "<tool_call>" in self.source else None
+
+    def render_segments(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> tuple[str, list[tuple[str, bool]] | None]:
+        """The prompt, and its pieces marked True where they are a message's content (to be tokenized as plain
+        text: a user who writes a control token's text must not get the control token). The pieces are found by
+        rendering the conversation again with a unique mark in place of each content; None when the template
+        changes contents in a way other than trimming them (their place cannot then be known)."""
+        text = self.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+        nonce = secrets.token_hex(8)
+        contents: dict[str, str] = {}
+        marked = []
+        for i, message in enumerate(messages):
+            content = message.get("content")
+            if isinstance(content, str) and content:
+                mark = f"\ue000{nonce}.{i}\ue001"
+                contents[mark] = content
+                message = {**message, "content": mark}
+            marked.append(message)
+        if not contents:
+            return text, [(text, False)]
+        try:
+            skeleton = self.render(marked, add_generation_prompt=add_generation_prompt, tools=tools)
+        except ChatTemplateError:
+            return text, None
+        pieces = re.split(f"(\ue000{nonce}\\.\\d+\ue001)", skeleton)
+        for fill in (lambda c: c, str.strip):
+            segments = [(contents[p] and fill(contents[p]), True) if p in contents else (p, False) for p in pieces]
+            if "".join(piece for piece, _ in segments) == text:
+                return text, [(piece, is_content) for piece, is_content in segments if piece]
+        return text, None
 
     def render(
         self,

@@ -3,10 +3,11 @@
 Runs in a child process started by `ProcessEngine`. Everything that touches llama.cpp happens here, so a crash in
 native code (segfault, abort, OOM kill) ends this process only. Messages are tuples:
 
-    parent -> worker: ("render", id, messages) ("tokenize", id, text) ("counters", id) ("generate", id, request)
-                      ("cancel", id) ("shutdown",)
+    parent -> worker: ("render", id, messages) ("tokenize", id, text) ("counters", id) ("embed", id, inputs)
+                      ("compile", id, grammar) ("tokenize_chat", id, messages, tools)
+                      ("generate", id, request) ("cancel", id) ("ping",) ("shutdown",)
     worker -> parent: ("ready", info) ("failed", message) ("result", id, value) ("delta", id, delta)
-                      ("error", id, WireError)
+                      ("error", id, WireError) ("pong", seconds the engine has been stuck in one step, 0 if idle)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from server.engine.bounded_stderr import bound_stderr
 from server.errors import APIError, InternalError
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class WireError:
 
 def serve(conn: Connection, spec_json: str, log_level: int) -> None:
     """Process entry point: load the model, report, then answer requests until shutdown or a closed pipe."""
+    bound_stderr()  # before llama.cpp can write anything: no line of its output floods the log
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
     from server.config import ModelSpec
     from server.engine.embedding import EmbeddingEngine  # llama.cpp is imported in worker processes only
@@ -82,7 +85,9 @@ class _Worker:
             kind = message[0]
             if kind == "shutdown":
                 break
-            if kind == "cancel":
+            if kind == "ping":  # answered on this loop, so an answer proves the loop runs
+                self._send(("pong", self._stalled_s()))
+            elif kind == "cancel":
                 task = self._tasks.get(message[1])
                 if task is not None:
                     task.cancel()
@@ -93,6 +98,10 @@ class _Worker:
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _stalled_s(self) -> float:
+        stalled_s = getattr(self._engine, "stalled_s", None)
+        return 0.0 if stalled_s is None else stalled_s()
 
     def _read(self, loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[tuple[Any, ...]]) -> None:
         while True:
@@ -114,6 +123,10 @@ class _Worker:
                 value = await self._engine.counters()
             elif kind == "embed":
                 value = await self._engine.embed(*args)
+            elif kind == "compile":
+                value = await self._engine.compile_grammar(*args)
+            elif kind == "tokenize_chat":
+                value = await self._engine.tokenize_chat(*args)
             else:
                 raise ValueError(f"unknown request {kind!r}")
         except Exception as exc:

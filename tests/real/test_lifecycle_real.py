@@ -93,7 +93,7 @@ def test_sigterm_lets_the_stream_in_flight_finish_then_exits_zero(models_file):
 
 
 def test_binding_beyond_loopback_without_a_key_warns_loudly(models_file):
-    open_server = ServerProcess(models_file, "--host", "0.0.0.0")
+    open_server = ServerProcess(models_file, "--host", "0.0.0.0", "--insecure-no-auth")
     open_server.stop()
     assert "WITHOUT an API key" in open_server.log_text()
     keyed = ServerProcess(models_file, "--host", "0.0.0.0", "--api-key", "k")

@@ -145,7 +145,7 @@ def test_client_disconnect_frees_a_non_streaming_request(api, ops):
     body = json.dumps({"model": "smol-single", "messages": HI, "max_tokens": 900, "ignore_eos": True}).encode()
     with socket.create_connection(("127.0.0.1", ops.port)) as sock:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )

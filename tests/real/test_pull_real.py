@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -88,6 +89,11 @@ def test_an_interrupted_pull_resumes_from_where_it_stopped(tmp_path, hub, models
     home = tmp_path / "hf"
     first = cli(models_file, hub, home, "pull", "tiny-hub-llama")
     assert stalled.sent_before_stall.wait(120)
+    # The client writes what it received in 10 MiB chunks: Ctrl-C once the first is on disk (a busy machine
+    # can take a moment to get there after the hub stalls).
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size for p in (home / "hub").rglob("*.slm-partial")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling a file's size, bounded: there is no event to wait on
     first.send_signal(signal.SIGINT)  # the operator presses Ctrl-C half-way
     first.communicate(timeout=60)
     assert first.returncode != 0
