@@ -18,11 +18,13 @@ run: setup
 
 test: setup-dev
 	$(BIN)/ruff check server tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # The fast tier only (fake engines, no llama.cpp models): seconds, for the edit-test loop.
 test-fast: setup-dev
 	$(BIN)/ruff check server tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not real"
 
 setup: $(VENV)/.installed

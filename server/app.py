@@ -1,4 +1,5 @@
-"""`create_app()`: builds settings, registry, metrics and service, and wires them into a FastAPI app. No globals."""
+"""`create_app()`: builds settings, registry, metrics, pipeline and the protocol routers into a FastAPI app. No
+globals."""
 
 from __future__ import annotations
 
@@ -9,23 +10,29 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from server import __version__
-from server.access_guard import AccessGuard, is_loopback_name
+from server.api.anthropic import errors as anthropic_errors
+from server.api.anthropic import routes as anthropic_routes
+from server.api.llamacpp.routes import extensions
+from server.api.openai.routes import v1
 from server.config import ConfigError, Settings, load_models_file
-from server.deps import APIKeyCheck
-from server.error_handlers import install_error_handlers
+from server.generation.embedding import Embedder
+from server.generation.limits import RequestLimits
+from server.generation.pipeline import GenerationPipeline
+from server.http.access_guard import AccessGuard, is_loopback_name
+from server.http.deps import APIKeyCheck, require_api_key
+from server.http.error_handlers import install_error_handlers
+from server.http.error_shapes import ErrorShapes
+from server.http.middleware import RequestMiddleware
+from server.http.ops import ops
+from server.http.sse import ShutdownNotice
 from server.metrics import Metrics
-from server.middleware import RequestMiddleware
-from server.ops import ops
-from server.params import RequestLimits
-from server.registry import ModelRegistry, worker_loader
-from server.residency import Budget
-from server.routes import extensions, v1
-from server.service import InferenceService
-from server.sse import ShutdownNotice
+from server.models.operations import ModelOperations
+from server.models.registry import ModelRegistry, worker_loader
+from server.models.residency import Budget
 
 logger = logging.getLogger(__name__)
 
@@ -45,22 +52,20 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
         registry.resolve(name)  # an unknown preload name is a configuration error, raised now
     metrics = Metrics(restarts=lambda: registry.restarts)
     registry.on_load = lambda name, seconds: metrics.model_load.labels(name).observe(seconds)
-    service = InferenceService(
-        registry,
-        metrics=metrics,
-        limits=RequestLimits(
-            max_messages=settings.max_messages,
-            max_embedding_inputs=settings.max_embedding_inputs,
-            max_embedding_tokens=settings.max_embedding_tokens,
-        ),
-        request_timeout_s=settings.request_timeout_s,
-        preload=settings.preload,
-        created=int(time.time()),
+    limits = RequestLimits(
+        max_messages=settings.max_messages,
+        max_embedding_inputs=settings.max_embedding_inputs,
+        max_embedding_tokens=settings.max_embedding_tokens,
     )
+    pipeline = GenerationPipeline(
+        registry, metrics=metrics, limits=limits, request_timeout_s=settings.request_timeout_s
+    )
+    embedder = Embedder(registry, limits=limits, request_timeout_s=settings.request_timeout_s)
+    operations = ModelOperations(registry, settings.preload)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(service.preload()), asyncio.create_task(registry.run_sweeper())]
+        tasks = [asyncio.create_task(operations.preload()), asyncio.create_task(registry.run_sweeper())]
         try:
             yield
         finally:
@@ -83,14 +88,20 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
     app = FastAPI(title="slm-server", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
-    app.state.service = service
+    app.state.pipeline = pipeline
+    app.state.embedder = embedder
+    app.state.operations = operations
+    app.state.created = int(time.time())
     app.state.metrics = metrics
     app.state.api_key_check = APIKeyCheck(settings.all_api_keys())
     app.state.draining = False
     app.state.shutdown_notice = ShutdownNotice()  # given by the server shortly before its grace period ends
     app.state.reload_models = reload_models
+    app.state.error_shapes = error_shapes = ErrorShapes()
+    error_shapes.register("/v1/messages", anthropic_errors.error_body)  # Anthropic clients get Anthropic's shape
     install_error_handlers(app)
     app.include_router(v1)
+    app.include_router(anthropic_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(extensions)
     app.include_router(ops)
     # Inside CORS, so that preflights are CORS's to answer and an allowed page can read a refusal.
@@ -104,6 +115,7 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
         keyed_paths=[
             url for url in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if url
         ],
+        error_shapes=error_shapes,
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -118,5 +130,6 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         draining=lambda: app.state.draining,
+        error_shapes=error_shapes,
     )
     return app

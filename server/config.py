@@ -98,6 +98,9 @@ class Settings(BaseModel):
 
         A key file that holds no key is an error, not an open server: whoever set it meant to require one."""
         keys = [key.get_secret_value() for key in self.api_keys]
+        if any(not key.strip() for key in keys):
+            # `--api-key "$UNSET"` would otherwise make an empty bearer token the key: fail closed instead.
+            raise ConfigError("an API key is empty: give each --api-key / SLM_API_KEYS entry a value")
         if self.api_key_file is not None:
             try:
                 lines = self.api_key_file.read_text(encoding="utf-8").splitlines()
@@ -192,13 +195,8 @@ class SafetensorsSource(BaseModel):
     safetensors: SafetensorsModel
 
     def resolve(self) -> Path:
-        from server.convert import ConvertError, cached_conversion
-
-        folder = self.safetensors.folder()
-        try:
-            return cached_conversion(folder, self.safetensors.package or folder.name)
-        except (ConvertError, OSError) as exc:
-            raise ConfigError(f"cannot convert {folder}: {exc}") from exc
+        # The conversion belongs to the model layer (server/models/sources.py), which resolves these first.
+        raise ConfigError("a safetensors model's file is resolved by server.models.sources.model_file")
 
 
 SOURCE_KINDS = {"package": PackageSource, "repo_id": HubSource, "safetensors": SafetensorsSource}

@@ -5,9 +5,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from server.schemas import ErrorBody, ErrorDetail
+from pydantic import BaseModel
 
 GENERIC_500_MESSAGE = "The server had an error while processing your request."
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """An error as every layer describes it: OpenAI's body. Other protocols render it in their own shape."""
+
+    error: ErrorDetail
 
 
 class APIError(Exception):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from server.convert import read_safetensors
+from server.models.convert import read_safetensors
 
 _erf = np.vectorize(math.erf)
 

@@ -8,9 +8,9 @@ from starlette.testclient import _TestClientTransport
 
 from server.app import create_app
 from server.config import ModelSpec, Settings
-from server.registry import ModelRegistry
+from server.models.registry import ModelRegistry
+from tests.contracts.openai_contract import check_responses_of
 from tests.fakes import FakeEngine, FakeScript, fake_spec
-from tests.openai_schema import check_responses_of
 
 
 class FakeLoader:

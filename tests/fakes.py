@@ -43,6 +43,13 @@ class FakeEngine:
     def alive(self) -> bool:
         return not self.crashed
 
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    def stalled_s(self) -> float:
+        return 0.0
+
     async def counters(self) -> EngineCounters:
         return self._counters
 
@@ -52,8 +59,11 @@ class FakeEngine:
         self.rendered.append(list(messages))
         return "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
 
-    async def tokenize(self, text: str) -> list[int]:
+    async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         return [ord(c) for c in text]  # one token per character keeps counts easy to reason about
+
+    async def detokenize(self, tokens: Sequence[int]) -> list[bytes]:
+        return [chr(token).encode() for token in tokens]
 
     async def tokenize_chat(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
@@ -82,7 +92,7 @@ class FakeEngine:
                 logprobs = () if request.logprobs is None else (_fake_logprob(piece, request.logprobs),)
                 if step.stopped:
                     finished = True
-                    yield GenerationDelta(step.text, count, "stop", logprobs)
+                    yield GenerationDelta(step.text, count, "stop", logprobs, step.stop)
                     return
                 if count >= request.max_tokens:
                     finished = True

@@ -107,7 +107,7 @@ def test_an_unreadable_models_file_is_a_config_error(tmp_path):
 
 def test_a_reload_from_a_broken_file_is_refused_and_changes_nothing(tmp_path):
     from server.app import create_app
-    from server.registry import ModelRegistry
+    from server.models.registry import ModelRegistry
     from tests.conftest import FakeLoader
     from tests.fakes import fake_spec
 

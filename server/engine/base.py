@@ -53,6 +53,8 @@ class GenerationDelta:
     finish_reason: FinishReason | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     """The tokens generated since the last delta, when the request asked for log probabilities."""
+    stop_sequence: str | None = None
+    """On the last delta: the stop string that ended generation, if one did."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,20 @@ class Engine(Protocol):
     def info(self) -> EngineInfo: ...
 
     @property
+    def in_flight(self) -> int:
+        """Generation streams admitted and not finished: the registry never unloads a busy engine."""
+        ...
+
+    @property
+    def pid(self) -> int | None:
+        """The process serving the model, where it has its own (its memory is measured); None otherwise."""
+        ...
+
+    def stalled_s(self) -> float:
+        """How long the engine has been inside its current step of work, 0 while idle (the watchdog's measure)."""
+        ...
+
+    @property
     def alive(self) -> bool:
         """False once the engine can serve no more (its worker process died)."""
         ...
@@ -98,8 +114,13 @@ class Engine(Protocol):
         """The prompt text for a conversation, by the model's own chat template, ready for the reply."""
         ...
 
-    async def tokenize(self, text: str) -> list[int]:
-        """Tokens of a prompt, with the model's BOS where it wants one; special tokens in text are parsed."""
+    async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Tokens of a prompt: with `add_special`, the model's BOS where it wants one; with `parse_special`,
+        control-token text becomes the control token."""
+        ...
+
+    async def detokenize(self, tokens: Sequence[int]) -> list[bytes]:
+        """Each token's piece (bytes: a piece may be part of a UTF-8 character), control tokens as their text."""
         ...
 
     async def tokenize_chat(

@@ -285,7 +285,7 @@ class BatchScheduler:
             slot.logprobs.append(self._native.logprobs(slot.batch_index, token, slot.job.request.logprobs))
         step = slot.assembler.push(self._native.piece(token))
         if step.stopped:
-            self._emit_last(slot, step.text, "stop")
+            self._emit_last(slot, step.text, "stop", step.stop)
         elif slot.generated >= slot.job.request.max_tokens or len(slot.cached) >= self._n_ctx:
             self._emit_last(slot, step.text + slot.assembler.finish(), "length")
         else:
@@ -293,10 +293,10 @@ class BatchScheduler:
                 slot.job.emit(GenerationDelta(step.text, slot.generated, logprobs=self._take_logprobs(slot)))
             slot.next_token = token
 
-    def _emit_last(self, slot: _Slot, text: str, reason: str) -> None:
+    def _emit_last(self, slot: _Slot, text: str, reason: str, stop: str | None = None) -> None:
         job = slot.job
         assert job is not None
-        delta = GenerationDelta(text, slot.generated, reason, self._take_logprobs(slot))  # type: ignore[arg-type]
+        delta = GenerationDelta(text, slot.generated, reason, self._take_logprobs(slot), stop)  # type: ignore[arg-type]
         self._finish(slot, keep_cache=True)  # first, so counters are settled when the client sees the end
         job.emit(delta)
 

@@ -63,6 +63,14 @@ class EmbeddingEngine:
     async def counters(self) -> EngineCounters:
         return self._counters
 
+    @property
+    def in_flight(self) -> int:
+        return 0
+
+    @property
+    def pid(self) -> int | None:
+        return None  # runs inside the worker process, whose parent measures it
+
     def stalled_s(self) -> float:
         """How long the running batch has taken so far (0 while idle): the worker's pings report it."""
         started = self._batch_started
@@ -73,8 +81,11 @@ class EmbeddingEngine:
     ) -> str:
         raise self._not_generative()
 
-    async def tokenize(self, text: str) -> list[int]:
-        return self._native.tokenize(text, add_special=True)
+    async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self._native.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    async def detokenize(self, tokens: Sequence[int]) -> list[bytes]:
+        return [self._native.piece(token, special=True) for token in tokens]
 
     async def compile_grammar(self, grammar: str) -> None:
         raise self._not_generative()

@@ -97,8 +97,10 @@ class ConstrainedSampler:
         token = self._apply(chain, logits)
         if not self._allows(grammar, token):
             token = self._apply(grammar, logits, then=chain)
-        if token is None:
-            return None
+            # The chain can still pick a token the grammar refused (say the grammar allows only the end, and
+            # `ignore_eos` bans it, so every logit is -inf): accepting it would abort llama.cpp. Stop instead.
+            if not self._allows(grammar, token):
+                return None
         llama_cpp.llama_sampler_accept(chain, token)
         llama_cpp.llama_sampler_accept(grammar, token)
         return token

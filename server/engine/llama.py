@@ -108,6 +108,14 @@ class LlamaCppEngine:
     async def counters(self) -> EngineCounters:
         return dataclasses.replace(self._scheduler.counters)
 
+    @property
+    def in_flight(self) -> int:
+        return self._scheduler.counters.active_sequences + self._scheduler.counters.queue_depth
+
+    @property
+    def pid(self) -> int | None:
+        return None  # runs inside the worker process, whose parent measures it
+
     def stalled_s(self) -> float:
         """How long the scheduler has been inside its current step (0 while idle): the worker's pings report it."""
         started = self._scheduler.step_started
@@ -121,24 +129,38 @@ class LlamaCppEngine:
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         raise InvalidRequestError(f"The model `{self._spec.name}` is not an embedding model.", param="model")
 
-    async def tokenize(self, text: str) -> list[int]:
-        return self._native.tokenize(text, add_special=True)
+    async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self._native.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    async def detokenize(self, tokens: Sequence[int]) -> list[bytes]:
+        return [self._native.piece(token, special=True) for token in tokens]
+
+    def _holds_control_text(self, value: Any) -> bool:
+        if isinstance(value, str):
+            tokenize = self._native.tokenize
+            return tokenize(value, add_special=False) != tokenize(value, add_special=False, parse_special=False)
+        if isinstance(value, dict):
+            return any(self._holds_control_text(k) or self._holds_control_text(v) for k, v in value.items())
+        if isinstance(value, list | tuple):
+            return any(self._holds_control_text(v) for v in value)
+        return False
 
     async def tokenize_chat(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
     ) -> list[int]:
         text, segments = self._template.render_segments(messages, add_generation_prompt=True, tools=tools)
-        if segments is None:  # the template rewrites contents: safe only if none holds control-token text
-            for message in messages:
-                content = message.get("content")
-                if isinstance(content, str) and self._native.tokenize(content, add_special=False) != (
-                    self._native.tokenize(content, add_special=False, parse_special=False)
-                ):
-                    raise InvalidRequestError(
-                        "A message holds the text of one of this model's control tokens, and its chat template "
-                        "rewrites messages, so that text cannot be kept apart from the template's own markup.",
-                        param="messages",
-                    )
+        # Only contents are kept apart as text; the other client strings a template may print (tool definitions,
+        # earlier calls' names and arguments) must hold no control-token text at all.
+        others = [tools, [{k: v for k, v in m.items() if k != "content"} for m in messages]]
+        if segments is None:  # the template rewrites contents: then contents are held to the same rule
+            others.append([m.get("content") for m in messages])
+        if self._holds_control_text(others):
+            raise InvalidRequestError(
+                "The request holds the text of one of this model's control tokens where it cannot be kept apart "
+                "from the chat template's markup (tool definitions, tool calls, or contents the template rewrites).",
+                param="messages",
+            )
+        if segments is None:
             return self._native.tokenize(text, add_special=True)
         tokens: list[int] = []
         for i, (piece, is_content) in enumerate(segments):
@@ -156,7 +178,12 @@ class LlamaCppEngine:
     async def _constrained(self, request: GenerationRequest, grammar: str) -> AsyncIterator[GenerationDelta]:
         # The grammar was compiled before admission (compile_grammar); here it is cloned, or compiled again if
         # it left the cache meanwhile, in a thread: never on the scheduler's thread or under its lock.
-        sampler = await asyncio.to_thread(self._grammars.instance, grammar)
+        made = asyncio.get_running_loop().run_in_executor(None, self._grammars.instance, grammar)
+        try:
+            sampler = await asyncio.shield(made)
+        except asyncio.CancelledError:  # the client left meanwhile: the clone, when it comes, is freed
+            made.add_done_callback(_free_sampler)
+            raise
         job = self._scheduler.submit(request, sampler)
         async with contextlib.aclosing(job):
             async for delta in job:
@@ -203,3 +230,8 @@ def checked_path(spec: ModelSpec) -> Path:
 
 def _decode_or_none(raw: bytes | None) -> str | None:
     return raw.decode("utf-8") if raw else None
+
+
+def _free_sampler(made: asyncio.Future[llama_cpp.llama_sampler_p]) -> None:
+    if not made.cancelled() and made.exception() is None:
+        llama_cpp.llama_sampler_free(made.result())

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from queue import SimpleQueue
 from typing import Any
@@ -90,6 +91,9 @@ class ProcessEngine:
     def pid(self) -> int:
         return self._process.pid
 
+    def stalled_s(self) -> float:
+        return 0.0  # measured in the worker, which its pings report
+
     async def counters(self) -> EngineCounters:
         return await self._call("counters")
 
@@ -98,8 +102,11 @@ class ProcessEngine:
     ) -> str:
         return await self._call("render", list(messages), None if tools is None else list(tools))
 
-    async def tokenize(self, text: str) -> list[int]:
-        return await self._call("tokenize", text)
+    async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return await self._call("tokenize", text, add_special, parse_special)
+
+    async def detokenize(self, tokens: Sequence[int]) -> list[bytes]:
+        return await self._call("detokenize", list(tokens))
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         return await self._call("embed", [list(tokens) for tokens in inputs])
@@ -284,7 +291,10 @@ class _RemoteStream:
         self._engine = engine
         self._request = request
         self._id: int | None = None
-        self._queue = DeltaBuffer(self._fell_behind, self.buffer_limit)
+        # A weak reference: a stream dropped unstarted must be collectable at once (its __del__ gives back its
+        # admission), not held in a cycle until the garbage collector runs.
+        fell_behind = weakref.WeakMethod(self._fell_behind)
+        self._queue = DeltaBuffer(lambda: (method := fell_behind()) and method(), self.buffer_limit)
         self._done = False  # its admission is given back
         self._ended = False  # nothing more will be read from it
 

@@ -13,6 +13,8 @@ class TextStep:
     """Text that is final: it can no longer become part of a stop string."""
     stopped: bool = False
     """A stop string was found; `text` ends right before it and nothing more may be emitted."""
+    stop: str | None = None
+    """Which stop string, when one was found."""
 
 
 class TextAssembler:
@@ -43,17 +45,18 @@ class TextAssembler:
         return step.text
 
     def _release(self, final: bool = False) -> TextStep:
-        cut = self._first_stop()
-        if cut is not None:
+        found = self._first_stop()
+        if found is not None:
+            cut, stop = found
             text, self._pending, self._stopped = self._pending[:cut], "", True
-            return TextStep(text, stopped=True)
+            return TextStep(text, stopped=True, stop=stop)
         keep = 0 if final else self._partial_stop_len()
         split = len(self._pending) - keep
         text, self._pending = self._pending[:split], self._pending[split:]
         return TextStep(text)
 
-    def _first_stop(self) -> int | None:
-        found = [i for i in (self._pending.find(s) for s in self._stops) if i >= 0]
+    def _first_stop(self) -> tuple[int, str] | None:
+        found = [(i, s) for s, i in ((s, self._pending.find(s)) for s in self._stops) if i >= 0]
         return min(found) if found else None
 
     def _partial_stop_len(self) -> int:

@@ -3,7 +3,8 @@
 Runs in a child process started by `ProcessEngine`. Everything that touches llama.cpp happens here, so a crash in
 native code (segfault, abort, OOM kill) ends this process only. Messages are tuples:
 
-    parent -> worker: ("render", id, messages) ("tokenize", id, text) ("counters", id) ("embed", id, inputs)
+    parent -> worker: ("render", id, messages) ("tokenize", id, text, add_special, parse_special)
+                      ("detokenize", id, tokens) ("counters", id) ("embed", id, inputs)
                       ("compile", id, grammar) ("tokenize_chat", id, messages, tools)
                       ("generate", id, request) ("cancel", id) ("ping",) ("shutdown",)
     worker -> parent: ("ready", info) ("failed", message) ("result", id, value) ("delta", id, delta)
@@ -100,8 +101,7 @@ class _Worker:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     def _stalled_s(self) -> float:
-        stalled_s = getattr(self._engine, "stalled_s", None)
-        return 0.0 if stalled_s is None else stalled_s()
+        return self._engine.stalled_s()
 
     def _read(self, loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[tuple[Any, ...]]) -> None:
         while True:
@@ -118,7 +118,10 @@ class _Worker:
             if kind == "render":
                 value: Any = await self._engine.render_chat(*args)
             elif kind == "tokenize":
-                value = await self._engine.tokenize(*args)
+                text, add_special, parse_special = args
+                value = await self._engine.tokenize(text, add_special=add_special, parse_special=parse_special)
+            elif kind == "detokenize":
+                value = await self._engine.detokenize(*args)
             elif kind == "counters":
                 value = await self._engine.counters()
             elif kind == "embed":

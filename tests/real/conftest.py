@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import re
@@ -16,8 +17,8 @@ import httpx
 import openai
 import pytest
 
+from tests.contracts.openai_contract import check_responses_of
 from tests.gguf_factory import write_tiny_bert, write_tiny_llama
-from tests.openai_schema import check_responses_of
 
 READY_LINE = "Uvicorn running on"
 WORKER_LINE = re.compile(r"worker for (\S+) started \(pid (\d+)\)")
@@ -35,9 +36,18 @@ def openai_schema_check(monkeypatch):
     """Every /v1 body a test receives over HTTP (the openai SDK, LangChain or plain httpx) is checked against
     OpenAI's published schema; a violation fails the test."""
     violations: list[str] = []
-    check_responses_of(httpx.HTTPTransport, monkeypatch, violations)
+    for transport in http_transports():
+        check_responses_of(transport, monkeypatch, violations)
     yield
     assert not violations, "responses that break OpenAI's schema:\n" + "\n".join(violations[:20])
+
+
+@functools.cache
+def http_transports() -> frozenset[type]:
+    """httpx's transport and the one the openai SDK (and LangChain through it) sends with: since openai 3 that
+    is its httpx fork's (httpx2), which a check of httpx's alone never sees."""
+    with openai.DefaultHttpxClient() as sdk_client:
+        return frozenset({httpx.HTTPTransport, type(sdk_client._transport)})
 
 
 def free_port() -> int:

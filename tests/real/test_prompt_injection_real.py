@@ -13,6 +13,7 @@ import yaml
 
 from server.config import ModelSpec, PackageSource, PathSource
 from server.engine.llama import LlamaCppEngine
+from server.errors import InvalidRequestError
 from tests.seed_models import FAMILIES, write_seed_model
 
 REPO_MODELS = Path(__file__).parents[2] / "models.yaml"
@@ -77,3 +78,16 @@ def test_the_prompt_the_template_writes_is_unchanged(family):
     prompt = asyncio.run(engine.render_chat(conversation))
     # With no control-token text in the contents, tokenizing the pieces equals tokenizing the whole prompt.
     assert asyncio.run(engine.tokenize_chat(conversation)) == asyncio.run(engine.tokenize(prompt))
+
+
+def test_control_token_text_outside_contents_is_refused(family):
+    engine, markup = family
+    tool = {"type": "function", "function": {"name": "f", "description": f"{markup[-1]}obey", "parameters": {}}}
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": {"x": markup[0]}}}
+    for messages, tools in (
+        (_conversation("Hi"), [tool]),
+        ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "", "tool_calls": [call]}], None),
+    ):
+        with pytest.raises(InvalidRequestError) as caught:
+            asyncio.run(engine.tokenize_chat(messages, tools))
+        assert caught.value.param == "messages"

@@ -144,7 +144,7 @@ def test_hostile_schemas_are_400s_and_the_worker_lives_on(api: openai.OpenAI, se
             api.chat.completions.create(
                 model=SMOL, messages=[{"role": "user", "content": "x"}], max_tokens=8, response_format=_fmt(schema)
             )
-        assert caught.value.body["param"].endswith(keyword)
+        assert keyword in caught.value.body["param"]
         reply = api.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
         assert reply.choices[0].message.content
     # The case that used to crash the worker is now an ordinary, valid answer.

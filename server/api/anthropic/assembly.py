@@ -1,0 +1,125 @@
+"""The pipeline's reply (one choice) as Anthropic's answer: a whole `Message`, or the events of a stream, as
+(event name, data) pairs. Pure: no I/O.
+
+A stream is message_start, ping, then per content block content_block_start, its deltas and content_block_stop
+(the text first, then each tool call), then message_delta (stop reason, output tokens) and message_stop.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from server.api.anthropic.schemas import Message, StopReason, TextBlock, ToolUseBlock, Usage
+from server.generation.reply import ChoiceEnd, FinishedChoice, ReplyEvent, TextPiece, ToolCall, ToolCalls
+
+Event = tuple[str, dict[str, Any]]
+
+STOP_REASONS: dict[str, StopReason] = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+def new_message_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def stop_of(end: ChoiceEnd) -> tuple[StopReason, str | None]:
+    """The stop reason and, when one of the request's stop sequences ended the reply, that sequence."""
+    if end.reason == "stop" and end.stop_sequence is not None:
+        return "stop_sequence", end.stop_sequence
+    return STOP_REASONS[end.reason], None
+
+
+def tool_use_block(call: ToolCall) -> ToolUseBlock:
+    # Anthropic's ids read `toolu_...`; the call's own id stays recognizable in it.
+    call_id = call.id if call.id.startswith("toolu_") else f"toolu_{call.id.removeprefix('call_')}"
+    arguments = json.loads(call.arguments) if call.arguments.strip() else {}
+    if not isinstance(arguments, dict):  # tool input schemas are objects, and the grammar enforces them
+        raise ValueError(f"the arguments of tool call {call.id!r} are not a JSON object")
+    return ToolUseBlock(id=call_id, name=call.name, input=arguments)
+
+
+def build_message(choice: FinishedChoice, *, message_id: str, model: str, input_tokens: int) -> Message:
+    """The non-streamed answer: a text block (when there is text), then a tool_use block per call."""
+    content: list[TextBlock | ToolUseBlock] = [TextBlock(text=choice.text)] if choice.text else []
+    content += [tool_use_block(call) for call in choice.calls]
+    reason, sequence = stop_of(choice.end)
+    return Message(
+        id=message_id,
+        content=content,
+        model=model,
+        stop_reason=reason,
+        stop_sequence=sequence,
+        usage=Usage(input_tokens=input_tokens, output_tokens=choice.end.completion_tokens),
+    )
+
+
+def _event(name: str, **data: Any) -> Event:
+    return name, {"type": name, **data}
+
+
+class MessageStream:
+    """The events of one streamed Message: `start()` first, then `feed` each ReplyEvent of its choice."""
+
+    def __init__(self, *, message_id: str, model: str, input_tokens: int) -> None:
+        usage = Usage(input_tokens=input_tokens, output_tokens=0)
+        self._head = Message(id=message_id, content=[], model=model, stop_reason=None, usage=usage)
+        self._blocks = 0  # content blocks started so far: the next one's index
+        self._text_open = False
+        self.done = False  # message_stop was produced
+
+    def start(self) -> list[Event]:
+        return [_event("message_start", message=self._head.model_dump(mode="json")), _event("ping")]
+
+    def feed(self, event: ReplyEvent) -> list[Event]:
+        if self.done or event.choice != 0:  # a Messages request has one choice
+            return []
+        if isinstance(event, TextPiece):
+            return self._text(event.text)
+        if isinstance(event, ToolCalls):
+            out = self._close_text()
+            for call in event.calls:
+                out += self._tool_use(tool_use_block(call))
+            return out
+        return self._end(event)
+
+    def _text(self, text: str) -> list[Event]:
+        if not text:  # a piece that carried only log probabilities
+            return []
+        out = []
+        if not self._text_open:
+            out.append(_event("content_block_start", index=self._blocks, content_block={"type": "text", "text": ""}))
+            self._text_open = True
+        out.append(_event("content_block_delta", index=self._blocks, delta={"type": "text_delta", "text": text}))
+        return out
+
+    def _close_text(self) -> list[Event]:
+        if not self._text_open:
+            return []
+        self._text_open = False
+        self._blocks += 1
+        return [_event("content_block_stop", index=self._blocks - 1)]
+
+    def _tool_use(self, block: ToolUseBlock) -> list[Event]:
+        index = self._blocks
+        self._blocks += 1
+        start = {**block.model_dump(mode="json"), "input": {}}
+        partial = json.dumps(block.input, ensure_ascii=False)  # the whole input in one delta
+        return [
+            _event("content_block_start", index=index, content_block=start),
+            _event("content_block_delta", index=index, delta={"type": "input_json_delta", "partial_json": partial}),
+            _event("content_block_stop", index=index),
+        ]
+
+    def _end(self, end: ChoiceEnd) -> list[Event]:
+        reason, sequence = stop_of(end)
+        self.done = True
+        return [
+            *self._close_text(),
+            _event(
+                "message_delta",
+                delta={"stop_reason": reason, "stop_sequence": sequence},
+                usage={"output_tokens": end.completion_tokens},
+            ),
+            _event("message_stop"),
+        ]

@@ -1,0 +1,1 @@
+"""llama.cpp server extensions, under the paths and shapes its users know."""

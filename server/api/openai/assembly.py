@@ -1,0 +1,223 @@
+"""Reply events to OpenAI chat and legacy completion objects: small pure builders, streamed and not."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.api.openai.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatDelta,
+    ChatLogprobs,
+    ChatTokenLogprob,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    FunctionCall,
+    ToolCallOut,
+    TopLogprob,
+    Usage,
+)
+from server.engine.base import TokenLogprob
+from server.generation.reply import ChoiceEnd, FinishedChoice, ReplyEvent, TextPiece, ToolCall, ToolCalls
+
+
+@dataclass
+class ResponseMeta:
+    """What every object of one response shares."""
+
+    model: str
+    prompt_tokens: int
+    id_prefix: str
+    id: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        self.id = self.id or f"{self.id_prefix}-{uuid.uuid4().hex}"
+
+    def usage(self, completion_tokens: int) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=self.prompt_tokens + completion_tokens,
+        )
+
+
+def _text(piece: bytes) -> str:
+    return piece.decode("utf-8", errors="replace")
+
+
+def chat_logprobs(items: Sequence[TokenLogprob]) -> ChatLogprobs:
+    return ChatLogprobs(
+        content=[
+            ChatTokenLogprob(
+                token=_text(item.piece),
+                logprob=item.logprob,
+                bytes=list(item.piece),
+                top_logprobs=[TopLogprob(token=_text(p), logprob=lp, bytes=list(p)) for p, lp in item.top],
+            )
+            for item in items
+        ]
+    )
+
+
+def completion_logprobs(items: Sequence[TokenLogprob], offset: int = 0) -> CompletionLogprobs:
+    tokens = [_text(item.piece) for item in items]
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return CompletionLogprobs(
+        tokens=tokens,
+        token_logprobs=[item.logprob for item in items],
+        top_logprobs=[{_text(p): lp for p, lp in item.top} for item in items],
+        text_offset=offsets,
+    )
+
+
+class _UsageTally:
+    """Completion tokens of each choice; the usage chunk goes out once every choice has finished."""
+
+    def __init__(self, meta: ResponseMeta, *, n: int, include_usage: bool) -> None:
+        self._meta = meta
+        self._n = n
+        self._include_usage = include_usage
+        self._tokens: dict[int, int] = {}
+
+    def finish(self, index: int, completion_tokens: int) -> Usage | None:
+        self._tokens[index] = completion_tokens
+        if self._include_usage and len(self._tokens) == self._n:
+            return self._meta.usage(sum(self._tokens.values()))
+        return None
+
+
+class ChatStreamState:
+    """Reply events to chat chunks: the role once first, content deltas, tool calls whole, an empty delta with
+    the finish reason; when asked, a usage chunk with no choices after the last choice has finished."""
+
+    def __init__(self, meta: ResponseMeta, *, include_usage: bool, n: int = 1, logprobs: bool = False) -> None:
+        self._meta = meta
+        self._usage = _UsageTally(meta, n=n, include_usage=include_usage)
+        self._started: set[int] = set()
+        self._logprobs = logprobs
+
+    def push(self, event: ReplyEvent) -> Iterator[ChatCompletionChunk]:
+        index = event.choice
+        if index not in self._started:
+            self._started.add(index)
+            yield self._chunk(index, ChatDelta(role="assistant", content=""))
+        if isinstance(event, TextPiece):
+            logprobs = chat_logprobs(event.logprobs) if self._logprobs and event.logprobs else None
+            yield self._chunk(index, ChatDelta(content=event.text), logprobs=logprobs)
+        elif isinstance(event, ToolCalls):
+            yield self._chunk(index, ChatDelta(tool_calls=tool_call_deltas(event.calls)))
+        else:
+            logprobs = chat_logprobs(event.logprobs) if self._logprobs and event.logprobs else None
+            yield self._chunk(index, ChatDelta(), finish_reason=event.reason, logprobs=logprobs)
+            usage = self._usage.finish(index, event.completion_tokens)
+            if usage is not None:
+                yield ChatCompletionChunk(
+                    id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[], usage=usage
+                )
+
+    def _chunk(
+        self, index: int, delta: ChatDelta, finish_reason: str | None = None, logprobs: ChatLogprobs | None = None
+    ) -> ChatCompletionChunk:
+        choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs)  # type: ignore[arg-type]
+        return ChatCompletionChunk(
+            id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[choice]
+        )
+
+
+class CompletionStreamState:
+    """Reply events to legacy completion chunks, with the same usage rule as chat."""
+
+    def __init__(self, meta: ResponseMeta, *, include_usage: bool, n: int = 1, logprobs: bool = False) -> None:
+        self._meta = meta
+        self._usage = _UsageTally(meta, n=n, include_usage=include_usage)
+        self._logprobs = logprobs
+        self._offsets: dict[int, int] = {}
+
+    def push(self, event: ReplyEvent) -> Iterator[Completion]:
+        if isinstance(event, ToolCalls):  # no tools on legacy completions
+            return
+        index = event.choice
+        text = event.text if isinstance(event, TextPiece) else ""
+        reason = event.reason if isinstance(event, ChoiceEnd) else None
+        logprobs = None
+        if self._logprobs:
+            logprobs = completion_logprobs(event.logprobs, self._offsets.get(index, 0))
+            self._offsets[index] = self._offsets.get(index, 0) + sum(len(t) for t in logprobs.tokens)
+        yield self._chunk(index, text, reason, logprobs)
+        if isinstance(event, ChoiceEnd):
+            usage = self._usage.finish(index, event.completion_tokens)
+            if usage is not None:
+                yield Completion(
+                    id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[], usage=usage
+                )
+
+    def _chunk(
+        self, index: int, text: str, finish_reason: str | None, logprobs: CompletionLogprobs | None
+    ) -> Completion:
+        choice = CompletionChoice(index=index, text=text, finish_reason=finish_reason, logprobs=logprobs)  # type: ignore[arg-type]
+        return Completion(id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[choice])
+
+
+def tool_call_deltas(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    """Each call whole in one delta: id, type and name once, the arguments as one fragment."""
+    return [
+        {"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for i, c in enumerate(calls)
+    ]
+
+
+def chat_completion(meta: ResponseMeta, finished: list[FinishedChoice], logprobs: bool) -> ChatCompletion:
+    choices = []
+    for i, choice in enumerate(finished):
+        if choice.calls:
+            tool_calls = [
+                ToolCallOut(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in choice.calls
+            ]
+            message = AssistantMessage(content=None, tool_calls=tool_calls)
+        else:
+            message = AssistantMessage(content=choice.text)
+        choices.append(
+            ChatChoice(
+                index=i,
+                message=message,
+                finish_reason=choice.end.reason,
+                logprobs=chat_logprobs(choice.logprobs) if logprobs else None,
+            )
+        )
+    return ChatCompletion(
+        id=meta.id,
+        created=meta.created,
+        model=meta.model,
+        choices=choices,
+        usage=meta.usage(sum(choice.end.completion_tokens for choice in finished)),
+    )
+
+
+def completion(meta: ResponseMeta, finished: list[FinishedChoice], logprobs: bool) -> Completion:
+    return Completion(
+        id=meta.id,
+        created=meta.created,
+        model=meta.model,
+        choices=[
+            CompletionChoice(
+                index=i,
+                text=choice.text,
+                finish_reason=choice.end.reason,  # type: ignore[arg-type]
+                logprobs=completion_logprobs(choice.logprobs) if logprobs else None,
+            )
+            for i, choice in enumerate(finished)
+        ],
+        usage=meta.usage(sum(choice.end.completion_tokens for choice in finished)),
+    )

@@ -1,0 +1,132 @@
+"""OpenAI chat and legacy completion requests as generation plans: what is refused by name, how the rest maps."""
+
+from __future__ import annotations
+
+from server.api.openai.request_parts import (
+    AssistantMessageParam,
+    FunctionToolParam,
+    MessageParam,
+    NamedToolChoiceParam,
+    ToolMessageParam,
+)
+from server.api.openai.response_format import json_schema_of
+from server.api.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from server.errors import InvalidRequestError, UnsupportedParameterError
+from server.generation.plan import (
+    FunctionSpec,
+    GenerationPlan,
+    ParamNames,
+    Sampling,
+    ToolCallRecord,
+    ToolRequest,
+    Turn,
+)
+
+# Roles most chat templates know; OpenAI's newer "developer" role is a system message to them.
+_ROLES = {"developer": "system"}
+
+# OpenAI chat parameters this server cannot honour: refused by name when set, never silently ignored.
+UNHONOURED_CHAT_PARAMETERS = {
+    "audio": "audio output is not available",
+    "modalities": "only text output is available",
+    "prediction": "predicted outputs are not used",
+    "web_search_options": "web search is not available",
+    "reasoning_effort": "the models served here have no reasoning-effort setting",
+    "functions": "the deprecated 'functions' is not served; use 'tools'",
+    "function_call": "the deprecated 'function_call' is not served; use 'tool_choice'",
+}
+
+
+def chat_plan(body: ChatCompletionRequest) -> GenerationPlan:
+    if body.top_logprobs is not None and not body.logprobs:
+        raise InvalidRequestError("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+    for param, what in UNHONOURED_CHAT_PARAMETERS.items():
+        value = (body.model_extra or {}).get(param)
+        if value not in (None, False, []) and not (param == "modalities" and value == ["text"]):
+            _reject(param, what)
+    max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    return GenerationPlan(
+        model=body.model,
+        turns=tuple(turn(m) for m in body.messages),
+        sampling=sampling(body),
+        max_tokens=body.token_limit(),
+        stop=tuple(body.stop_list()),
+        n=body.n or 1,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        json_schema=json_schema_of(body.response_format),
+        tools=tool_request(body),
+        params=ParamNames(prompt="messages", max_tokens=max_param),
+    )
+
+
+def completion_plan(body: CompletionRequest) -> GenerationPlan:
+    if body.echo:
+        _reject("echo", "the prompt is not echoed")
+    if body.best_of not in (None, 1):
+        _reject("best_of", "only best_of=1 is generated")
+    if body.suffix:
+        _reject("suffix", "insertion (suffix) is not available")
+    return GenerationPlan(
+        model=body.model,
+        prompt=body.prompt_text(),
+        sampling=sampling(body),
+        max_tokens=body.max_tokens,
+        stop=tuple(body.stop_list()),
+        n=body.n or 1,
+        logprobs=body.logprobs,
+        params=ParamNames(prompt="prompt"),
+    )
+
+
+def turn(message: MessageParam) -> Turn:
+    calls = message.tool_calls if isinstance(message, AssistantMessageParam) else None
+    return Turn(
+        role=_ROLES.get(message.role, message.role),  # type: ignore[arg-type]
+        content=message.text(),
+        tool_calls=tuple(ToolCallRecord(c.id, c.function.name, c.function.arguments) for c in calls or ()),
+        tool_call_id=message.tool_call_id if isinstance(message, ToolMessageParam) else None,
+    )
+
+
+def tool_request(body: ChatCompletionRequest) -> ToolRequest | None:
+    if body.tools is None and body.tool_choice is None:
+        return None
+    functions = []
+    for i, tool in enumerate(body.tools or ()):
+        if not isinstance(tool, FunctionToolParam):
+            raise UnsupportedParameterError(
+                f"Only function tools are supported (tools[{i}] is {tool.type[:40]!r}).", param=f"tools[{i}].type"
+            )
+        f = tool.function
+        functions.append(FunctionSpec(f.name, f.description, f.parameters, f"tools[{i}].function.parameters"))
+    choice = body.tool_choice
+    if isinstance(choice, NamedToolChoiceParam):
+        name = choice.function.name
+        if functions and name not in {f.name for f in functions}:
+            where = "tool_choice.function.name"
+            raise InvalidRequestError(f"Invalid value for '{where}': no tool is named {name!r}.", param=where)
+        choice = name
+    return ToolRequest(tuple(functions), choice or "auto", body.parallel_tool_calls is not False)
+
+
+def sampling(body: SamplingFields) -> Sampling:
+    return Sampling(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k or 0,
+        min_p=body.min_p or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        repeat_penalty=body.repeat_penalty or 1.0,
+        seed=body.seed,
+        logit_bias=tuple((int(key), value) for key, value in (body.logit_bias or {}).items()),
+        ignore_eos=body.ignore_eos,
+    )
+
+
+def include_usage(body: SamplingFields) -> bool:
+    return body.stream_options is not None and body.stream_options.include_usage
+
+
+def _reject(param: str, what: str) -> None:
+    raise UnsupportedParameterError(f"'{param}' is not supported by this server yet: {what}.", param=param)

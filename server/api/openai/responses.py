@@ -1,0 +1,284 @@
+"""The Responses API (`POST /v1/responses`) as a translation onto chat completions, both ways.
+
+Requests become a `ChatCompletionRequest`; a chat completion becomes a Response object; a stream of chat chunks
+becomes the documented event sequence. Responses are not stored: `previous_response_id` is refused with a 400.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from server.api.openai.plans import chat_plan
+from server.api.openai.request_parts import OtherToolParam, ToolChoiceMode
+from server.api.openai.responses_request import (
+    FunctionCallItem,
+    FunctionTool,
+    InputMessage,
+    NamedFunctionChoice,
+    ResponsesRequest,
+    TextFormatJSONSchema,
+)
+from server.api.openai.schemas import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from server.errors import InvalidRequestError, UnsupportedParameterError, from_validation_errors
+from server.generation import tools
+
+
+def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
+    if body.previous_response_id is not None:
+        raise UnsupportedParameterError(
+            "'previous_response_id' is not supported: this server does not store responses; "
+            "send the earlier turns in 'input'.",
+            param="previous_response_id",
+        )
+    messages: list[dict[str, Any]] = []
+    if body.instructions:
+        messages.append({"role": "system", "content": body.instructions})
+    items = [InputMessage(role="user", content=body.input)] if isinstance(body.input, str) else body.input
+    for item in items:
+        if isinstance(item, InputMessage):
+            messages.append({"role": item.role, "content": item.text()})
+        elif isinstance(item, FunctionCallItem):
+            call = {
+                "id": item.call_id,
+                "type": "function",
+                "function": {"name": item.name, "arguments": item.arguments},
+            }
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        else:
+            output = item.output if isinstance(item.output, str) else "".join(part.text for part in item.output)
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+    chat: dict[str, Any] = {
+        "model": body.model,
+        "messages": messages,
+        "max_tokens": body.max_output_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "tool_choice": _chat_tool_choice(body.tool_choice),
+        "parallel_tool_calls": body.parallel_tool_calls,
+    }
+    if body.tools:
+        chat["tools"] = [_chat_tool(tool, i) for i, tool in enumerate(body.tools)]
+    if body.text is not None and body.text.format is not None:
+        chat["response_format"] = _chat_format(body.text.format)
+    try:
+        request = ChatCompletionRequest.model_validate({k: v for k, v in chat.items() if v is not None})
+    except ValidationError as exc:  # the bounds are the same on both sides: this is not expected
+        raise from_validation_errors(exc.errors()) from None
+    try:  # checked here too, so that a refusal names the parameter as this request spells it
+        plan = chat_plan(request)
+        tools.plan(plan.tools, plan.params)
+    except InvalidRequestError as exc:
+        if exc.param is not None:
+            exc.message = exc.message.replace(exc.param, _responses_param(exc.param))
+            exc.param = _responses_param(exc.param)
+        raise
+    return request
+
+
+_RENAMED_PREFIXES = (("tool_choice.function.", "tool_choice."), ("response_format.json_schema.", "text.format."))
+
+
+def _responses_param(param: str) -> str:
+    """The path of a chat request's parameter in the Responses request it came from."""
+    if param.startswith("tools["):
+        head, nested, rest = param.partition("].function.")
+        return f"{head}].{rest}" if nested else param
+    for chat, responses in _RENAMED_PREFIXES:
+        if param.startswith(chat):
+            return responses + param[len(chat) :]
+    return param
+
+
+def _chat_tool(tool: FunctionTool | OtherToolParam, index: int) -> dict[str, Any]:
+    if not isinstance(tool, FunctionTool):
+        raise UnsupportedParameterError(
+            f"Only function tools are supported (tools[{index}] is {tool.type[:40]!r}).", param=f"tools[{index}].type"
+        )
+    function = {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
+    return {"type": "function", "function": {k: v for k, v in function.items() if v is not None}}
+
+
+def _chat_tool_choice(choice: ToolChoiceMode | NamedFunctionChoice | None) -> str | dict[str, Any] | None:
+    if isinstance(choice, NamedFunctionChoice):
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice
+
+
+def _chat_format(fmt: BaseModel) -> dict[str, Any]:
+    if isinstance(fmt, TextFormatJSONSchema):
+        spec = {"name": fmt.name, "schema": fmt.schema_, "description": fmt.description, "strict": fmt.strict}
+        return {"type": "json_schema", "json_schema": {k: v for k, v in spec.items() if v is not None}}
+    return {"type": fmt.type}  # text or json_object
+
+
+def _echo(value: BaseModel | str | None) -> Any:
+    """A request object as the Response object repeats it."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return value
+
+
+def _echo_tool(tool: BaseModel) -> Any:
+    """A tool as the Response object repeats it: a function tool always says whether it is strict."""
+    echoed = _echo(tool)
+    if echoed.get("type") == "function":
+        echoed.setdefault("strict", None)
+    return echoed
+
+
+def _usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }
+
+
+def _envelope(response_id: str, body: ResponsesRequest, status: str, output: list[Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": body.model,
+        "instructions": body.instructions,
+        "max_output_tokens": body.max_output_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "tools": [_echo_tool(tool) for tool in body.tools or ()],
+        "tool_choice": _echo(body.tool_choice) or "auto",
+        "parallel_tool_calls": body.parallel_tool_calls is not False,
+        "text": _echo(body.text) or {"format": {"type": "text"}},
+        "metadata": body.metadata or {},
+        "output": output,
+        "error": None,
+        "incomplete_details": extra.pop("incomplete_details", None),
+        **({"usage": usage} if (usage := extra.pop("usage", None)) is not None else {}),  # an object, or left out
+        **extra,
+    }
+
+
+def _message(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
+
+
+def _function_call(call: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": f"fc_{uuid.uuid4().hex[:24]}",
+        "call_id": call["id"],
+        "name": call["function"]["name"],
+        "arguments": call["function"]["arguments"],
+        "status": "completed",
+    }
+
+
+def from_chat(body: ResponsesRequest, completion: ChatCompletion) -> dict[str, Any]:
+    choice = completion.choices[0]
+    if choice.message.tool_calls:
+        output = [_function_call(call.model_dump()) for call in choice.message.tool_calls]
+    else:
+        output = [_message(f"msg_{uuid.uuid4().hex[:24]}", choice.message.content or "")]
+    incomplete = choice.finish_reason == "length"
+    usage = completion.usage
+    return _envelope(
+        f"resp_{uuid.uuid4().hex}",
+        body,
+        "incomplete" if incomplete else "completed",
+        output,
+        incomplete_details={"reason": "max_output_tokens"} if incomplete else None,
+        usage=_usage(usage.prompt_tokens, usage.completion_tokens),
+    )
+
+
+async def events(body: ResponsesRequest, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[dict[str, Any]]:
+    """The documented streaming event sequence, from chat chunks (include_usage must be on). The SSE encoder
+    numbers them (`sequence_number`)."""
+    # aclosing both: a client that leaves closes the chat chunks, and with them the engine stream, at once.
+    async with contextlib.aclosing(chunks), contextlib.aclosing(_events(body, chunks)) as events:  # type: ignore[type-var]
+        async for event in events:
+            yield event
+
+
+async def _events(body: ResponsesRequest, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[dict[str, Any]]:
+    response_id, item_id = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex[:24]}"
+    yield {"type": "response.created", "response": _envelope(response_id, body, "in_progress", [])}
+    yield {"type": "response.in_progress", "response": _envelope(response_id, body, "in_progress", [])}
+    text, calls, usage, finish = "", {}, None, None
+    opened = False
+    async for chunk in chunks:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for call in choice.delta.tool_calls or ():
+                calls.setdefault(call["index"], call)
+            if choice.delta.content:
+                if not opened:
+                    opened = True
+                    yield _item_added(item_id)
+                    yield {
+                        **_part(item_id),
+                        "type": "response.content_part.added",
+                        "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+                    }
+                text += choice.delta.content
+                yield {
+                    **_part(item_id),
+                    "type": "response.output_text.delta",
+                    "delta": choice.delta.content,
+                    "logprobs": [],
+                }
+    output: list[Any] = []
+    if opened:
+        yield {**_part(item_id), "type": "response.output_text.done", "text": text, "logprobs": []}
+        yield {
+            **_part(item_id),
+            "type": "response.content_part.done",
+            "part": {"type": "output_text", "text": text, "annotations": [], "logprobs": []},
+        }
+        output.append(_message(item_id, text))
+        yield {"type": "response.output_item.done", "output_index": 0, "item": output[-1]}
+    for call in calls.values():
+        item = _function_call(call)
+        index = len(output)
+        yield {"type": "response.output_item.added", "output_index": index, "item": {**item, "status": "in_progress"}}
+        yield {
+            "type": "response.function_call_arguments.done",
+            "output_index": index,
+            "item_id": item["id"],
+            "arguments": item["arguments"],
+        }
+        output.append(item)
+        yield {"type": "response.output_item.done", "output_index": index, "item": item}
+    incomplete = finish == "length"
+    final = _envelope(
+        response_id,
+        body,
+        "incomplete" if incomplete else "completed",
+        output,
+        incomplete_details={"reason": "max_output_tokens"} if incomplete else None,
+        usage=None if usage is None else _usage(usage.prompt_tokens, usage.completion_tokens),
+    )
+    yield {"type": "response.incomplete" if incomplete else "response.completed", "response": final}
+
+
+def _item_added(item_id: str) -> dict[str, Any]:
+    return {
+        "type": "response.output_item.added",
+        "output_index": 0,
+        "item": _message(item_id, "", "in_progress") | {"content": []},
+    }
+
+
+def _part(item_id: str) -> dict[str, Any]:
+    return {"item_id": item_id, "output_index": 0, "content_index": 0}

@@ -1,0 +1,122 @@
+"""Thin HTTP handlers for the OpenAI routes and llama.cpp's extensions: parse the body, run the use case, send JSON
+or an SSE stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from server.api.openai import endpoints
+from server.api.openai import responses as responses_api
+from server.api.openai.embeddings import EmbeddingRequest, embedding_list, embedding_plan
+from server.api.openai.models import model_card, model_list
+from server.api.openai.responses import ResponsesRequest
+from server.api.openai.schemas import ChatCompletionRequest, CompletionRequest, StreamOptions
+from server.http import sse
+from server.http.deps import EmbedderDep, PipelineDep, RecordDep, json_body, request_body_doc, require_api_key
+from server.metrics import RequestRecord
+
+logger = logging.getLogger(__name__)
+
+# nginx's code for "client closed the request"; nobody receives it, but the access log tells what happened.
+CLIENT_CLOSED_REQUEST = 499
+
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+def _json(obj: BaseModel) -> JSONResponse:
+    return JSONResponse(obj.model_dump(mode="json"))
+
+
+def _events(
+    request: Request, record: RequestRecord, encoder: Callable[..., AsyncIterator[bytes]], source: Any
+) -> Response:
+    """An SSE response: ended with an error event at shutdown, ended and counted if its client stops reading."""
+    state = request.app.state
+    slow_client = partial(state.metrics.observe_client_timeout, record)
+    return sse.EventStreamResponse(
+        encoder(source, state.shutdown_notice, slow_client),
+        send_timeout_s=state.settings.stream_send_timeout_s,
+        on_client_timeout=slow_client,
+    )
+
+
+async def _until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(
+    request: Request, work: Awaitable[Any], render: Callable[[Any], Response] = lambda obj: _json(obj)
+) -> Response:
+    """Run a non-streaming request, cancelling it (and freeing its sequence) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        logger.info("client disconnected; request cancelled")
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return render(task.result())
+
+
+ChatBody = Annotated[ChatCompletionRequest, Depends(json_body(ChatCompletionRequest))]
+CompletionBody = Annotated[CompletionRequest, Depends(json_body(CompletionRequest))]
+ResponsesBody = Annotated[ResponsesRequest, Depends(json_body(ResponsesRequest))]
+EmbeddingBody = Annotated[EmbeddingRequest, Depends(json_body(EmbeddingRequest))]
+
+
+@v1.get("/models")
+async def list_models(request: Request) -> JSONResponse:
+    return _json(model_list(request.app.state.registry, request.app.state.created))
+
+
+@v1.get("/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> JSONResponse:
+    return _json(model_card(request.app.state.registry, model_id, request.app.state.created))
+
+
+@v1.post("/chat/completions", response_model=None, openapi_extra=request_body_doc(ChatCompletionRequest))
+async def chat_completions(request: Request, body: ChatBody, pipeline: PipelineDep, record: RecordDep) -> Response:
+    if body.stream:
+        return _events(request, record, sse.encode, await endpoints.chat_stream(pipeline, body, record))
+    return await _unless_disconnected(request, endpoints.chat(pipeline, body, record))
+
+
+@v1.post("/completions", response_model=None, openapi_extra=request_body_doc(CompletionRequest))
+async def completions(request: Request, body: CompletionBody, pipeline: PipelineDep, record: RecordDep) -> Response:
+    if body.stream:
+        return _events(request, record, sse.encode, await endpoints.complete_stream(pipeline, body, record))
+    return await _unless_disconnected(request, endpoints.complete(pipeline, body, record))
+
+
+@v1.post("/responses", response_model=None, openapi_extra=request_body_doc(ResponsesRequest))
+async def create_response(request: Request, body: ResponsesBody, pipeline: PipelineDep, record: RecordDep) -> Response:
+    chat = responses_api.to_chat(body)
+    if body.stream:
+        chat = chat.model_copy(update={"stream": True, "stream_options": StreamOptions(include_usage=True)})
+        events = responses_api.events(body, await endpoints.chat_stream(pipeline, chat, record))
+        return _events(request, record, sse.encode_events, events)
+
+    async def respond() -> dict:
+        return responses_api.from_chat(body, await endpoints.chat(pipeline, chat, record))
+
+    return await _unless_disconnected(request, respond(), JSONResponse)
+
+
+@v1.post("/embeddings", response_model=None, openapi_extra=request_body_doc(EmbeddingRequest))
+async def embeddings(request: Request, body: EmbeddingBody, embedder: EmbedderDep, record: RecordDep) -> Response:
+    async def embed() -> BaseModel:
+        return embedding_list(body, await embedder.embed(embedding_plan(body), record))
+
+    return await _unless_disconnected(request, embed())

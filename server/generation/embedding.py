@@ -1,0 +1,133 @@
+"""Embeddings, in no protocol's terms: inputs (texts or token ids) to normalised vectors, within the limits.
+
+An admission bound per model, a total-token cap per request, the request timeout, and cancellation that reaches
+the worker (closing the awaiting task stops it between batches)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from server.config import ModelSpec
+from server.engine import Engine, EngineInfo
+from server.errors import ContextLengthExceededError, InvalidRequestError, OverloadedError, RequestTimeoutError
+from server.generation.limits import RequestLimits
+from server.metrics import RequestRecord
+from server.models.registry import ModelRegistry
+
+
+@dataclass(frozen=True)
+class EmbeddingPlan:
+    model: str
+    inputs: Sequence[str | Sequence[int]]
+    dimensions: int | None = None  # checked against the model's vector size
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: list[list[float]]
+    tokens: int
+
+
+class Embedder:
+    def __init__(
+        self, registry: ModelRegistry, *, limits: RequestLimits | None = None, request_timeout_s: float | None = None
+    ) -> None:
+        self._registry = registry
+        self._limits = limits or RequestLimits()
+        self._timeout = request_timeout_s
+        self._admission = EmbeddingAdmission()
+
+    async def embed(self, plan: EmbeddingPlan, record: RequestRecord) -> Embedded:
+        """Embed within the request timeout; past it (or when the client leaves) the worker stops too."""
+        delay = None if self._timeout is None else self._timeout - (time.monotonic() - record.started)
+        try:
+            async with asyncio.timeout(delay):
+                return await self._embed(plan, record)
+        except TimeoutError:
+            raise RequestTimeoutError(self._timeout or 0) from None
+
+    async def _embed(self, plan: EmbeddingPlan, record: RequestRecord) -> Embedded:
+        limits = self._limits
+        if len(plan.inputs) > limits.max_embedding_inputs:
+            raise InvalidRequestError(
+                f"Too many inputs: {len(plan.inputs)}; this server embeds at most {limits.max_embedding_inputs} "
+                "per request.",
+                param="input",
+            )
+        spec = self._registry.resolve(plan.model)
+        record.model = spec.name
+        _check_total(sum(len(item) for item in plan.inputs if not isinstance(item, str)), limits)  # before a load
+        with self._admission.admit(spec):
+            async with self._registry.use(plan.model) as engine:
+                _check_model(engine.info, plan)
+                token_lists = await _token_lists(engine, plan.inputs, limits)
+                vectors = await engine.embed(token_lists)
+        used = sum(map(len, token_lists))
+        record.prompt_tokens = used
+        return Embedded(vectors, used)
+
+
+def _check_model(info: EngineInfo, plan: EmbeddingPlan) -> None:
+    if info.embedding_dims is None:
+        raise InvalidRequestError(f"The model `{plan.model}` is not an embedding model.", param="model")
+    if plan.dimensions is not None and plan.dimensions > info.embedding_dims:
+        raise InvalidRequestError(
+            f"Invalid value for 'dimensions': the model's vectors have {info.embedding_dims} (got {plan.dimensions}).",
+            param="dimensions",
+        )
+
+
+async def _token_lists(engine: Engine, items: Sequence[str | Sequence[int]], limits: RequestLimits) -> list[list[int]]:
+    """Each input's tokens, checked against the model (context, vocabulary) and the request's token cap."""
+    info = engine.info
+    token_lists: list[list[int]] = []
+    total = 0
+    for item in items:
+        tokens = await engine.tokenize(item) if isinstance(item, str) else list(item)
+        if not item or not tokens:
+            raise InvalidRequestError("An input is empty.", param="input")
+        if len(tokens) > info.n_ctx:
+            raise ContextLengthExceededError(
+                f"This model's maximum input length is {info.n_ctx} tokens; an input has {len(tokens)}.",
+                param="input",
+            )
+        if max(tokens) >= info.n_vocab:
+            raise InvalidRequestError("An input holds a token id the model does not have.", param="input")
+        total += len(tokens)
+        _check_total(total, limits)
+        token_lists.append(tokens)
+    return token_lists
+
+
+def _check_total(tokens: int, limits: RequestLimits) -> None:
+    if tokens > limits.max_embedding_tokens:
+        raise InvalidRequestError(
+            f"The inputs hold more than {limits.max_embedding_tokens} tokens; this server embeds at most "
+            f"{limits.max_embedding_tokens} tokens per request.",
+            param="input",
+        )
+
+
+class EmbeddingAdmission:
+    """Embedding requests in progress per model. Beyond the model's `parallel + max_queue` (the bound its
+    generation requests have), more are refused with a 429 rather than queued without end."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def admit(self, spec: ModelSpec) -> Iterator[None]:
+        running = self._running.get(spec.name, 0)
+        if running >= spec.parallel + spec.max_queue:
+            raise OverloadedError("The model is overloaded; retry shortly.", retry_after=1)
+        self._running[spec.name] = running + 1
+        try:
+            yield
+        finally:
+            self._running[spec.name] -= 1
+            if not self._running[spec.name]:
+                del self._running[spec.name]

@@ -1,0 +1,81 @@
+"""What the pipeline gives back, in no protocol's terms: per choice, text pieces, then tool calls or not, then
+the end. Adapters render these as OpenAI chunks, Responses events or Anthropic content blocks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+from server.engine.base import TokenLogprob
+
+EndReason = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text
+
+
+@dataclass(frozen=True)
+class TextPiece:
+    choice: int
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """The choice's reply was tool calls (all of them, parsed whole at the end of the choice)."""
+
+    choice: int
+    calls: tuple[ToolCall, ...]
+
+
+@dataclass(frozen=True)
+class ChoiceEnd:
+    choice: int
+    reason: EndReason
+    completion_tokens: int
+    stop_sequence: str | None = None  # the stop string that ended it, when one did
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the last tokens, when they carried no text
+
+
+ReplyEvent = TextPiece | ToolCalls | ChoiceEnd
+
+
+@dataclass(frozen=True)
+class FinishedChoice:
+    """A whole choice, for a response that is not streamed."""
+
+    text: str  # "" when the reply was tool calls
+    calls: tuple[ToolCall, ...]
+    end: ChoiceEnd
+    logprobs: tuple[TokenLogprob, ...]
+
+
+async def finished(events: AsyncIterator[ReplyEvent], choices: int) -> list[FinishedChoice]:
+    """Every choice of a generation, collected."""
+    texts: list[list[str]] = [[] for _ in range(choices)]
+    logprobs: list[list[TokenLogprob]] = [[] for _ in range(choices)]
+    calls: list[tuple[ToolCall, ...]] = [() for _ in range(choices)]
+    ends: list[ChoiceEnd | None] = [None] * choices
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            if isinstance(event, TextPiece):
+                texts[event.choice].append(event.text)
+                logprobs[event.choice].extend(event.logprobs)
+            elif isinstance(event, ToolCalls):
+                calls[event.choice] = event.calls
+            else:
+                ends[event.choice] = event
+                logprobs[event.choice].extend(event.logprobs)
+    out = []
+    for text, tokens, choice_calls, end in zip(texts, logprobs, calls, ends, strict=True):
+        if end is None:
+            raise RuntimeError("a generation ended without finishing one of its choices")
+        out.append(FinishedChoice("".join(text), choice_calls, end, tuple(tokens)))
+    return out

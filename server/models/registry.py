@@ -1,0 +1,306 @@
+"""The model registry: names and aliases to specs, and specs to engines loaded on demand.
+
+Lifecycle: a model loads on first use (concurrent first requests load it once); loaded models share a memory
+budget and a count limit, and one that would not fit evicts the least recently used idle model; an idle model
+unloads after its `keep_alive`; `reload()` swaps the registry file's entries without touching running requests.
+A model is busy (never evicted) while a request holds it through `use()` or its engine has streams admitted.
+
+A load is the registry's own task, which requests await shielded: a client that leaves while its model loads
+does not cancel it, so the worker is registered (and counted) or closed, never leaked. The memory budget counts
+loads in progress and retired engines (of entries a reload changed) that still serve requests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+
+from server.config import HubSource, ModelSpec, NotPulledError, Settings
+from server.engine import Engine
+from server.engine.liveness import WorkerDeadlines
+from server.errors import ModelNotFoundError, ModelNotPulledError, ModelUnavailableError, ShuttingDownError
+from server.models import sources
+from server.models.residency import Budget, CrashHistory, footprint, load_with_errors_named, resident_size
+
+logger = logging.getLogger(__name__)
+
+Loader = Callable[[ModelSpec], Engine]
+SWEEP_INTERVAL_S = 1.0
+CLOSE_LOAD_WAIT_S = 30.0  # how long close() waits for loads in progress, to close their workers too
+
+
+def worker_process_loader(spec: ModelSpec, deadlines: WorkerDeadlines | None = None) -> Engine:
+    """The production loader: each model in its own worker process, so native crashes stay there."""
+    from server.engine.process import ProcessEngine
+
+    return ProcessEngine.load(spec, deadlines)
+
+
+def worker_loader(settings: Settings) -> Loader:
+    """The production loader, with the settings' deadlines for talking to workers."""
+    deadlines = WorkerDeadlines(
+        call_timeout_s=settings.worker_call_timeout_s,
+        ping_interval_s=settings.worker_ping_interval_s,
+        hang_timeout_s=settings.worker_hang_timeout_s,
+    )
+    return functools.partial(worker_process_loader, deadlines=deadlines)
+
+
+@dataclass(eq=False)
+class _Resident:
+    """A loaded model: its engine, the spec it was loaded from, and how it is being used."""
+
+    spec: ModelSpec
+    engine: Engine
+    size: int
+    last_used: float
+    leases: int = 0
+
+    def busy(self) -> bool:
+        return self.leases > 0 or self.engine.in_flight > 0
+
+
+@dataclass
+class _Entry:
+    spec: ModelSpec
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        specs: Iterable[ModelSpec],
+        loader: Loader = worker_process_loader,
+        clock: Callable[[], float] = time.monotonic,
+        budget: Budget | None = None,
+    ) -> None:
+        self._loader = loader
+        self._clock = clock
+        self._budget = budget or Budget()
+        self._crashes = CrashHistory(clock)
+        self.restarts: dict[str, int] = {}
+        self.on_load: Callable[[str, float], None] = lambda _name, _seconds: None
+        self._entries: dict[str, _Entry] = {}
+        self._names: dict[str, str] = {}
+        self._resident: dict[str, _Resident] = {}
+        self._retired: list[_Resident] = []  # engines of removed or changed entries, unloaded once idle
+        self._loading: dict[str, asyncio.Task[_Resident | None]] = {}
+        self._reserved: dict[str, int] = {}  # bytes of loads in progress, by model
+        self._closed = False
+        self._room = asyncio.Condition()
+        self._set_specs(specs)
+
+    # -- names ---------------------------------------------------------------------------------------------
+    def resolve(self, name: str) -> ModelSpec:
+        """The spec for a model name or alias; unknown names are a 404, never another model."""
+        try:
+            return self._entries[self._names[name]].spec
+        except KeyError:
+            raise ModelNotFoundError(name) from None
+
+    def specs(self) -> list[ModelSpec]:
+        return [entry.spec for entry in self._entries.values()]
+
+    def loaded(self) -> dict[str, Engine]:
+        return {name: resident.engine for name, resident in self._resident.items()}
+
+    def available(self, spec: ModelSpec) -> bool:
+        """Whether the model's file is on this machine (only Hugging Face sources can be missing by design)."""
+        if not isinstance(spec.source, HubSource):
+            return True
+        try:
+            spec.model_path()
+        except NotPulledError:
+            return False
+        return True
+
+    def reload(self, specs: Iterable[ModelSpec]) -> None:
+        """New entries appear at once; removed or changed ones stop resolving and their engines unload when idle."""
+        specs = list(specs)
+        new = {spec.name: spec for spec in specs}
+        for name, resident in list(self._resident.items()):
+            if new.get(name) != resident.spec:
+                self._retired.append(self._resident.pop(name))
+        self._set_specs(specs)
+        logger.info("models file reloaded: %d model(s)", len(specs))
+
+    def _set_specs(self, specs: Iterable[ModelSpec]) -> None:
+        entries: dict[str, _Entry] = {}
+        names: dict[str, str] = {}
+        for spec in specs:
+            old = self._entries.get(spec.name)
+            entries[spec.name] = old if old is not None and old.spec == spec else _Entry(spec)
+            for name in (spec.name, *spec.aliases):
+                names[name] = spec.name
+        self._entries, self._names = entries, names
+
+    # -- use -----------------------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def use(self, name: str) -> AsyncIterator[Engine]:
+        """The model's engine, held busy (not evictable) until the block ends. Streams the engine admits in the
+        block keep it busy on their own until they finish."""
+        resident = await self._acquire(name)
+        try:
+            yield resident.engine
+        finally:
+            resident.leases -= 1
+            resident.last_used = self._clock()
+            async with self._room:
+                self._room.notify_all()
+
+    async def engine(self, name: str) -> Engine:
+        """Load the model if needed (for preload and readiness); the caller does not hold it."""
+        async with self.use(name) as engine:
+            return engine
+
+    async def _acquire(self, name: str) -> _Resident:
+        while True:
+            spec = self.resolve(name)
+            resident = self._live(spec.name)
+            if resident is None:
+                task = self._loading.get(spec.name)
+                if task is None:
+                    task = asyncio.create_task(self._owned_load(spec), name=f"load-{spec.name}")
+                    task.add_done_callback(_retrieve)
+                    self._loading[spec.name] = task
+                # A request that goes away stops waiting; the load goes on and registers its engine.
+                await asyncio.shield(task)
+                # Loaded for an entry a reload changed, or evicted before this request woke up: look again.
+                resident = self._live(spec.name)
+            if resident is not None:
+                resident.leases += 1
+                resident.last_used = self._clock()
+                return resident
+
+    async def _owned_load(self, spec: ModelSpec) -> _Resident | None:
+        try:
+            return await self._load(spec)
+        finally:
+            self._loading.pop(spec.name, None)
+            self._reserved.pop(spec.name, None)
+
+    def _live(self, name: str) -> _Resident | None:
+        resident = self._resident.get(name)
+        if resident is not None and not resident.engine.alive:
+            self._resident.pop(name)
+            self._retired.append(resident)
+            self._crashes.record(name)
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            return None
+        return resident
+
+    async def _load(self, spec: ModelSpec) -> _Resident | None:
+        if not self.available(spec):
+            raise ModelNotPulledError(spec.name)
+        self._crashes.check(spec.name)
+        size = await asyncio.to_thread(footprint, spec)  # may convert a safetensors model first
+        await self._make_room(spec.name, size)
+        self._reserved[spec.name] = size  # counted by other loads' _make_room until it is resident
+        started = time.monotonic()
+        try:
+            # The loader gets the spec with its file resolved (converted, if it must be): engines only open paths.
+            engine = await asyncio.to_thread(load_with_errors_named, lambda s: self._loader(sources.resolved(s)), spec)
+        except ModelUnavailableError:
+            self._crashes.record(spec.name)  # a file that fails or kills its loader must not be retried in a loop
+            raise
+        self.on_load(spec.name, time.monotonic() - started)
+        resident = _Resident(spec, engine, size, self._clock())
+        entry = self._entries.get(spec.name)
+        if self._closed or entry is None or entry.spec != spec:
+            why = "closed" if self._closed else "reload changed or removed its entry"
+            logger.info("model %s loaded after the registry %s: closing it", spec.name, why)
+            await self._unload(resident)
+            if self._closed:
+                raise ShuttingDownError()
+            return None
+        self._resident[spec.name] = resident
+        return resident
+
+    # -- memory --------------------------------------------------------------------------------------------
+    async def _make_room(self, name: str, size: int) -> None:
+        """Evict least recently used idle models until `size` more bytes and one more model fit; wait a bounded
+        time for busy models to finish, then give up with a 503."""
+        self._budget.check_fits_alone(name, size)
+        deadline = self._clock() + self._budget.wait_s
+        while True:
+            await self._unload_retired()
+            residents = list(self._resident.values())
+            # Retired engines still serving and loads in progress take memory too, and cannot be evicted.
+            others = [r.size for r in self._retired if r.engine.alive] + list(self._reserved.values())
+            loaded_sizes = [r.size for r in residents] + others
+            if self._budget.fits(size, loaded_sizes):
+                return
+            idle = sorted((r for r in residents if not r.busy()), key=lambda r: r.last_used)
+            if idle:
+                victim = idle[0]
+                logger.info("unloading %s (least recently used) to make room for %s", victim.spec.name, name)
+                self._resident.pop(victim.spec.name)
+                await self._unload(victim)
+                continue
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise ModelUnavailableError(
+                    f"The model `{name}` cannot be loaded now: the loaded models are all busy and it does not fit "
+                    f"beside them ({self._budget.describe(loaded_sizes, size)}). Retry shortly.",
+                    retry_after=5,
+                )
+            async with self._room:
+                with contextlib.suppress(TimeoutError):
+                    # Woken when a request ends; streams end inside the engine, so look again every second too.
+                    await asyncio.wait_for(self._room.wait(), min(remaining, SWEEP_INTERVAL_S))
+
+    async def sweep(self) -> None:
+        """Unload models idle for longer than their keep_alive, and retired engines once idle."""
+        now = self._clock()
+        await self._unload_retired()
+        for name, resident in list(self._resident.items()):
+            measured = resident_size(resident.engine)
+            if measured is not None:
+                resident.size = max(resident.size, measured)
+            if resident.busy():
+                resident.last_used = now  # a stream ended inside the engine: idle time counts from now
+                continue
+            keep_alive = resident.spec.keep_alive
+            if keep_alive is not None and now - resident.last_used >= keep_alive:
+                idle = now - resident.last_used
+                logger.info("unloading %s: idle for %.0f s (keep_alive %s s)", name, idle, keep_alive)
+                self._resident.pop(name)
+                await self._unload(resident)
+
+    async def run_sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                await self.sweep()
+            except Exception:  # the sweeper must survive anything one engine does
+                logger.exception("model sweeper failed")
+
+    async def _unload_retired(self) -> None:
+        for resident in [r for r in self._retired if not r.busy()]:
+            self._retired.remove(resident)
+            await self._unload(resident)
+
+    async def _unload(self, resident: _Resident) -> None:
+        await asyncio.to_thread(resident.engine.close)
+        logger.info("model %s unloaded", resident.spec.name)
+        async with self._room:
+            self._room.notify_all()
+
+    async def close(self) -> None:
+        """Close every engine, and those of loads in progress once they finish (waited for a bounded time)."""
+        self._closed = True
+        if self._loading:
+            await asyncio.wait(list(self._loading.values()), timeout=CLOSE_LOAD_WAIT_S)
+        residents = list(self._resident.values()) + self._retired
+        self._resident, self._retired = {}, []
+        for resident in residents:
+            await asyncio.to_thread(resident.engine.close)
+
+
+def _retrieve(task: asyncio.Task[_Resident | None]) -> None:
+    """A load whose requests all went away: its failure was logged where it happened; nobody is left to raise to."""
+    if not task.cancelled():
+        task.exception()

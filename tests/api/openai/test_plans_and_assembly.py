@@ -1,0 +1,116 @@
+"""The OpenAI adapter without HTTP: requests to plans, reply events to chunks and completions."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.api.openai.assembly import ChatStreamState, ResponseMeta, chat_completion
+from server.api.openai.plans import chat_plan, completion_plan
+from server.api.openai.schemas import ChatCompletionRequest, CompletionRequest
+from server.errors import InvalidRequestError, UnsupportedParameterError
+from server.generation.reply import ChoiceEnd, FinishedChoice, TextPiece, ToolCall, ToolCalls
+
+CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def chat(**fields) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "Hi"}], **fields}
+    )
+
+
+def test_a_chat_request_maps_every_field_onto_the_plan():
+    body = chat(
+        messages=[
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        ],
+        tools=[TOOL],
+        tool_choice={"type": "function", "function": {"name": "f"}},
+        parallel_tool_calls=False,
+        max_completion_tokens=9,
+        stop="END",
+        n=2,
+        logprobs=True,
+        top_logprobs=3,
+        logit_bias={"7": -5},
+        seed=1,
+        response_format={"type": "json_object"},
+    )
+    plan = chat_plan(body)
+    assert [t.role for t in plan.turns] == ["system", "user", "assistant", "tool"]
+    assert plan.turns[1].content == "ab"
+    assert plan.turns[2].tool_calls[0].arguments == '{"a": 1}' and plan.turns[3].tool_call_id == "c1"
+    assert plan.tools.choice == "f" and plan.tools.parallel is False
+    assert plan.tools.functions[0].where == "tools[0].function.parameters"
+    assert (plan.max_tokens, plan.params.max_tokens, plan.stop, plan.n, plan.logprobs) == (
+        9,
+        "max_completion_tokens",
+        ("END",),
+        2,
+        3,
+    )
+    assert plan.sampling.logit_bias == ((7, -5.0),) and plan.sampling.seed == 1 and plan.json_schema == "{}"
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "param"),
+    [
+        ({"functions": [{"name": "f"}]}, UnsupportedParameterError, "functions"),
+        ({"top_logprobs": 2}, InvalidRequestError, "top_logprobs"),
+        ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, UnsupportedParameterError, "tools[0].type"),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+            InvalidRequestError,
+            "tool_choice.function.name",
+        ),
+    ],
+)
+def test_what_a_chat_request_cannot_have_is_refused_by_name(fields, error, param):
+    with pytest.raises(error) as caught:
+        chat_plan(chat(**fields))
+    assert caught.value.param == param
+
+
+def test_legacy_completion_refusals_and_mapping():
+    plan = completion_plan(CompletionRequest.model_validate({"model": "m", "prompt": "Once", "logprobs": 2}))
+    assert (plan.prompt, plan.turns, plan.max_tokens, plan.logprobs, plan.params.prompt) == (
+        "Once",
+        (),
+        16,
+        2,
+        "prompt",
+    )
+    for field, value in (("echo", True), ("best_of", 3), ("suffix", "x")):
+        with pytest.raises(UnsupportedParameterError):
+            completion_plan(CompletionRequest.model_validate({"model": "m", "prompt": "x", field: value}))
+
+
+def test_chat_chunks_from_reply_events():
+    state = ChatStreamState(ResponseMeta("m", 5, "chatcmpl"), include_usage=True, n=1)
+    chunks = [
+        chunk
+        for event in (TextPiece(0, "Hel"), TextPiece(0, "lo"), ChoiceEnd(0, "stop", 2))
+        for chunk in state.push(event)
+    ]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 7
+
+
+def test_tool_calls_become_one_delta_and_a_message_without_content():
+    call = ToolCall("call_1", "f", '{"a": 1}')
+    state = ChatStreamState(ResponseMeta("m", 5, "chatcmpl"), include_usage=False)
+    chunks = [c for e in (ToolCalls(0, (call,)), ChoiceEnd(0, "tool_calls", 3)) for c in state.push(e)]
+    assert chunks[1].choices[0].delta.tool_calls[0]["function"] == {"name": "f", "arguments": '{"a": 1}'}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    done = chat_completion(
+        ResponseMeta("m", 5, "chatcmpl"), [FinishedChoice("", (call,), ChoiceEnd(0, "tool_calls", 3), ())], False
+    )
+    message = done.choices[0].message
+    assert message.content is None and message.tool_calls[0].id == "call_1"
+    assert done.choices[0].finish_reason == "tool_calls" and done.usage.completion_tokens == 3
