@@ -76,6 +76,13 @@ class Settings(BaseModel):
     stream_send_timeout_s: float = Field(
         default=30.0, gt=0, description="How long one send of a stream may wait for a client that stopped reading."
     )
+    socket_send_buffer_bytes: int = Field(
+        default=256 * 1024,
+        ge=4096,
+        le=64 * 1024 * 1024,
+        description="The kernel's send buffer of each connection (SO_SNDBUF): how much output a client that stopped "
+        "reading can absorb before the send timeout applies. Linux doubles it; autotuning (up to 4 MiB) is off.",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from server.config import ConfigError, HubSource, Settings, load_models_file
 from server.http.access_guard import is_loopback_name
 
 logger = logging.getLogger("server")
+STARTUP_FAILURE = 3  # uvicorn's exit code when it cannot start
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -148,6 +150,29 @@ class _DrainingServer(uvicorn.Server):
         self._app = app
         self._loop: asyncio.AbstractEventLoop | None = None
         self._notice_scheduled = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if sockets is not None:
+            await super().startup(sockets=sockets)
+            return
+        listener = self._listener()
+        await super().startup(sockets=[listener])
+        self._log_started_message([listener])  # uvicorn logs this itself only for sockets it binds
+
+    def _listener(self) -> socket.socket:
+        """The listening socket, bound as uvicorn binds it, with a fixed send buffer that its connections inherit:
+        a small one (not autotuning up to 4 MiB) makes a client that stops reading block its stream's sends, and
+        meet the send timeout, early."""
+        host, port = self.config.host, self.config.port
+        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._app.state.settings.socket_send_buffer_bytes)
+        try:
+            listener.bind((host, port))
+        except OSError as exc:
+            logger.error("cannot listen on %s:%d: %s", host, port, exc)
+            sys.exit(STARTUP_FAILURE)
+        return listener
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

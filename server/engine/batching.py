@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 import llama_cpp
 
+from server.engine.admission import Admission
 from server.engine.base import EngineCounters, GenerationDelta, GenerationRequest, TokenLogprob
+from server.engine.delta_stream import DeltaStream
 from server.engine.grammar import ConstrainedSampler
 from server.engine.native import NativeModel, make_sampler
 from server.engine.prefix import SlotView, place, should_wait
@@ -27,8 +29,9 @@ from server.errors import InternalError, OverloadedError
 logger = logging.getLogger(__name__)
 
 
-class _Job:
-    """One request's side of the scheduler: an async iterator of deltas; closing it cancels the request."""
+class _Job(DeltaStream):
+    """One request's side of the scheduler: its deltas, pushed from the scheduler thread; closing it cancels the
+    request (the scheduler drops it at its next step)."""
 
     def __init__(
         self,
@@ -37,13 +40,12 @@ class _Job:
         wake: threading.Condition,
         grammar: llama_cpp.llama_sampler_p | None = None,
     ):
+        super().__init__(asyncio.Queue())
         self.request = request
         self.grammar = grammar  # owned by the job until a sequence takes it
         self.cancelled = False
         self._loop = loop
-        self._queue: asyncio.Queue[GenerationDelta | BaseException] = asyncio.Queue()
         self._wake = wake
-        self._done = False
 
     def emit(self, item: GenerationDelta | BaseException) -> None:
         try:
@@ -51,27 +53,8 @@ class _Job:
         except RuntimeError:  # the event loop is gone: nobody is listening any more
             self.cancelled = True
 
-    def __aiter__(self) -> _Job:
-        return self
-
-    async def __anext__(self) -> GenerationDelta:
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            item = await self._queue.get()
-        except BaseException:
-            await self.aclose()
-            raise
-        if isinstance(item, BaseException):
-            self._done = True
-            raise item
-        if item.finish_reason is not None:
-            self._done = True
-        return item
-
-    async def aclose(self) -> None:
-        if not self._done:
-            self._done = True
+    def _release(self, *, cancel: bool) -> None:
+        if cancel:
             self.cancelled = True
             with self._wake:
                 self._wake.notify()
@@ -131,9 +114,11 @@ class BatchScheduler:
         job = _Job(request, asyncio.get_running_loop(), self._wake, grammar)
         with self._wake:
             running = sum(slot.job is not None for slot in self._slots)
-            if running + len(self._waiting) >= len(self._slots) + self._max_queue:
+            try:
+                Admission(len(self._slots), self._max_queue).check(running + len(self._waiting))
+            except OverloadedError:
                 _discard(job)
-                raise OverloadedError("The model is overloaded; retry shortly.", retry_after=1)
+                raise
             self._waiting.append(job)
             self.counters.queue_depth = len(self._waiting)
             self._wake.notify()

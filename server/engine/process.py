@@ -20,12 +20,14 @@ from queue import SimpleQueue
 from typing import Any
 
 from server.config import ModelSpec
+from server.engine.admission import Admission
 from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
 from server.engine.delta_buffer import MAX_BUFFERED_DELTAS, DeltaBuffer
+from server.engine.delta_stream import DeltaStream
 from server.engine.liveness import Watchdog, WorkerDeadlines
 from server.engine.spawn import start_worker
 from server.engine.worker import WireError
-from server.errors import APIError, ModelCrashedError, ModelUnavailableError, OverloadedError
+from server.errors import APIError, ModelCrashedError, ModelUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +125,7 @@ class ProcessEngine:
         # Admission is decided here, before any byte is streamed: `parallel` running plus `max_queue` waiting.
         if not self._alive:
             raise self._failure()
-        if self._admitted >= self._spec.parallel + self._spec.max_queue:
-            raise OverloadedError("The model is overloaded; retry shortly.", retry_after=1)
+        Admission.of(self._spec).check(self._admitted)
         self._admitted += 1
         return _RemoteStream(self, request)
 
@@ -281,66 +282,40 @@ class ProcessEngine:
                 self._send(("cancel", request_id))
 
 
-class _RemoteStream:
+class _RemoteStream(DeltaStream):
     """Deltas of one request. It is sent to the worker on first use, so a stream that is dropped unstarted (the
     client left before the response began) costs nothing; closing it early cancels the request in the worker."""
 
     buffer_limit = MAX_BUFFERED_DELTAS
 
     def __init__(self, engine: ProcessEngine, request: GenerationRequest) -> None:
-        self._engine = engine
-        self._request = request
-        self._id: int | None = None
         # A weak reference: a stream dropped unstarted must be collectable at once (its __del__ gives back its
         # admission), not held in a cycle until the garbage collector runs.
         fell_behind = weakref.WeakMethod(self._fell_behind)
-        self._queue = DeltaBuffer(lambda: (method := fell_behind()) and method(), self.buffer_limit)
-        self._done = False  # its admission is given back
-        self._ended = False  # nothing more will be read from it
+        super().__init__(DeltaBuffer(lambda: (method := fell_behind()) and method(), self.buffer_limit))
+        self._engine = engine
+        self._request = request
+        self._id: int | None = None
 
-    def __aiter__(self) -> _RemoteStream:
-        return self
-
-    async def __anext__(self) -> GenerationDelta:
-        if self._ended:
-            raise StopAsyncIteration
+    def _begin(self) -> None:
         if self._id is None:
             try:
                 self._id = self._engine.submit(self._request, self._queue)
             except APIError:
-                self._done = self._ended = True  # submit gave the admission back
+                self._ended = self._released = True  # submit gave the admission back
                 raise
-        try:
-            item = await self._queue.get()
-        except BaseException:
-            await self.aclose()
-            raise
-        if isinstance(item, BaseException):
-            self._ended = True
-            self._finish(cancel=False)
-            raise item
-        if item.finish_reason is not None:
-            self._ended = True
-            self._finish(cancel=False)
-        return item
 
-    async def aclose(self) -> None:
-        self._ended = True
-        self._finish(cancel=True)
+    def _release(self, *, cancel: bool) -> None:
+        self._engine.release(self._id, cancel=cancel)
 
     def _fell_behind(self) -> None:
         """The consumer is `buffer_limit` deltas behind (a client not reading): free the model now, not when (if
         ever) the consumer reads on; it will read the SlowClientError left in the buffer."""
         logger.warning("a stream fell %d deltas behind its client: request cancelled", self.buffer_limit)
         with contextlib.suppress(APIError):  # the worker is gone: nothing left to cancel
-            self._finish(cancel=True)
-
-    def _finish(self, *, cancel: bool) -> None:
-        if not self._done:
-            self._done = True
-            self._engine.release(self._id, cancel=cancel)
+            self._give_back(cancel=True)
 
     def __del__(self) -> None:
-        if not self._done and self._id is None:  # dropped unstarted: only its admission is given back
-            self._done = True
+        if not self._released and self._id is None:  # dropped unstarted: only its admission is given back
+            self._released = True
             self._engine.release(None, cancel=False)

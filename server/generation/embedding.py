@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from server.config import ModelSpec
 from server.engine import Engine, EngineInfo
-from server.errors import ContextLengthExceededError, InvalidRequestError, OverloadedError, RequestTimeoutError
+from server.engine.admission import Admission
+from server.errors import ContextLengthExceededError, InvalidRequestError, RequestTimeoutError
 from server.generation.limits import RequestLimits
 from server.metrics import RequestRecord
 from server.models.registry import ModelRegistry
@@ -122,8 +123,7 @@ class EmbeddingAdmission:
     @contextlib.contextmanager
     def admit(self, spec: ModelSpec) -> Iterator[None]:
         running = self._running.get(spec.name, 0)
-        if running >= spec.parallel + spec.max_queue:
-            raise OverloadedError("The model is overloaded; retry shortly.", retry_after=1)
+        Admission.of(spec).check(running)  # the same rule as generation requests
         self._running[spec.name] = running + 1
         try:
             yield

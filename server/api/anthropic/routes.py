@@ -8,11 +8,10 @@ first byte as a JSON error with its status, after it as an `error` event. The pi
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
@@ -26,12 +25,10 @@ from server.api.anthropic.errors import error_body
 from server.api.anthropic.schemas import CountTokensRequest, MessagesRequest, TokenCount
 from server.errors import InternalError, from_exception, from_validation_errors
 from server.generation.reply import ReplyEvent, finished
+from server.http.disconnect import ClientLeft, unless_disconnected
 from server.http.sse import EventStreamResponse, until_shutdown
 
 logger = logging.getLogger(__name__)
-
-# nginx's code for "client closed the request"; nobody receives it, but the access log tells what happened.
-CLIENT_CLOSED_REQUEST = 499
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
@@ -118,24 +115,11 @@ def _error_response(exc: Exception, request_id: str | None) -> JSONResponse:
     return JSONResponse(error_body(error, request_id), status_code=error.status_code, headers=error.headers())
 
 
-async def _until_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 async def _unless_disconnected(request: Request, work: Awaitable[Response], request_id: str | None) -> Response:
     """Run a whole (not streamed) answer, cancelling it, and with it the generation, if the client goes away."""
-    task: asyncio.Future[Any] = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_until_disconnect(request))
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        logger.info("client disconnected; request cancelled")
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    try:
-        return task.result()
+        return await unless_disconnected(request, work)
+    except ClientLeft as left:
+        return left.response()
     except Exception as exc:
         return _error_response(exc, request_id)

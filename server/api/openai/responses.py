@@ -7,6 +7,7 @@ becomes the documented event sequence. Responses are not stored: `previous_respo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,9 +25,20 @@ from server.api.openai.responses_request import (
     ResponsesRequest,
     TextFormatJSONSchema,
 )
-from server.api.openai.schemas import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from server.api.openai.schemas import ChatCompletionRequest
 from server.errors import InvalidRequestError, UnsupportedParameterError, from_validation_errors
 from server.generation import tools
+from server.generation.pipeline import Generation
+from server.generation.plan import GenerationPlan, ParamNames
+from server.generation.reply import ChoiceEnd, FinishedChoice, ToolCall, ToolCalls
+
+
+def to_plan(body: ResponsesRequest) -> GenerationPlan:
+    """The request as a generation plan (through its chat-completions equivalent), whose refusals name the
+    Responses request's own fields."""
+    plan = chat_plan(to_chat(body))
+    names = ParamNames(prompt="input", max_tokens="max_output_tokens", output_schema="text.format")
+    return dataclasses.replace(plan, params=names)
 
 
 def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
@@ -167,88 +179,71 @@ def _envelope(response_id: str, body: ResponsesRequest, status: str, output: lis
 
 
 def _message(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+    content = [_text_part(text)]
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
 
 
-def _function_call(call: dict[str, Any]) -> dict[str, Any]:
+def _function_call(call: ToolCall) -> dict[str, Any]:
     return {
         "type": "function_call",
         "id": f"fc_{uuid.uuid4().hex[:24]}",
-        "call_id": call["id"],
-        "name": call["function"]["name"],
-        "arguments": call["function"]["arguments"],
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments,
         "status": "completed",
     }
 
 
-def from_chat(body: ResponsesRequest, completion: ChatCompletion) -> dict[str, Any]:
-    choice = completion.choices[0]
-    if choice.message.tool_calls:
-        output = [_function_call(call.model_dump()) for call in choice.message.tool_calls]
+def from_finished(body: ResponsesRequest, choice: FinishedChoice, prompt_tokens: int) -> dict[str, Any]:
+    """The Response object of a whole (not streamed) reply."""
+    if choice.calls:
+        output = [_function_call(call) for call in choice.calls]
     else:
-        output = [_message(f"msg_{uuid.uuid4().hex[:24]}", choice.message.content or "")]
-    incomplete = choice.finish_reason == "length"
-    usage = completion.usage
+        output = [_message(f"msg_{uuid.uuid4().hex[:24]}", choice.text)]
+    incomplete = choice.end.reason == "length"
     return _envelope(
         f"resp_{uuid.uuid4().hex}",
         body,
         "incomplete" if incomplete else "completed",
         output,
         incomplete_details={"reason": "max_output_tokens"} if incomplete else None,
-        usage=_usage(usage.prompt_tokens, usage.completion_tokens),
+        usage=_usage(prompt_tokens, choice.end.completion_tokens),
     )
 
 
-async def events(body: ResponsesRequest, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[dict[str, Any]]:
-    """The documented streaming event sequence, from chat chunks (include_usage must be on). The SSE encoder
-    numbers them (`sequence_number`)."""
-    # aclosing both: a client that leaves closes the chat chunks, and with them the engine stream, at once.
-    async with contextlib.aclosing(chunks), contextlib.aclosing(_events(body, chunks)) as events:  # type: ignore[type-var]
+async def events(body: ResponsesRequest, generation: Generation) -> AsyncIterator[dict[str, Any]]:
+    """The documented streaming event sequence, from the generation's reply events (one choice). The SSE encoder
+    numbers them (`sequence_number`); closing this closes the generation."""
+    async with contextlib.aclosing(generation.events), contextlib.aclosing(_events(body, generation)) as events:  # type: ignore[type-var]
         async for event in events:
             yield event
 
 
-async def _events(body: ResponsesRequest, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[dict[str, Any]]:
+async def _events(body: ResponsesRequest, generation: Generation) -> AsyncIterator[dict[str, Any]]:
     response_id, item_id = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex[:24]}"
     yield {"type": "response.created", "response": _envelope(response_id, body, "in_progress", [])}
     yield {"type": "response.in_progress", "response": _envelope(response_id, body, "in_progress", [])}
-    text, calls, usage, finish = "", {}, None, None
+    text, calls, end = "", (), None
     opened = False
-    async for chunk in chunks:
-        if chunk.usage is not None:
-            usage = chunk.usage
-        for choice in chunk.choices:
-            finish = choice.finish_reason or finish
-            for call in choice.delta.tool_calls or ():
-                calls.setdefault(call["index"], call)
-            if choice.delta.content:
-                if not opened:
-                    opened = True
-                    yield _item_added(item_id)
-                    yield {
-                        **_part(item_id),
-                        "type": "response.content_part.added",
-                        "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
-                    }
-                text += choice.delta.content
-                yield {
-                    **_part(item_id),
-                    "type": "response.output_text.delta",
-                    "delta": choice.delta.content,
-                    "logprobs": [],
-                }
+    async for event in generation.events:
+        if isinstance(event, ToolCalls):
+            calls = event.calls
+        elif isinstance(event, ChoiceEnd):
+            end = event
+        else:
+            if not opened:
+                opened = True
+                yield _item_added(item_id)
+                yield {**_part(item_id), "type": "response.content_part.added", "part": _text_part("")}
+            text += event.text
+            yield {**_part(item_id), "type": "response.output_text.delta", "delta": event.text, "logprobs": []}
     output: list[Any] = []
     if opened:
         yield {**_part(item_id), "type": "response.output_text.done", "text": text, "logprobs": []}
-        yield {
-            **_part(item_id),
-            "type": "response.content_part.done",
-            "part": {"type": "output_text", "text": text, "annotations": [], "logprobs": []},
-        }
+        yield {**_part(item_id), "type": "response.content_part.done", "part": _text_part(text)}
         output.append(_message(item_id, text))
         yield {"type": "response.output_item.done", "output_index": 0, "item": output[-1]}
-    for call in calls.values():
+    for call in calls:
         item = _function_call(call)
         index = len(output)
         yield {"type": "response.output_item.added", "output_index": index, "item": {**item, "status": "in_progress"}}
@@ -260,16 +255,20 @@ async def _events(body: ResponsesRequest, chunks: AsyncIterator[ChatCompletionCh
         }
         output.append(item)
         yield {"type": "response.output_item.done", "output_index": index, "item": item}
-    incomplete = finish == "length"
+    incomplete = end is not None and end.reason == "length"
     final = _envelope(
         response_id,
         body,
         "incomplete" if incomplete else "completed",
         output,
         incomplete_details={"reason": "max_output_tokens"} if incomplete else None,
-        usage=None if usage is None else _usage(usage.prompt_tokens, usage.completion_tokens),
+        usage=None if end is None else _usage(generation.prompt_tokens, end.completion_tokens),
     )
     yield {"type": "response.incomplete" if incomplete else "response.completed", "response": final}
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
 def _item_added(item_id: str) -> dict[str, Any]:

@@ -3,7 +3,6 @@ or an SSE stream."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -18,15 +17,14 @@ from server.api.openai import responses as responses_api
 from server.api.openai.embeddings import EmbeddingRequest, embedding_list, embedding_plan
 from server.api.openai.models import model_card, model_list
 from server.api.openai.responses import ResponsesRequest
-from server.api.openai.schemas import ChatCompletionRequest, CompletionRequest, StreamOptions
+from server.api.openai.schemas import ChatCompletionRequest, CompletionRequest
+from server.generation.reply import finished
 from server.http import sse
 from server.http.deps import EmbedderDep, PipelineDep, RecordDep, json_body, request_body_doc, require_api_key
+from server.http.disconnect import ClientLeft, unless_disconnected
 from server.metrics import RequestRecord
 
 logger = logging.getLogger(__name__)
-
-# nginx's code for "client closed the request"; nobody receives it, but the access log tells what happened.
-CLIENT_CLOSED_REQUEST = 499
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
@@ -48,26 +46,14 @@ def _events(
     )
 
 
-async def _until_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 async def _unless_disconnected(
     request: Request, work: Awaitable[Any], render: Callable[[Any], Response] = lambda obj: _json(obj)
 ) -> Response:
     """Run a non-streaming request, cancelling it (and freeing its sequence) if the client goes away."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_until_disconnect(request))
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        logger.info("client disconnected; request cancelled")
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    return render(task.result())
+        return render(await unless_disconnected(request, work))
+    except ClientLeft as left:
+        return left.response()
 
 
 ChatBody = Annotated[ChatCompletionRequest, Depends(json_body(ChatCompletionRequest))]
@@ -102,14 +88,15 @@ async def completions(request: Request, body: CompletionBody, pipeline: Pipeline
 
 @v1.post("/responses", response_model=None, openapi_extra=request_body_doc(ResponsesRequest))
 async def create_response(request: Request, body: ResponsesBody, pipeline: PipelineDep, record: RecordDep) -> Response:
-    chat = responses_api.to_chat(body)
+    plan = responses_api.to_plan(body)
     if body.stream:
-        chat = chat.model_copy(update={"stream": True, "stream_options": StreamOptions(include_usage=True)})
-        events = responses_api.events(body, await endpoints.chat_stream(pipeline, chat, record))
+        events = responses_api.events(body, await pipeline.start(plan, record))
         return _events(request, record, sse.encode_events, events)
 
     async def respond() -> dict:
-        return responses_api.from_chat(body, await endpoints.chat(pipeline, chat, record))
+        generation = await pipeline.start(plan, record)
+        (choice,) = await finished(generation.events, generation.choices)
+        return responses_api.from_finished(body, choice, generation.prompt_tokens)
 
     return await _unless_disconnected(request, respond(), JSONResponse)
 
