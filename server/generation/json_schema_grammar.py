@@ -11,45 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from server.errors import InvalidRequestError
 from server.generation.grammar_rules import FORMAT_RULES, PRIMITIVE_RULES, gbnf_literal, repeat
 from server.generation.regex_grammar import PatternError, pattern_rule
+from server.generation.schema_keywords import ANNOTATIONS, BOUNDS, KEYWORDS, TYPES, SchemaBounds, implied_type
+
 
 # Keywords that only describe: accepted and ignored.
-ANNOTATIONS = frozenset(
-    "description title default examples $schema $id $comment deprecated readOnly writeOnly strict".split()  # noqa: SIM905
-)
-KEYWORDS = ANNOTATIONS | frozenset(
-    "type properties required additionalProperties items prefixItems minItems maxItems enum const anyOf oneOf "  # noqa: SIM905
-    "$ref $defs definitions minLength maxLength format pattern".split()
-)
-TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
-
-
-@dataclass(frozen=True)
-class SchemaBounds:
-    """What one output schema may ask for. Each bound keeps the grammar's size, and the time llama.cpp takes to
-    build and run it, proportional to something small."""
-
-    max_schema_bytes: int = 64 * 1024  # the schema as JSON text
-    max_nodes: int = 2_000  # subschemas, counted everywhere
-    max_depth: int = 32  # subschemas nested in each other
-    max_properties: int = 256  # per object
-    max_branches: int = 128  # anyOf/oneOf alternatives, enum values, prefixItems
-    max_width: int = 128  # ways a value can begin (alternatives, enum values, optional properties in a row)
-    max_nested_width: int = 1024  # the same, multiplied through alternatives nested in alternatives
-    max_length: int = 10_000  # minLength / maxLength of a string
-    max_items: int = 1_000  # minItems / maxItems of an array
-    max_pattern_chars: int = 1_000
-    max_pattern_repeat: int = 1_000  # {m,n} in a pattern
-
-
-BOUNDS = SchemaBounds()
-
-
 def schema_grammar(schema: Any, path: str, bounds: SchemaBounds = BOUNDS) -> str:
     """The GBNF (root rule `root`) of JSON that validates against `schema`; raises a 400 naming what is refused."""
     if len(json.dumps(schema)) > bounds.max_schema_bytes:
@@ -162,7 +132,7 @@ class _Converter:
         if kind is not None and (not isinstance(kind, str) or kind not in TYPES):
             raise _refuse(f"Invalid schema type {kind!r} at '{where}.type'.", f"{where}.type")
         if kind is None:
-            kind = _implied_type(node)
+            kind = implied_type(node)
         return self.primitive("value") if kind is None else self.typed(node, kind, where, hint, depth)
 
     def typed(self, node: dict[str, Any], kind: str, where: str, hint: str, depth: int) -> str:
@@ -366,17 +336,6 @@ class _Converter:
                 "bounds).",
                 where,
             )
-
-
-def _implied_type(node: dict[str, Any]) -> str | None:
-    """The type a schema without `type` implies by its keywords (JSON Schema applies them to that type only)."""
-    if any(k in node for k in ("properties", "additionalProperties", "required")):
-        return "object"
-    if any(k in node for k in ("items", "prefixItems", "minItems", "maxItems")):
-        return "array"
-    if any(k in node for k in ("minLength", "maxLength", "pattern", "format")):
-        return "string"
-    return None
 
 
 def output_grammar(json_schema: str, *, tool_call_blocks: int | None = None, path: str = "response_format") -> str:
