@@ -88,7 +88,8 @@ class GenerationPipeline:
         model's chat template."""
         check_plan(plan, self._limits)
         # Off the event loop: checking every tool's schema is work in proportion to the request.
-        await asyncio.to_thread(tools.plan, plan.tools, plan.params)
+        await asyncio.to_thread(tools.check_schemas, plan.tools, plan.params)
+        tools.plan(plan.tools, plan.params)
         spec = self._registry.resolve(plan.model)
         record.model = spec.name
         check_token_cap(plan.max_tokens, spec.max_tokens_cap, plan.params.max_tokens)
@@ -97,7 +98,7 @@ class GenerationPipeline:
                 raise InvalidRequestError(
                     f"The model `{plan.model}` is an embedding model; use /v1/embeddings.", param="model"
                 )
-            yield engine, await asyncio.to_thread(tools.plan, plan.tools, plan.params, engine.info.tool_dialect)
+            yield engine, tools.plan(plan.tools, plan.params, engine.info.tool_dialect)
 
     async def _tokens(self, engine: Engine, plan: GenerationPlan, tool_plan: tools.ToolPlan | None) -> list[int]:
         if plan.prompt is not None:

@@ -58,14 +58,14 @@ class ToolPlan:
 
 MAX_CALLS = 8  # per reply: a forced call cannot grow without end
 MAX_TOOL_SCHEMA_BYTES = 256 * 1024  # all of a request's parameter schemas together
+EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}  # a function without parameters
 
 
-def plan(request: ToolRequest | None, params: ParamNames, dialect: str | None = None) -> ToolPlan | None:
-    """Check the tools and the choice against each other; None when no tool may be called."""
-    if request is None or not request.functions or request.choice == "none":
-        if request is not None and request.choice not in ("auto", "none"):
-            raise InvalidRequestError(f"'{params.tool_choice}' needs '{params.tools}'.", param=params.tool_choice)
-        return None
+def check_schemas(request: ToolRequest | None, params: ParamNames) -> None:
+    """Refuse parameter schemas past the bounds: work in proportion to the request, so done once, off the event
+    loop (`plan` then trusts them)."""
+    if request is None:
+        return
     total = sum(len(json.dumps(f.parameters)) for f in request.functions if f.parameters)
     if total > MAX_TOOL_SCHEMA_BYTES:
         raise InvalidRequestError(
@@ -73,11 +73,18 @@ def plan(request: ToolRequest | None, params: ParamNames, dialect: str | None = 
             "bytes as JSON).",
             param=params.tools,
         )
-    functions: dict[str, dict[str, Any]] = {}
     for function in request.functions:
-        parameters = function.parameters or {"type": "object", "properties": {}}
-        check_schema(parameters, function.where or params.tools)
-        functions[function.name] = parameters
+        check_schema(function.parameters or EMPTY_PARAMETERS, function.where or params.tools)
+
+
+def plan(request: ToolRequest | None, params: ParamNames, dialect: str | None = None) -> ToolPlan | None:
+    """Check the tools and the choice against each other; None when no tool may be called. The parameter schemas
+    are `check_schemas`'s to check."""
+    if request is None or not request.functions or request.choice == "none":
+        if request is not None and request.choice not in ("auto", "none"):
+            raise InvalidRequestError(f"'{params.tool_choice}' needs '{params.tools}'.", param=params.tool_choice)
+        return None
+    functions = {f.name: f.parameters or EMPTY_PARAMETERS for f in request.functions}
     if request.choice in WHEN:
         allowed, when = list(functions), WHEN[request.choice]
     else:

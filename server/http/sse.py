@@ -11,11 +11,12 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from server.errors import APIError, InternalError, ShuttingDownError, SlowClientError, from_exception
 
@@ -157,16 +158,30 @@ class EventStreamResponse(StreamingResponse):
     """An SSE response whose client must keep reading. A send that waits longer than `send_timeout_s` (the
     client's socket is full: it stopped reading) ends the stream: its body iterator is closed, which cancels the
     generation and frees the model, and `on_client_timeout` is called. The status was sent long ago, so the
-    response just stops; the connection is closed."""
+    response just stops; the connection is closed. `closing`, when given, is closed however the response ends:
+    also when the client left before the body started (an unstarted body runs none of its cleanup)."""
 
     media_type = "text/event-stream"
 
     def __init__(
-        self, body: AsyncIterator[bytes], *, send_timeout_s: float, on_client_timeout: Callable[[], None]
+        self,
+        body: AsyncIterator[bytes],
+        *,
+        send_timeout_s: float,
+        on_client_timeout: Callable[[], None],
+        closing: AsyncIterator[Any] | None = None,
     ) -> None:
         super().__init__(body, headers={"Cache-Control": "no-cache"})
         self._send_timeout_s = send_timeout_s
         self._on_client_timeout = on_client_timeout
+        self._closing = closing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._closing is not None:
+                await self._closing.aclose()  # type: ignore[attr-defined]
 
     async def stream_response(self, send: Send) -> None:
         async def send_in_time(message: Message) -> None:
@@ -182,3 +197,22 @@ class EventStreamResponse(StreamingResponse):
         except _SendTimedOut:
             logger.warning("a streaming client read nothing for %g s: stream ended", self._send_timeout_s)
             self._on_client_timeout()
+
+
+def event_stream(
+    request: Any,
+    record: Any,
+    body: Callable[[ShutdownNotice, Callable[[], None]], AsyncIterator[bytes]],
+    closing: AsyncIterator[Any] | None = None,
+) -> EventStreamResponse:
+    """An SSE response with this server's rules: `body(shutdown_notice, on_slow_client)` makes the bytes (it ends
+    with an error event when the notice is given); a client that stops reading is cut after the send timeout
+    and counted once in the metrics."""
+    state = request.app.state
+    slow_client = partial(state.metrics.observe_client_timeout, record)
+    return EventStreamResponse(
+        body(state.shutdown_notice, slow_client),
+        send_timeout_s=state.settings.stream_send_timeout_s,
+        on_client_timeout=slow_client,
+        closing=closing,
+    )

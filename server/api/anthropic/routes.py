@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import partial
 from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
 
 from server.api.anthropic import sse
 from server.api.anthropic.adapter import to_plan
@@ -24,9 +22,9 @@ from server.api.anthropic.assembly import MessageStream, build_message, new_mess
 from server.api.anthropic.errors import error_body
 from server.api.anthropic.schemas import CountTokensRequest, MessagesRequest, TokenCount
 from server.errors import InternalError, from_exception, from_validation_errors
-from server.generation.reply import ReplyEvent, finished
+from server.generation.reply import finished
 from server.http.disconnect import ClientLeft, unless_disconnected
-from server.http.sse import EventStreamResponse, until_shutdown
+from server.http.sse import ShutdownNotice, event_stream, until_shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +44,14 @@ async def create_message(request: Request) -> Response:
     message_id = new_message_id()
     if body.stream:
         stream = MessageStream(message_id=message_id, model=body.model, input_tokens=generation.prompt_tokens)
-        state = request.app.state
-        replies = until_shutdown(generation.events, state.shutdown_notice)
-        events = sse.message_events(replies, stream)
-        return EventStream(
-            sse.encode(events, record.request_id),
-            generation.events,
-            send_timeout_s=state.settings.stream_send_timeout_s,
-            on_client_timeout=partial(state.metrics.observe_client_timeout, record),
-        )
+
+        def body(shutdown: ShutdownNotice, _on_slow_client: Callable[[], None]) -> AsyncIterator[bytes]:
+            events = sse.message_events(until_shutdown(generation.events, shutdown), stream)
+            return sse.encode(events, record.request_id)
+
+        # Closing the reply events however the response ends cancels the generation, also when the client left
+        # before the first event.
+        return event_stream(request, record, body, closing=generation.events)
 
     async def answer() -> Response:
         (choice,) = await finished(generation.events, 1)
@@ -73,31 +70,6 @@ async def count_tokens(request: Request) -> Response:
     except Exception as exc:
         return _error_response(exc, record.request_id)
     return JSONResponse(TokenCount(input_tokens=tokens).model_dump(mode="json"))
-
-
-class EventStream(EventStreamResponse):
-    """Anthropic's event stream, with the send timeout of every stream here (a client that stops reading is cut
-    and counted). However the response ends, the reply events are closed, which cancels the generation: also
-    when the client leaves before the first event, when Starlette never starts the body."""
-
-    def __init__(
-        self,
-        body: AsyncIterator[bytes],
-        replies: AsyncIterator[ReplyEvent],
-        *,
-        send_timeout_s: float,
-        on_client_timeout: Callable[[], None],
-    ) -> None:
-        super().__init__(body, send_timeout_s=send_timeout_s, on_client_timeout=on_client_timeout)
-        self._replies = replies
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            aclose = getattr(self._replies, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
 
 async def _parsed(request: Request, model: type[BodyT]) -> BodyT:

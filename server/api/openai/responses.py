@@ -27,7 +27,6 @@ from server.api.openai.responses_request import (
 )
 from server.api.openai.schemas import ChatCompletionRequest
 from server.errors import InvalidRequestError, UnsupportedParameterError, from_validation_errors
-from server.generation import tools
 from server.generation.pipeline import Generation
 from server.generation.plan import GenerationPlan, ParamNames
 from server.generation.reply import ChoiceEnd, FinishedChoice, ToolCall, ToolCalls
@@ -36,8 +35,17 @@ from server.generation.reply import ChoiceEnd, FinishedChoice, ToolCall, ToolCal
 def to_plan(body: ResponsesRequest) -> GenerationPlan:
     """The request as a generation plan (through its chat-completions equivalent), whose refusals name the
     Responses request's own fields."""
-    plan = chat_plan(to_chat(body))
+    try:
+        plan = chat_plan(to_chat(body))
+    except InvalidRequestError as exc:  # named as the chat request spells it: renamed as this one does
+        if exc.param is not None:
+            exc.message = exc.message.replace(exc.param, _responses_param(exc.param))
+            exc.param = _responses_param(exc.param)
+        raise
     names = ParamNames(prompt="input", max_tokens="max_output_tokens", output_schema="text.format")
+    if plan.tools is not None:  # the pipeline checks the schemas: at the paths this request has them
+        functions = tuple(dataclasses.replace(f, where=_responses_param(f.where)) for f in plan.tools.functions)
+        plan = dataclasses.replace(plan, tools=dataclasses.replace(plan.tools, functions=functions))
     return dataclasses.replace(plan, params=names)
 
 
@@ -82,14 +90,6 @@ def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
         request = ChatCompletionRequest.model_validate({k: v for k, v in chat.items() if v is not None})
     except ValidationError as exc:  # the bounds are the same on both sides: this is not expected
         raise from_validation_errors(exc.errors()) from None
-    try:  # checked here too, so that a refusal names the parameter as this request spells it
-        plan = chat_plan(request)
-        tools.plan(plan.tools, plan.params)
-    except InvalidRequestError as exc:
-        if exc.param is not None:
-            exc.message = exc.message.replace(exc.param, _responses_param(exc.param))
-            exc.param = _responses_param(exc.param)
-        raise
     return request
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -37,13 +36,7 @@ def _events(
     request: Request, record: RequestRecord, encoder: Callable[..., AsyncIterator[bytes]], source: Any
 ) -> Response:
     """An SSE response: ended with an error event at shutdown, ended and counted if its client stops reading."""
-    state = request.app.state
-    slow_client = partial(state.metrics.observe_client_timeout, record)
-    return sse.EventStreamResponse(
-        encoder(source, state.shutdown_notice, slow_client),
-        send_timeout_s=state.settings.stream_send_timeout_s,
-        on_client_timeout=slow_client,
-    )
+    return sse.event_stream(request, record, lambda notice, slow_client: encoder(source, notice, slow_client))
 
 
 async def _unless_disconnected(

@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from server.api.openai.request_parts import ChatMessage, ChatToolChoice, ChatTools, LogitBias, ResponseFormat
-from server.errors import ErrorBody, ErrorDetail
 
 logger = logging.getLogger(__name__)
 LOGGED_NAMES, LOGGED_NAME_CHARS = 10, 40  # a client can send 100k unknown fields: the log line stays short
@@ -241,7 +240,3 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-# The error body is the one every layer raises (server.errors); it is OpenAI's shape.
-__all__ = ["ErrorBody", "ErrorDetail"]

@@ -15,11 +15,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from server.api.anthropic.routes import EventStream, router
+from server.api.anthropic.routes import router
 from server.config import Settings
 from server.errors import APIError, ModelCrashedError, ModelNotFoundError, OverloadedError
 from server.generation.reply import ChoiceEnd, ReplyEvent, TextPiece, ToolCall, ToolCalls
-from server.http.sse import ShutdownNotice
+from server.http.sse import EventStreamResponse, ShutdownNotice
 from server.metrics import Metrics, RequestRecord
 from tests.contracts.anthropic_contract import assert_error, assert_stream, check_response, parse_sse
 
@@ -296,7 +296,7 @@ def test_event_stream_closes_the_reply_when_the_client_leaves_before_the_first_e
 
     replies = Replies()
     asyncio.run(
-        EventStream(never_ready(), replies, send_timeout_s=30, on_client_timeout=lambda: None)(
+        EventStreamResponse(never_ready(), send_timeout_s=30, on_client_timeout=lambda: None, closing=replies)(
             {"type": "http"}, gone, stuck
         )
     )  # type: ignore[arg-type]
