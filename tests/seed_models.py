@@ -1,6 +1,8 @@
 """Tiny random-weight GGUFs of the seed models' architectures, each with its family's vocabulary specials and
 chat template: Llama 3 (llama, byte-level BPE), Phi-3 (phi3: fused qkv and gate_up), Mixtral (llama with 4
-experts, 2 used), DeepSeek-Coder-V2 (deepseek2: MLA attention, a dense leading block, shared experts)."""
+experts, 2 used), DeepSeek-Coder-V2 (deepseek2: MLA attention, a dense leading block, shared experts), and the
+reasoning models Qwen3 (qwen3: per-head query and key norms) and DeepSeek-R1-Distill-Qwen (qwen2: q, k, v biases),
+whose <think> and </think> are added tokens written out as text."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ DEEPSEEK_BOS = "<｜begin▁of▁sentence｜>"  # noqa: RUF001
 DEEPSEEK_EOS = "<｜end▁of▁sentence｜>"  # noqa: RUF001
 N_EMBD, N_HEAD, N_HEAD_KV, N_FF, N_LAYER, CONTEXT = 64, 4, 2, 128, 2, 1024
 HEAD_DIM = N_EMBD // N_HEAD
+TEMPLATES = Path(__file__).parent / "seed_templates"
 
 LLAMA3_TEMPLATE = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"
@@ -41,6 +44,18 @@ DEEPSEEK_CODER_V2_TEMPLATE = (
 )
 
 
+# Reasoning models' templates, exactly as their GGUFs carry them, are kept beside this file (too wide for Python).
+# Qwen3's, as published with the Qwen3 models (their tokenizer_config.json, which the GGUF conversion copies into
+# `tokenizer.chat_template`; Qwen/Qwen3-1.7B-GGUF, the seed entry `qwen3-1.7b`, ships it), text as vendored by
+# llama.cpp in models/templates/Qwen-Qwen3-0.6B.jinja (one template for every Qwen3 size). The model opens its own
+# <think> block; `enable_thinking` false closes an empty one in the prompt.
+QWEN3_TEMPLATE = (TEMPLATES / "qwen3.jinja").read_text(encoding="utf-8")
+# DeepSeek-R1-Distill-Qwen's, as DeepSeek publishes it (tokenizer_config.json, carried into the GGUFs), text as
+# vendored by llama.cpp (ggml-org/llama.cpp@20bdc4f, models/templates/deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja;
+# the 1.5B's is the same). The generation prompt opens the <think> block; there is no switch to turn thinking off.
+DEEPSEEK_R1_DISTILL_TEMPLATE = (TEMPLATES / "deepseek-r1-distill-qwen.jinja").read_text(encoding="utf-8")
+
+
 @dataclass(frozen=True)
 class Family:
     arch: str
@@ -51,6 +66,7 @@ class Family:
     tokenizer_pre: str
     tensors: Callable[[Callable[..., None], np.random.Generator], None]
     extra_kv: Callable[[gguf.GGUFWriter], None] = lambda writer: None
+    user_defined: tuple[str, ...] = ()  # added tokens that are not control tokens (<think>: its text is output)
 
 
 def _weight(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -146,6 +162,28 @@ def _deepseek2_kv(writer: gguf.GGUFWriter) -> None:
     writer.add_expert_weights_scale(1.0)
 
 
+def _qwen3_tensors(add, rng) -> None:
+    for i in range(N_LAYER):
+        _llama_attention(add, rng, i)
+        add(f"blk.{i}.attn_q_norm.weight", _norm(HEAD_DIM))  # Qwen3 normalises each head's queries and keys
+        add(f"blk.{i}.attn_k_norm.weight", _norm(HEAD_DIM))
+        add(f"blk.{i}.ffn_gate.weight", _weight(rng, N_FF, N_EMBD))
+        add(f"blk.{i}.ffn_up.weight", _weight(rng, N_FF, N_EMBD))
+        add(f"blk.{i}.ffn_down.weight", _weight(rng, N_EMBD, N_FF))
+
+
+def _qwen2_tensors(add, rng) -> None:
+    _llama3_tensors(add, rng)
+    for i in range(N_LAYER):  # Qwen2 (DeepSeek-R1-Distill-Qwen's architecture) has q, k and v biases
+        add(f"blk.{i}.attn_q.bias", np.zeros(N_EMBD, dtype=np.float32))
+        add(f"blk.{i}.attn_k.bias", np.zeros(N_HEAD_KV * HEAD_DIM, dtype=np.float32))
+        add(f"blk.{i}.attn_v.bias", np.zeros(N_HEAD_KV * HEAD_DIM, dtype=np.float32))
+
+
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+THINK_TOKENS = ("<think>", "</think>")  # in Qwen3's and DeepSeek-R1-Distill's vocabularies, as added tokens
+R1_SPECIALS = (DEEPSEEK_BOS, DEEPSEEK_EOS, "<｜User｜>", "<｜Assistant｜>")  # noqa: RUF001
+
 FAMILIES = {
     "llama3": Family(
         "llama",
@@ -186,13 +224,35 @@ FAMILIES = {
         tensors=_deepseek2_tensors,
         extra_kv=_deepseek2_kv,
     ),
+    "qwen3": Family(
+        "qwen3",
+        QWEN_SPECIALS,
+        bos="<|endoftext|>",
+        eos="<|im_end|>",
+        template=QWEN3_TEMPLATE,
+        tokenizer_pre="qwen2",
+        tensors=_qwen3_tensors,
+        user_defined=(*THINK_TOKENS, "<tool_call>", "</tool_call>"),
+    ),
+    "r1distill": Family(
+        "qwen2",
+        R1_SPECIALS,
+        bos=DEEPSEEK_BOS,
+        eos=DEEPSEEK_EOS,
+        template=DEEPSEEK_R1_DISTILL_TEMPLATE,
+        tokenizer_pre="deepseek-r1-qwen",
+        tensors=_qwen2_tensors,
+        user_defined=THINK_TOKENS,
+    ),
 }
 
 
 def write_seed_model(path: Path, family_name: str, seed: int = 0) -> Path:
     family = FAMILIES[family_name]
     rng = np.random.default_rng(seed)
-    tokens, types, merges = bpe_vocab(specials=family.specials)
+    tokens, types, merges = bpe_vocab(specials=family.specials + family.user_defined)
+    for token in family.user_defined:
+        types[tokens.index(token)] = int(gguf.TokenType.USER_DEFINED)
     writer = gguf.GGUFWriter(str(path), family.arch)
     writer.add_name(f"tiny-{family_name}")
     writer.add_context_length(CONTEXT)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length"]
+GRAMMAR_BUILD_BUDGET_S = 10.0
+"""How long llama.cpp may take to build one output grammar before the request is refused (and its text is
+remembered as too complex: server/engine/grammar.py)."""
+GRAMMAR_STEP_LIMIT_S = 0.25
+"""The most CPU time one token's grammar work may take on the scheduler thread (SLM_GRAMMAR_STEP_LIMIT_S)."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,29 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class ReasoningFormat:
+    """How a reasoning model marks its thinking in its output, and how its chat template turns thinking off."""
+
+    start: str = "<think>"
+    end: str = "</think>"
+    budget_tokens: int = 2048
+    """Tokens of thinking after which the end marker is forced, at the default effort."""
+    switch: str | None = None
+    """The chat template's variable that turns thinking on and off (`enable_thinking`); None: it has none."""
+
+
+@dataclass(frozen=True)
+class ThinkingBudget:
+    """A reply's thinking block: its markers, and how many tokens of it may come before the end is forced."""
+
+    start: str
+    end: str
+    tokens: int
+    inside: bool = False
+    """The prompt opened the block: the reply begins inside it (else it may open one as it begins)."""
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt_tokens: Sequence[int]
     max_tokens: int
@@ -33,6 +61,13 @@ class GenerationRequest:
     """None: no log probabilities; n >= 0: each token's, with the n most likely alternatives."""
     grammar: str | None = None
     """A GBNF grammar (root rule `root`) the output must follow; compiled by `compile_grammar` beforehand."""
+    thinking: ThinkingBudget | None = None
+    """A reasoning model's thinking block, and after how many of its tokens its end marker is forced."""
+    shown_tokens: tuple[str, ...] = ()
+    """Control tokens (by their text) the reply's text shows: the markers of the model's tool-call syntax
+    (`[TOOL_CALLS]`, `<|python_tag|>`), which the pipeline reads back. Other control tokens show no text."""
+    grammar_step_limit_s: float = GRAMMAR_STEP_LIMIT_S
+    """A token whose grammar work takes longer than this ends the request with GrammarTooComplexError (400)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +100,11 @@ class EngineInfo:
     embedding_dims: int | None = None
     """Vector size, for embedding models; None for generative ones."""
     tool_dialect: str | None = None
-    """The tool-call syntax the model's own chat template teaches ("hermes": <tool_call> blocks), if one we read."""
+    """The tool-call syntax the model's own chat template teaches (server/engine/tool_syntax.py), if one we read."""
+    reasoning: ReasoningFormat | None = None
+    """How the model thinks before it answers, for a reasoning model (from models.yaml or its chat template)."""
+    reranker: bool = False
+    """A cross-encoder reranker: it scores (query, document) pairs, and serves neither generation nor embeddings."""
 
 
 @dataclass
@@ -109,9 +148,13 @@ class Engine(Protocol):
     async def counters(self) -> EngineCounters: ...
 
     async def render_chat(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_vars: Mapping[str, Any] | None = None,
     ) -> str:
-        """The prompt text for a conversation, by the model's own chat template, ready for the reply."""
+        """The prompt text for a conversation, by the model's own chat template, ready for the reply.
+        `template_vars` are extra variables for the template (a reasoning model's `enable_thinking`)."""
         ...
 
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
@@ -124,14 +167,19 @@ class Engine(Protocol):
         ...
 
     async def tokenize_chat(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_vars: Mapping[str, Any] | None = None,
     ) -> list[int]:
         """The tokens of `render_chat`'s prompt, in which only the template's own markup becomes control tokens:
         message contents are tokenized as plain text."""
         ...
 
     async def compile_grammar(self, grammar: str) -> None:
-        """Build an output grammar ahead of generation (cached by its text); a 400 when llama.cpp refuses it."""
+        """Build an output grammar ahead of generation (cached by its text); a 400 when llama.cpp refuses it, or
+        when its text is known to take longer than GRAMMAR_BUILD_BUDGET_S to build (grammar_too_complex); a 503
+        while another build runs past that budget."""
         ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
@@ -140,6 +188,18 @@ class Engine(Protocol):
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         """Pooled, L2-normalised vectors of token sequences (embedding models; others raise a 400)."""
+        ...
+
+    async def rerank_tokens(self, query: str, documents: Sequence[str], max_tokens: int) -> list[list[int]]:
+        """Each (query, document) pair as the model's input: its `rerank` template where the file has one, else
+        llama.cpp's [BOS] query [EOS] [SEP] document [EOS]; client text never becomes control tokens. A pair
+        longer than the context, or pairs of more than `max_tokens` tokens in all, are a 400, refused before all
+        are built (rerankers; others raise a 400)."""
+        ...
+
+    async def rerank(self, inputs: Sequence[Sequence[int]]) -> list[float]:
+        """The relevance score of each pair's tokens, as llama.cpp's rank pooling computes it (the classification
+        head's first output, unnormalised); rerankers only, others raise a 400."""
         ...
 
     def close(self) -> None: ...

@@ -21,10 +21,12 @@ from server.engine.admission import Admission
 from server.engine.base import EngineCounters, GenerationDelta, GenerationRequest, TokenLogprob
 from server.engine.delta_stream import DeltaStream
 from server.engine.grammar import ConstrainedSampler
+from server.engine.grammar_guard import GrammarStepTooSlow, StepGuard
 from server.engine.native import NativeModel, make_sampler
 from server.engine.prefix import SlotView, place, should_wait
+from server.engine.reasoning import ThinkingLimit
 from server.engine.text import TextAssembler
-from server.errors import InternalError, OverloadedError
+from server.errors import GrammarTooComplexError, InternalError, OverloadedError
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +41,14 @@ class _Job(DeltaStream):
         loop: asyncio.AbstractEventLoop,
         wake: threading.Condition,
         grammar: llama_cpp.llama_sampler_p | None = None,
+        thinking: ThinkingLimit | None = None,
+        shown: frozenset[int] = frozenset(),
     ):
         super().__init__(asyncio.Queue())
         self.request = request
         self.grammar = grammar  # owned by the job until a sequence takes it
+        self.thinking = thinking
+        self.shown = shown  # control tokens whose text the reply shows (a tool-call syntax's markers)
         self.cancelled = False
         self._loop = loop
         self._wake = wake
@@ -68,6 +74,9 @@ class _Slot:
     pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
     sampler: llama_cpp.llama_sampler_p | None = None
     grammar: llama_cpp.llama_sampler_p | None = None
+    guard: StepGuard | None = None  # the grammar's per-token time limit
+    thinking: ThinkingLimit | None = None  # a reasoning model's thinking budget
+    shown: frozenset[int] = frozenset()  # control tokens detokenized as their text
     assembler: TextAssembler | None = None
     generated: int = 0
     next_token: int | None = None  # sampled, not yet evaluated
@@ -108,10 +117,17 @@ class BatchScheduler:
         for job in self._waiting:
             _discard(job)
 
-    def submit(self, request: GenerationRequest, grammar: llama_cpp.llama_sampler_p | None = None) -> _Job:
-        """Queue a request (with its compiled grammar sampler, which the scheduler then owns and frees); raises
-        OverloadedError (429) at once when the wait queue is full."""
-        job = _Job(request, asyncio.get_running_loop(), self._wake, grammar)
+    def submit(
+        self,
+        request: GenerationRequest,
+        grammar: llama_cpp.llama_sampler_p | None = None,
+        *,
+        thinking: ThinkingLimit | None = None,
+        shown: frozenset[int] = frozenset(),
+    ) -> _Job:
+        """Queue a request (with its compiled grammar sampler, which the scheduler then owns and frees, and its
+        thinking budget); raises OverloadedError (429) at once when the wait queue is full."""
+        job = _Job(request, asyncio.get_running_loop(), self._wake, grammar, thinking, shown)
         with self._wake:
             running = sum(slot.job is not None for slot in self._slots)
             try:
@@ -199,6 +215,9 @@ class BatchScheduler:
             slot.job = job
             slot.sampler = sampler
             slot.grammar, job.grammar = job.grammar, None
+            slot.guard = None if slot.grammar is None else StepGuard(job.request.grammar_step_limit_s)
+            slot.thinking = job.thinking
+            slot.shown = job.shown
             slot.assembler = TextAssembler(job.request.stop)
             slot.generated = 0
             slot.logprobs = []
@@ -253,14 +272,24 @@ class BatchScheduler:
 
     def _sample(self, slot: _Slot) -> None:
         assert slot.job is not None and slot.assembler is not None
-        if slot.grammar is None:
-            token = llama_cpp.llama_sampler_sample(slot.sampler, self._native.ctx, slot.batch_index)
-        else:
-            chosen = self._constrained.sample(self._native.ctx, slot.batch_index, slot.sampler, slot.grammar)
-            if chosen is None:  # the grammar allows nothing more (complete, and the end token is banned)
-                self._emit_last(slot, slot.assembler.finish(), "stop")
-                return
-            token = chosen
+        forced = None if slot.thinking is None else slot.thinking.forced()
+        try:
+            if forced is not None and self._constrained.force(slot.sampler, slot.grammar, forced, slot.guard):
+                token = forced  # the thinking budget is spent: its end marker, not a sampled token
+            elif slot.grammar is None:
+                token = llama_cpp.llama_sampler_sample(slot.sampler, self._native.ctx, slot.batch_index)
+            else:
+                sampling = slot.job.request.sampling
+                chosen = self._constrained.sample(
+                    self._native.ctx, slot.batch_index, slot.sampler, slot.grammar, sampling, slot.guard
+                )
+                if chosen is None:  # the grammar allows nothing more (complete, and the end token is banned)
+                    self._emit_last(slot, slot.assembler.finish(), "stop")
+                    return
+                token = chosen
+        except GrammarStepTooSlow as slow:
+            self._grammar_too_slow(slot, slow.seconds)
+            return
         slot.generated += 1
         self.counters.generated_tokens += 1
         if token in self._native.eog_tokens:
@@ -268,7 +297,10 @@ class BatchScheduler:
             return
         if slot.job.request.logprobs is not None:
             slot.logprobs.append(self._native.logprobs(slot.batch_index, token, slot.job.request.logprobs))
-        step = slot.assembler.push(self._native.piece(token))
+        piece = self._native.piece(token, special=token in slot.shown)
+        if slot.thinking is not None:
+            slot.thinking.push(token, piece)
+        step = slot.assembler.push(piece)
         if step.stopped:
             self._emit_last(slot, step.text, "stop", step.stop)
         elif slot.generated >= slot.job.request.max_tokens or len(slot.cached) >= self._n_ctx:
@@ -277,6 +309,22 @@ class BatchScheduler:
             if step.text:
                 slot.job.emit(GenerationDelta(step.text, slot.generated, logprobs=self._take_logprobs(slot)))
             slot.next_token = token
+
+    def _grammar_too_slow(self, slot: _Slot, spent: float) -> None:
+        """End a sequence whose grammar took (or would take) longer than its limit for one token, with an error,
+        before it stalls every other sequence (server/engine/grammar_guard.py); the others go on."""
+        job = slot.job
+        assert job is not None
+        limit = job.request.grammar_step_limit_s
+        logger.warning("a token's output grammar took %.2f s (limit %g s): its request ended", spent, limit)
+        self._finish(slot, keep_cache=True)
+        job.emit(
+            GrammarTooComplexError(
+                f"One token of the output grammar took (or, its parse stacks multiplying, would take) {spent:.2f} s "
+                f"of the model's time, more than this server's limit of {limit:g} s: the grammar is too ambiguous "
+                "for llama.cpp, whose work grows with each way the output so far can be parsed. Simplify it."
+            )
+        )
 
     def _emit_last(self, slot: _Slot, text: str, reason: str, stop: str | None = None) -> None:
         job = slot.job
@@ -297,6 +345,8 @@ class BatchScheduler:
             slot.cached = []
         self._release(slot)
         slot.job = None
+        slot.guard = None
+        slot.thinking = None
         slot.pending = []
         slot.next_token = None
         self.counters.active_sequences = sum(s.job is not None for s in self._slots)

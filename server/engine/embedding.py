@@ -7,13 +7,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import llama_cpp
 
 from server.config import ModelSpec
 from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
+from server.engine.kinds import Kind, wrong_kind
 from server.engine.llama import load_weights
 from server.engine.native import NativeModel
 from server.errors import InvalidRequestError, ModelUnavailableError
@@ -22,10 +23,15 @@ logger = logging.getLogger(__name__)
 
 
 class EmbeddingEngine:
+    """A pooled model: token sequences in, one vector each out. Rerankers (server/engine/rerank.py) are the same
+    engine with rank pooling, whose vector is the classification head's output."""
+
+    kind: Kind = "embedding"  # what the model is, in errors for the endpoints it refuses
+
     def __init__(self, spec: ModelSpec, native: NativeModel, dims: int) -> None:
         self._spec = spec
         self._native = native
-        self._info = EngineInfo(n_ctx=spec.n_ctx, n_vocab=native.n_vocab, embedding_dims=dims)
+        self._info = self._engine_info(spec, native, dims)
         self._lock = threading.Lock()
         self._encode = (
             llama_cpp.llama_encode if llama_cpp.llama_model_has_encoder(native.model) else llama_cpp.llama_decode
@@ -36,21 +42,12 @@ class EmbeddingEngine:
 
     @classmethod
     def load(cls, spec: ModelSpec) -> EmbeddingEngine:
-        model, path, _ = load_weights(spec)
-        ctx_params = llama_cpp.llama_context_default_params()
-        ctx_params.embeddings = True
-        ctx_params.n_ctx = ctx_params.n_batch = ctx_params.n_ubatch = spec.n_ctx  # a whole input in one micro-batch
-        ctx_params.n_seq_max = spec.parallel
-        ctx_params.n_threads = ctx_params.n_threads_batch = spec.n_threads or 1
-        ctx = llama_cpp.llama_init_from_model(model, ctx_params)
-        if not ctx or llama_cpp.llama_pooling_type(ctx) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
-            if ctx:
-                llama_cpp.llama_free(ctx)
-            llama_cpp.llama_model_free(model)
-            raise ModelUnavailableError(f"The model `{spec.name}` is not a pooled embedding model.")
-        native = NativeModel(model=model, ctx=ctx, vocab=llama_cpp.llama_model_get_vocab(model))
-        logger.info("loaded embedding model %s from %s", spec.name, path)
-        return cls(spec, native, llama_cpp.llama_model_n_embd(model))
+        native = open_pooled(spec, llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED, "not a pooled embedding model")
+        return cls(spec, native, llama_cpp.llama_model_n_embd(native.model))
+
+    @staticmethod
+    def _engine_info(spec: ModelSpec, native: NativeModel, dims: int) -> EngineInfo:
+        return EngineInfo(n_ctx=spec.n_ctx, n_vocab=native.n_vocab, embedding_dims=dims)
 
     @property
     def info(self) -> EngineInfo:
@@ -77,9 +74,12 @@ class EmbeddingEngine:
         return 0.0 if started is None else time.monotonic() - started
 
     async def render_chat(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_vars: Mapping[str, Any] | None = None,
     ) -> str:
-        raise self._not_generative()
+        raise self._wrong_endpoint("generative")
 
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         return self._native.tokenize(text, add_special=add_special, parse_special=parse_special)
@@ -88,17 +88,33 @@ class EmbeddingEngine:
         return [self._native.piece(token, special=True) for token in tokens]
 
     async def compile_grammar(self, grammar: str) -> None:
-        raise self._not_generative()
+        raise self._wrong_endpoint("generative")
 
     async def tokenize_chat(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_vars: Mapping[str, Any] | None = None,
     ) -> list[int]:
-        raise self._not_generative()
+        raise self._wrong_endpoint("generative")
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        raise self._not_generative()
+        raise self._wrong_endpoint("generative")
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        return await self._pooled(inputs)
+
+    async def rerank_tokens(self, query: str, documents: Sequence[str], max_tokens: int) -> list[list[int]]:
+        raise self._wrong_endpoint("reranker")
+
+    async def rerank(self, inputs: Sequence[Sequence[int]]) -> list[float]:
+        raise self._wrong_endpoint("reranker")
+
+    def close(self) -> None:
+        llama_cpp.llama_batch_free(self._batch)
+        self._native.free()
+
+    async def _pooled(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         cancelled = threading.Event()
         try:
             return await asyncio.to_thread(self._embed_all, inputs, cancelled)
@@ -106,14 +122,8 @@ class EmbeddingEngine:
             cancelled.set()
             raise
 
-    def close(self) -> None:
-        llama_cpp.llama_batch_free(self._batch)
-        self._native.free()
-
-    def _not_generative(self) -> InvalidRequestError:
-        return InvalidRequestError(
-            f"The model `{self._spec.name}` is an embedding model; use /v1/embeddings.", param="model"
-        )
+    def _wrong_endpoint(self, wanted: Kind) -> InvalidRequestError:
+        return wrong_kind(self._spec.name, self.kind, wanted)
 
     def _embed_all(self, inputs: Sequence[Sequence[int]], cancelled: threading.Event) -> list[list[float]]:
         vectors: list[list[float]] = []
@@ -140,15 +150,35 @@ class EmbeddingEngine:
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._native.ctx), True)
         if self._encode(self._native.ctx, batch) != 0:
             raise RuntimeError("llama.cpp failed to encode the inputs")
-        dims = self._info.embedding_dims or 0
-        vectors = []
-        for seq in range(len(group)):
-            pointer = llama_cpp.llama_get_embeddings_seq(self._native.ctx, seq)
-            vector = [pointer[i] for i in range(dims)]
-            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-            vectors.append([v / norm for v in vector])
+        vectors = [self._output(llama_cpp.llama_get_embeddings_seq(self._native.ctx, seq)) for seq in range(len(group))]
         self._counters.prompt_tokens_evaluated += n
         return vectors
+
+    def _output(self, pointer: Any) -> list[float]:
+        """A sequence's result from llama.cpp's pooled output: here the vector, L2-normalised."""
+        vector = [pointer[i] for i in range(self._info.embedding_dims or 0)]
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        return [v / norm for v in vector]
+
+
+def open_pooled(spec: ModelSpec, pooling_type: int, refusal: str) -> NativeModel:
+    """The model with a context that pools each sequence (`pooling_type`, or the file's own when unspecified).
+    `refusal` says what the model is not when llama.cpp pools nothing with it ("not a pooled embedding model")."""
+    model, path, _ = load_weights(spec)
+    ctx_params = llama_cpp.llama_context_default_params()
+    ctx_params.embeddings = True
+    ctx_params.pooling_type = pooling_type
+    ctx_params.n_ctx = ctx_params.n_batch = ctx_params.n_ubatch = spec.n_ctx  # a whole input in one micro-batch
+    ctx_params.n_seq_max = spec.parallel
+    ctx_params.n_threads = ctx_params.n_threads_batch = spec.n_threads or 1
+    ctx = llama_cpp.llama_init_from_model(model, ctx_params)
+    if not ctx or llama_cpp.llama_pooling_type(ctx) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+        if ctx:
+            llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(model)
+        raise ModelUnavailableError(f"The model `{spec.name}` is {refusal}.")
+    logger.info("loaded pooled model %s from %s (pooling %d)", spec.name, path, llama_cpp.llama_pooling_type(ctx))
+    return NativeModel(model=model, ctx=ctx, vocab=llama_cpp.llama_model_get_vocab(model))
 
 
 def batches(inputs: Sequence[Sequence[int]], n_seq: int, n_tokens: int) -> Iterator[list[Sequence[int]]]:

@@ -1,80 +1,28 @@
-"""Output grammars in llama.cpp: compiled once per grammar text, off the scheduler thread, and sampled cheaply.
+"""Sampling under an output grammar, cheaply (grammars are compiled in server/engine/grammar_cache.py).
 
-A grammar is parsed by llama.cpp when a request asks for it, before the request is admitted (a grammar llama.cpp
-rejects is a 400, never an error event), and kept as a prototype that each request clones. Sampling checks the
-token the unconstrained chain picks against the grammar first and applies the grammar to the whole vocabulary
-only when that token is refused, as llama.cpp's own server does: most steps cost one token's check, not one per
-vocabulary entry.
+Sampling checks the token the unconstrained chain picks against the grammar first, as llama.cpp's own server does:
+most steps cost one token's check. Only when that token is refused is the grammar applied to more: first to the
+TOP_CANDIDATES most likely tokens, then, if it allows none of them, to the whole vocabulary. A grammar costs a pass
+per parse stack over the tokens it is applied to, so an ambiguous one is far cheaper on two thousand tokens than on
+a vocabulary of 150,000. Greedy sampling still picks the most likely allowed token (nothing outside the candidates
+can beat one inside); sampling at a temperature then draws among the allowed candidates, as a top-k of that size
+would. With repetition penalties (which may raise a token from outside the candidates) the whole vocabulary is used.
 """
 
 from __future__ import annotations
 
-import collections
 import ctypes
-import hashlib
-import logging
 import math
-import threading
+import time
 
 import llama_cpp
 import numpy as np
 
-from server.errors import InvalidRequestError
+from server.engine.base import SamplingParams
+from server.engine.grammar_guard import StepGuard
 
-logger = logging.getLogger(__name__)
-
-CACHE_SIZE = 32
+TOP_CANDIDATES = 2_000
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-
-
-class GrammarCache:
-    """Compiled grammars by the hash of their text, least recently used dropped first. Thread-safe."""
-
-    def __init__(self, vocab: llama_cpp.llama_vocab_p, size: int = CACHE_SIZE) -> None:
-        self._vocab = vocab
-        self._size = size
-        self._lock = threading.Lock()
-        self._compiled: collections.OrderedDict[bytes, llama_cpp.llama_sampler_p] = collections.OrderedDict()
-
-    def compile(self, grammar: str) -> None:
-        """Parse the grammar into the cache (blocking: call it off the event loop and the scheduler thread)."""
-        key = hashlib.sha256(grammar.encode()).digest()
-        with self._lock:
-            if key in self._compiled:
-                self._compiled.move_to_end(key)
-                return
-        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
-        if not sampler:
-            logger.warning("llama.cpp refused an output grammar of %d characters", len(grammar))
-            raise InvalidRequestError(
-                "The output schema could not be turned into a grammar llama.cpp accepts; simplify it.",
-                param="response_format",
-            )
-        with self._lock:
-            if key in self._compiled:
-                llama_cpp.llama_sampler_free(sampler)
-                return
-            self._compiled[key] = sampler
-            while len(self._compiled) > self._size:
-                _, old = self._compiled.popitem(last=False)
-                llama_cpp.llama_sampler_free(old)
-
-    def instance(self, grammar: str) -> llama_cpp.llama_sampler_p:
-        """A fresh grammar sampler for one request (the caller frees it), compiling the grammar if needed."""
-        key = hashlib.sha256(grammar.encode()).digest()
-        while True:
-            with self._lock:
-                prototype = self._compiled.get(key)
-                if prototype is not None:
-                    self._compiled.move_to_end(key)
-                    return llama_cpp.llama_sampler_clone(prototype)
-            self.compile(grammar)
-
-    def close(self) -> None:
-        with self._lock:
-            for sampler in self._compiled.values():
-                llama_cpp.llama_sampler_free(sampler)
-            self._compiled.clear()
 
 
 class ConstrainedSampler:
@@ -91,19 +39,95 @@ class ConstrainedSampler:
         batch_index: int,
         chain: llama_cpp.llama_sampler_p,
         grammar: llama_cpp.llama_sampler_p,
+        sampling: SamplingParams | None = None,
+        guard: StepGuard | None = None,
     ) -> int | None:
-        """The next token, accepted by both the chain and the grammar; None when the grammar allows no token."""
+        """The next token, accepted by both the chain and the grammar; None when the grammar allows no token.
+        `sampling` (the chain's settings) lets a refused pick be replaced from the top candidates first; `guard`
+        raises GrammarStepTooSlow when the token's grammar work takes, or would take, too long."""
+        if guard is not None:
+            guard.start()
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, batch_index), shape=(len(self._candidates),))
         token = self._apply(chain, logits)
+        checked = time.thread_time()
         if not self._allows(grammar, token):
-            token = self._apply(grammar, logits, then=chain)
+            token = self._from_top(grammar, chain, logits, sampling)
+            if token is None:
+                token = self._apply(grammar, logits, then=chain)
             # The chain can still pick a token the grammar refused (say the grammar allows only the end, and
             # `ignore_eos` bans it, so every logit is -inf): accepting it would abort llama.cpp. Stop instead.
+            checked = time.thread_time()
             if not self._allows(grammar, token):
                 return None
+        assert token is not None
+        self._accept(chain, grammar, token, guard, time.thread_time() - checked)
+        return token
+
+    def force(
+        self,
+        chain: llama_cpp.llama_sampler_p,
+        grammar: llama_cpp.llama_sampler_p | None,
+        token: int,
+        guard: StepGuard | None = None,
+    ) -> bool:
+        """Take `token` without sampling (the forced end of a thinking block), when the grammar, if any, allows
+        it: accepting a token the grammar refuses would abort llama.cpp."""
+        if grammar is None:
+            llama_cpp.llama_sampler_accept(chain, token)
+            return True
+        if guard is not None:
+            guard.start()
+        checked = time.thread_time()
+        if not self._allows(grammar, token):
+            return False
+        self._accept(chain, grammar, token, guard, time.thread_time() - checked)
+        return True
+
+    @staticmethod
+    def _accept(
+        chain: llama_cpp.llama_sampler_p,
+        grammar: llama_cpp.llama_sampler_p,
+        token: int,
+        guard: StepGuard | None,
+        check_s: float,
+    ) -> None:
+        if guard is not None:
+            guard.before_accept(check_s)
+        accepting = time.thread_time()
         llama_cpp.llama_sampler_accept(chain, token)
         llama_cpp.llama_sampler_accept(grammar, token)
-        return token
+        if guard is not None:
+            guard.after_accept(time.thread_time() - accepting)
+
+    def _from_top(
+        self,
+        grammar: llama_cpp.llama_sampler_p,
+        chain: llama_cpp.llama_sampler_p,
+        logits: np.ndarray,
+        sampling: SamplingParams | None,
+    ) -> int | None:
+        """The chain's pick among the most likely tokens the grammar allows; None when it allows none of them (or
+        when only the whole vocabulary gives the right answer)."""
+        if sampling is None or len(logits) <= TOP_CANDIDATES or _penalized(sampling):
+            return None
+        ranked = logits.astype(np.float64)
+        for token, bias in sampling.logit_bias:  # as the chain will see them
+            ranked[token] += bias
+        threshold = np.partition(ranked, len(ranked) - TOP_CANDIDATES)[len(ranked) - TOP_CANDIDATES]
+        ids = np.flatnonzero(ranked >= threshold)  # ties at the threshold too, in id order as the vocabulary
+        if not math.isfinite(threshold) or len(ids) > 2 * TOP_CANDIDATES:
+            return None
+        top = np.zeros(len(ids), dtype=_TOKEN_DATA)
+        top["id"] = ids
+        top["logit"] = logits[ids]
+        array = _array(top)
+        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
+        if not np.isfinite(top["logit"][: array.size]).any():
+            return None
+        llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
+        if not 0 <= array.selected < array.size or not math.isfinite(float(array.data[array.selected].logit)):
+            return None  # the chain banned every allowed candidate (an end token under ignore_eos)
+        return int(array.data[array.selected].id)
 
     def _apply(
         self, first: llama_cpp.llama_sampler_p, logits: np.ndarray, then: llama_cpp.llama_sampler_p | None = None
@@ -131,6 +155,10 @@ class ConstrainedSampler:
         array = _array(one)
         llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
         return math.isfinite(float(one["logit"][0]))
+
+
+def _penalized(sampling: SamplingParams) -> bool:
+    return sampling.presence_penalty != 0 or sampling.frequency_penalty != 0 or sampling.repeat_penalty != 1.0
 
 
 def _array(candidates: np.ndarray) -> llama_cpp.llama_token_data_array:

@@ -1,8 +1,9 @@
 """How the HTTP process tells a hung model worker from a busy one: deadlines, and a watchdog thread that pings.
 
-A worker answers a ping from its asyncio loop, with how long its scheduler has been inside the current step. A
-worker that leaves a ping unanswered (its loop or the whole process is stuck, or stopped) or whose scheduler is
-stuck in one step for longer than `hang_timeout_s` is hung: the engine kills it and its requests get a 503.
+A worker answers a ping from its asyncio loop, with how long its scheduler has been inside the current step and
+how long its running grammar build has taken. A worker that leaves a ping unanswered (its loop or the whole process
+is stuck, or stopped), whose scheduler is stuck in one step, or whose grammar build runs (llama.cpp cannot stop
+one), for longer than `hang_timeout_s` is hung: the engine kills it and its requests get a 503.
 One decode step of a big model on a slow CPU can take tens of seconds, so the defaults are generous.
 """
 
@@ -20,7 +21,7 @@ class WorkerDeadlines:
     """The longest a render, tokenize, counters or embed call waits for the worker's answer."""
     ping_interval_s: float = 10.0
     hang_timeout_s: float = 120.0
-    """An unanswered ping, or one scheduler step, longer than this: the worker is hung."""
+    """An unanswered ping, one scheduler step, or one grammar build, longer than this: the worker is hung."""
 
 
 class Watchdog:
@@ -41,6 +42,7 @@ class Watchdog:
         self._clock = clock
         self._unanswered_since: float | None = None
         self._stalled_s = 0.0
+        self._building_s = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"watchdog-{name}", daemon=True)
 
@@ -50,9 +52,10 @@ class Watchdog:
     def stop(self) -> None:
         self._stop.set()
 
-    def answered(self, stalled_s: float) -> None:
+    def answered(self, stalled_s: float, building_s: float = 0.0) -> None:
         self._unanswered_since = None
         self._stalled_s = stalled_s
+        self._building_s = building_s
 
     def hung(self) -> str | None:
         """Why the worker counts as hung now, or None."""
@@ -62,6 +65,8 @@ class Watchdog:
             return f"a ping unanswered for more than {limit:g} s"
         if self._stalled_s > limit:
             return f"its scheduler stuck in one step for {self._stalled_s:.0f} s"
+        if self._building_s > limit:
+            return f"a grammar build running for {self._building_s:.0f} s"
         return None
 
     def tick(self) -> bool:

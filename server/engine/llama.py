@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,10 @@ from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, Gene
 from server.engine.batching import BatchScheduler
 from server.engine.cpu import resolve_use_extra_bufts
 from server.engine.gguf_check import GGUFProblem, check_gguf
-from server.engine.grammar import GrammarCache
+from server.engine.grammar_cache import GrammarCache
+from server.engine.kinds import wrong_kind
 from server.engine.native import NativeModel
+from server.engine.reasoning import ThinkingLimit, reasoning_format
 from server.engine.template import ChatTemplate
 from server.errors import InvalidRequestError, ModelUnavailableError
 
@@ -51,7 +53,12 @@ class LlamaCppEngine:
         self._spec = spec
         self._native = native
         self._template = template
-        self._info = EngineInfo(n_ctx=spec.n_ctx, n_vocab=native.n_vocab, tool_dialect=template.tool_dialect)
+        self._info = EngineInfo(
+            n_ctx=spec.n_ctx,
+            n_vocab=native.n_vocab,
+            tool_dialect=template.tool_dialect,
+            reasoning=reasoning_format(spec.reasoning, template.source),
+        )
         self._scheduler = BatchScheduler(
             native, n_seq=spec.parallel, n_ctx=spec.n_ctx, n_batch=spec.n_batch, max_queue=spec.max_queue
         )
@@ -116,18 +123,31 @@ class LlamaCppEngine:
     def pid(self) -> int | None:
         return None  # runs inside the worker process, whose parent measures it
 
+    def building_s(self) -> float:
+        """How long the running grammar build has taken (0 when none runs): the worker's pings report it too."""
+        return self._grammars.building_s()
+
     def stalled_s(self) -> float:
         """How long the scheduler has been inside its current step (0 while idle): the worker's pings report it."""
         started = self._scheduler.step_started
         return 0.0 if started is None else time.monotonic() - started
 
     async def render_chat(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_vars: Mapping[str, Any] | None = None,
     ) -> str:
-        return self._template.render(messages, add_generation_prompt=True, tools=tools)
+        return self._template.render(messages, add_generation_prompt=True, tools=tools, variables=template_vars)
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
-        raise InvalidRequestError(f"The model `{self._spec.name}` is not an embedding model.", param="model")
+        raise wrong_kind(self._spec.name, "generative", "embedding")
+
+    async def rerank_tokens(self, query: str, documents: Sequence[str], max_tokens: int) -> list[list[int]]:
+        raise wrong_kind(self._spec.name, "generative", "reranker")
+
+    async def rerank(self, inputs: Sequence[Sequence[int]]) -> list[float]:
+        raise wrong_kind(self._spec.name, "generative", "reranker")
 
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         return self._native.tokenize(text, add_special=add_special, parse_special=parse_special)
@@ -146,9 +166,14 @@ class LlamaCppEngine:
         return False
 
     async def tokenize_chat(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_vars: Mapping[str, Any] | None = None,
     ) -> list[int]:
-        text, segments = self._template.render_segments(messages, add_generation_prompt=True, tools=tools)
+        text, segments = self._template.render_segments(
+            messages, add_generation_prompt=True, tools=tools, variables=template_vars
+        )
         # Only contents are kept apart as text; the other client strings a template may print (tool definitions,
         # earlier calls' names and arguments) must hold no control-token text at all.
         others = [tools, [{k: v for k, v in m.items() if k != "content"} for m in messages]]
@@ -168,14 +193,28 @@ class LlamaCppEngine:
         return tokens
 
     async def compile_grammar(self, grammar: str) -> None:
-        await asyncio.to_thread(self._grammars.compile, grammar)
+        await self._grammars.compile(grammar)  # on the cache's own build thread
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        shown = self._single_tokens(request.shown_tokens)
         if request.grammar is None:
-            return self._scheduler.submit(request)
-        return self._constrained(request, request.grammar)
+            return self._scheduler.submit(request, thinking=self._thinking_limit(request), shown=shown)
+        return self._constrained(request, request.grammar, shown)
 
-    async def _constrained(self, request: GenerationRequest, grammar: str) -> AsyncIterator[GenerationDelta]:
+    def _single_tokens(self, texts: Sequence[str]) -> frozenset[int]:
+        """The tokens of those texts that are one token of this model (any other text shows as text anyway)."""
+        found = (self._native.tokenize(text, add_special=False) for text in texts)
+        return frozenset(tokens[0] for tokens in found if len(tokens) == 1)
+
+    def _thinking_limit(self, request: GenerationRequest) -> ThinkingLimit | None:
+        if request.thinking is None:
+            return None
+        end_tokens = self._native.tokenize(request.thinking.end, add_special=False)
+        return ThinkingLimit(request.thinking, end_tokens)
+
+    async def _constrained(
+        self, request: GenerationRequest, grammar: str, shown: frozenset[int] = frozenset()
+    ) -> AsyncIterator[GenerationDelta]:
         # The grammar was compiled before admission (compile_grammar); here it is cloned, or compiled again if
         # it left the cache meanwhile, in a thread: never on the scheduler's thread or under its lock.
         made = asyncio.get_running_loop().run_in_executor(None, self._grammars.instance, grammar)
@@ -184,7 +223,7 @@ class LlamaCppEngine:
         except asyncio.CancelledError:  # the client left meanwhile: the clone, when it comes, is freed
             made.add_done_callback(_free_sampler)
             raise
-        job = self._scheduler.submit(request, sampler)
+        job = self._scheduler.submit(request, sampler, thinking=self._thinking_limit(request), shown=shown)
         async with contextlib.aclosing(job):
             async for delta in job:
                 yield delta

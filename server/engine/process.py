@@ -15,7 +15,7 @@ import itertools
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from queue import SimpleQueue
 from typing import Any
 
@@ -100,9 +100,12 @@ class ProcessEngine:
         return await self._call("counters")
 
     async def render_chat(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_vars: Mapping[str, Any] | None = None,
     ) -> str:
-        return await self._call("render", list(messages), None if tools is None else list(tools))
+        return await self._call("render", list(messages), _listed(tools), dict(template_vars or {}))
 
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         return await self._call("tokenize", text, add_special, parse_special)
@@ -113,13 +116,22 @@ class ProcessEngine:
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         return await self._call("embed", [list(tokens) for tokens in inputs])
 
+    async def rerank_tokens(self, query: str, documents: Sequence[str], max_tokens: int) -> list[list[int]]:
+        return await self._call("rerank_tokens", query, list(documents), max_tokens)
+
+    async def rerank(self, inputs: Sequence[Sequence[int]]) -> list[float]:
+        return await self._call("rerank", [list(tokens) for tokens in inputs])
+
     async def compile_grammar(self, grammar: str) -> None:
         await self._call("compile", grammar)
 
     async def tokenize_chat(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_vars: Mapping[str, Any] | None = None,
     ) -> list[int]:
-        return await self._call("tokenize_chat", list(messages), None if tools is None else list(tools))
+        return await self._call("tokenize_chat", list(messages), _listed(tools), dict(template_vars or {}))
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         # Admission is decided here, before any byte is streamed: `parallel` running plus `max_queue` waiting.
@@ -196,7 +208,7 @@ class ProcessEngine:
             except (EOFError, OSError):
                 break
             if message[0] == "pong":
-                self._watchdog.answered(message[1])
+                self._watchdog.answered(*message[1:])
             elif self._loop is not None:
                 self._loop.call_soon_threadsafe(self._dispatch, message)
         self._watchdog.stop()
@@ -319,3 +331,7 @@ class _RemoteStream(DeltaStream):
         if not self._released and self._id is None:  # dropped unstarted: only its admission is given back
             self._released = True
             self._engine.release(None, cancel=False)
+
+
+def _listed(tools: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    return None if tools is None else list(tools)

@@ -7,12 +7,13 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from server.engine import tool_syntax
 from server.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,9 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+_OWN_VARIABLES = frozenset({"messages", "add_generation_prompt", "bos_token", "eos_token", "tools"})
 
 
 class ChatTemplateError(InvalidRequestError):
@@ -63,9 +67,9 @@ class ChatTemplate:
 
     @property
     def tool_dialect(self) -> str | None:
-        """ "hermes" when the template lists `tools` itself and teaches <tool_call> blocks (Hermes, Qwen 2.5,
-        SmolLM3 and others); None otherwise (tools are then described in the system message)."""
-        return "hermes" if "tools" in self.source and "<tool_call>" in self.source else None
+        """The tool-call syntax the template teaches (server/engine/tool_syntax.py: Hermes/Qwen, Llama 3.x,
+        Mistral, DeepSeek, Phi-4-mini); None for any other (tools are then described in the system message)."""
+        return tool_syntax.tool_dialect(self.source)
 
     def render_segments(
         self,
@@ -73,12 +77,13 @@ class ChatTemplate:
         *,
         add_generation_prompt: bool = True,
         tools: Sequence[dict[str, Any]] | None = None,
+        variables: Mapping[str, Any] | None = None,
     ) -> tuple[str, list[tuple[str, bool]] | None]:
         """The prompt, and its pieces marked True where they are a message's content (to be tokenized as plain
         text: a user who writes a control token's text must not get the control token). The pieces are found by
         rendering the conversation again with a unique mark in place of each content; None when the template
         changes contents in a way other than trimming them (their place cannot then be known)."""
-        text = self.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+        text = self.render(messages, add_generation_prompt=add_generation_prompt, tools=tools, variables=variables)
         nonce = secrets.token_hex(8)
         contents: dict[str, str] = {}
         marked = []
@@ -92,7 +97,9 @@ class ChatTemplate:
         if not contents:
             return text, [(text, False)]
         try:
-            skeleton = self.render(marked, add_generation_prompt=add_generation_prompt, tools=tools)
+            skeleton = self.render(
+                marked, add_generation_prompt=add_generation_prompt, tools=tools, variables=variables
+            )
         except ChatTemplateError:
             return text, None
         pieces = re.split(f"(\ue000{nonce}\\.\\d+\ue001)", skeleton)
@@ -108,8 +115,12 @@ class ChatTemplate:
         *,
         add_generation_prompt: bool = True,
         tools: Sequence[dict[str, Any]] | None = None,
+        variables: Mapping[str, Any] | None = None,
     ) -> str:
-        extra = {} if tools is None else {"tools": list(tools)}
+        """`variables`: more for the template (a reasoning model's `enable_thinking`), never one of its own."""
+        extra = {k: v for k, v in (variables or {}).items() if k not in _OWN_VARIABLES}
+        if tools is not None:
+            extra["tools"] = list(tools)
         try:
             return self._template.render(
                 messages=list(messages),

@@ -3,12 +3,14 @@
 Runs in a child process started by `ProcessEngine`. Everything that touches llama.cpp happens here, so a crash in
 native code (segfault, abort, OOM kill) ends this process only. Messages are tuples:
 
-    parent -> worker: ("render", id, messages) ("tokenize", id, text, add_special, parse_special)
+    parent -> worker: ("render", id, messages, tools, template_vars) ("tokenize", id, text, add_special, parse_special)
                       ("detokenize", id, tokens) ("counters", id) ("embed", id, inputs)
-                      ("compile", id, grammar) ("tokenize_chat", id, messages, tools)
+                      ("compile", id, grammar) ("tokenize_chat", id, messages, tools, template_vars)
+                      ("rerank_tokens", id, query, documents, max_tokens) ("rerank", id, inputs)
                       ("generate", id, request) ("cancel", id) ("ping",) ("shutdown",)
     worker -> parent: ("ready", info) ("failed", message) ("result", id, value) ("delta", id, delta)
-                      ("error", id, WireError) ("pong", seconds the engine has been stuck in one step, 0 if idle)
+                      ("error", id, WireError) ("pong", seconds the engine has been stuck in one step, 0 if idle,
+                      seconds its running grammar build has taken, 0 if none)
 """
 
 from __future__ import annotations
@@ -50,13 +52,14 @@ def serve(conn: Connection, spec_json: str, log_level: int) -> None:
     from server.config import ModelSpec
     from server.engine.embedding import EmbeddingEngine  # llama.cpp is imported in worker processes only
     from server.engine.llama import LlamaCppEngine
+    from server.engine.rerank import RerankEngine
 
     spec = ModelSpec.model_validate_json(spec_json)
     # Admission (429) is decided in the HTTP process before a request is sent here; the worker queues all it gets,
     # so a request is never refused after its response has started.
     spec = spec.model_copy(update={"max_queue": UNBOUNDED_QUEUE})
     try:
-        engine = (EmbeddingEngine if spec.embedding else LlamaCppEngine).load(spec)
+        engine = (RerankEngine if spec.reranker else EmbeddingEngine if spec.embedding else LlamaCppEngine).load(spec)
     except APIError as exc:
         conn.send(("failed", exc.message))
         return
@@ -87,7 +90,7 @@ class _Worker:
             if kind == "shutdown":
                 break
             if kind == "ping":  # answered on this loop, so an answer proves the loop runs
-                self._send(("pong", self._stalled_s()))
+                self._send(("pong", self._stalled_s(), self._building_s()))
             elif kind == "cancel":
                 task = self._tasks.get(message[1])
                 if task is not None:
@@ -102,6 +105,10 @@ class _Worker:
 
     def _stalled_s(self) -> float:
         return self._engine.stalled_s()
+
+    def _building_s(self) -> float:
+        building = getattr(self._engine, "building_s", None)  # engines that build grammars (llama.cpp's)
+        return 0.0 if building is None else building()
 
     def _read(self, loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[tuple[Any, ...]]) -> None:
         while True:
@@ -130,6 +137,10 @@ class _Worker:
                 value = await self._engine.compile_grammar(*args)
             elif kind == "tokenize_chat":
                 value = await self._engine.tokenize_chat(*args)
+            elif kind == "rerank_tokens":
+                value = await self._engine.rerank_tokens(*args)
+            elif kind == "rerank":
+                value = await self._engine.rerank(*args)
             else:
                 raise ValueError(f"unknown request {kind!r}")
         except Exception as exc:

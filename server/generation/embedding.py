@@ -8,16 +8,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from server.config import ModelSpec
 from server.engine import Engine, EngineInfo
 from server.engine.admission import Admission
+from server.engine.kinds import info_kind, require_kind, spec_kind
 from server.errors import ContextLengthExceededError, InvalidRequestError, RequestTimeoutError
 from server.generation.limits import RequestLimits
 from server.metrics import RequestRecord
 from server.models.registry import ModelRegistry
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,12 +48,7 @@ class Embedder:
 
     async def embed(self, plan: EmbeddingPlan, record: RequestRecord) -> Embedded:
         """Embed within the request timeout; past it (or when the client leaves) the worker stops too."""
-        delay = None if self._timeout is None else self._timeout - (time.monotonic() - record.started)
-        try:
-            async with asyncio.timeout(delay):
-                return await self._embed(plan, record)
-        except TimeoutError:
-            raise RequestTimeoutError(self._timeout or 0) from None
+        return await within_request_timeout(self._embed(plan, record), self._timeout, record)
 
     async def _embed(self, plan: EmbeddingPlan, record: RequestRecord) -> Embedded:
         limits = self._limits
@@ -61,6 +60,7 @@ class Embedder:
             )
         spec = self._registry.resolve(plan.model)
         record.model = spec.name
+        require_kind(plan.model, spec_kind(spec), "embedding")  # before a chat model or reranker loads
         _check_total(sum(len(item) for item in plan.inputs if not isinstance(item, str)), limits)  # before a load
         with self._admission.admit(spec):
             async with self._registry.use(plan.model) as engine:
@@ -72,9 +72,20 @@ class Embedder:
         return Embedded(vectors, used)
 
 
+async def within_request_timeout(work: Awaitable[T], timeout_s: float | None, record: RequestRecord) -> T:
+    """`work` within what is left of the request's timeout (a 504 past it); cancelled then, as when the client
+    leaves, and the engine's worker stops too."""
+    delay = None if timeout_s is None else timeout_s - (time.monotonic() - record.started)
+    try:
+        async with asyncio.timeout(delay):
+            return await work
+    except TimeoutError:
+        raise RequestTimeoutError(timeout_s or 0) from None
+
+
 def _check_model(info: EngineInfo, plan: EmbeddingPlan) -> None:
-    if info.embedding_dims is None:
-        raise InvalidRequestError(f"The model `{plan.model}` is not an embedding model.", param="model")
+    require_kind(plan.model, info_kind(info), "embedding")
+    assert info.embedding_dims is not None  # an embedding model's
     if plan.dimensions is not None and plan.dimensions > info.embedding_dims:
         raise InvalidRequestError(
             f"Invalid value for 'dimensions': the model's vectors have {info.embedding_dims} (got {plan.dimensions}).",

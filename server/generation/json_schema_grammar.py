@@ -10,7 +10,7 @@ rule each instead of every combination.
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Sequence
 from typing import Any
 
 from server.errors import InvalidRequestError
@@ -43,7 +43,8 @@ def _refuse(message: str, where: str) -> InvalidRequestError:
 
 
 class _Converter:
-    def __init__(self, root: Any, path: str, bounds: SchemaBounds) -> None:
+    def __init__(self, root: Any, path: str, bounds: SchemaBounds, prefix: str = "") -> None:
+        self.prefix = prefix  # of every rule it names, but the shared built-in ones
         self.root = root
         self.root_path = path
         self.bounds = bounds
@@ -62,6 +63,7 @@ class _Converter:
     def add(self, hint: str, body: str) -> str:
         """A new rule holding `body`; returns its name."""
         base = "".join(c if c.isascii() and c.isalnum() else "-" for c in hint).strip("-")[:40] or "r"
+        base = base if base.startswith(self.prefix) else self.prefix + base
         name, n = base, 1
         while name in self.rules or name in PRIMITIVE_RULES or name in FORMAT_RULES or name in ("root", "call"):
             n += 1
@@ -338,18 +340,25 @@ class _Converter:
             )
 
 
-def output_grammar(json_schema: str, *, tool_call_blocks: int | None = None, path: str = "response_format") -> str:
-    """The grammar of a request's JSON output: "{}" is any JSON object, anything else a schema's JSON text. With
-    `tool_call_blocks`, 1 to that many `<tool_call>` blocks each holding such JSON (the Hermes tool syntax)."""
+def output_grammar(json_schema: str, *, path: str = "response_format") -> str:
+    """The grammar of a request's JSON output: "{}" is any JSON object, anything else a schema's JSON text."""
     if json_schema == "{}":
         converter = _Converter({}, path, BOUNDS)
         converter.primitive("space")
         converter.rules["root"] = converter.primitive("object")
-        grammar = converter.text()
-    else:
-        grammar = schema_grammar(json.loads(json_schema), path)
-    if tool_call_blocks is None:
-        return grammar
-    block = '"<tool_call>\\n" call "\\n</tool_call>"'
-    more = f' ("\\n" {block}){{0,{tool_call_blocks - 1}}}' if tool_call_blocks > 1 else ""
-    return re.sub(r"^root ::= ", "call ::= ", grammar, count=1, flags=re.MULTILINE) + f"root ::= {block}{more}\n"
+        return converter.text()
+    return schema_grammar(json.loads(json_schema), path)
+
+
+def arguments_grammar(schemas: Sequence[tuple[Any, str]], bounds: SchemaBounds = BOUNDS) -> tuple[str, list[str]]:
+    """Rules for several JSON schemas side by side, each the root of its own `$ref`s (the parameters of a
+    request's functions, with their request paths), and the expression of each: a tool-call grammar places them
+    in the model's own call syntax. No `root` rule; each schema within `bounds`, as `schema_grammar` checks."""
+    rules: dict[str, str] = {}
+    expressions = []
+    for i, (schema, where) in enumerate(schemas):
+        converter = _Converter(schema, where, bounds, prefix=f"f{i}-")
+        converter.primitive("space")
+        expressions.append(converter.visit(schema, where, "arguments", 0))
+        rules.update(converter.rules)  # the built-in rules, shared, are the same in every converter
+    return "".join(f"{name} ::= {body}\n" for name, body in rules.items()), expressions

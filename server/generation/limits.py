@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.engine.base import GRAMMAR_STEP_LIMIT_S
 from server.errors import InvalidRequestError
 from server.generation.plan import GenerationPlan
 
@@ -16,6 +17,7 @@ class RequestLimits:
     max_choices: int = 8
     max_embedding_inputs: int = 2048
     max_embedding_tokens: int = 65536
+    grammar_step_limit_s: float = GRAMMAR_STEP_LIMIT_S  # one token's grammar work on the scheduler thread
 
 
 def check_plan(plan: GenerationPlan, limits: RequestLimits) -> None:

@@ -10,12 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from server.engine import Engine, GenerationDelta, GenerationRequest, SamplingParams
-from server.errors import ContextLengthExceededError, InvalidRequestError, RequestTimeoutError
+from server.engine.base import GRAMMAR_BUILD_BUDGET_S, ThinkingBudget
+from server.engine.kinds import info_kind, require_kind, spec_kind
+from server.errors import (
+    APIError,
+    ContextLengthExceededError,
+    GrammarTooComplexError,
+    InvalidRequestError,
+    RequestTimeoutError,
+)
 from server.generation import tools
 from server.generation.json_schema_grammar import output_grammar
 from server.generation.limits import RequestLimits, check_plan, check_token_cap
@@ -24,10 +34,11 @@ from server.generation.prompt import conversation
 from server.generation.reader import ReplyReader
 from server.generation.reply import ReplyEvent
 from server.generation.streams import relay
+from server.generation.thinking import Thinking, reply_start, thinking_of
 from server.metrics import Metrics, RequestRecord
 from server.models.registry import ModelRegistry
 
-GRAMMAR_BUDGET_S = 10.0
+GRAMMAR_BUDGET_S = GRAMMAR_BUILD_BUDGET_S
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,7 @@ class Generation:
     prompt_tokens: int
     choices: int
     events: AsyncIterator[ReplyEvent]
+    thinking: bool = False  # a reasoning model's thinking is split off its answer (and its tokens counted)
 
 
 class GenerationPipeline:
@@ -60,25 +72,33 @@ class GenerationPipeline:
 
     async def start(self, plan: GenerationPlan, record: RequestRecord) -> Generation:
         async with self._model(plan, record) as (engine, tool_plan):
-            grammar = await self._grammar(engine, plan, tool_plan)
-            tokens = await self._tokens(engine, plan, tool_plan)
-            streams = await self._admit(engine, plan, tokens, grammar)
+            thinking = thinking_of(plan, engine.info.reasoning)
+            tokens = await self._tokens(engine, plan, tool_plan, thinking)
+            start = None if thinking is None else await reply_start(engine, tokens, thinking)
+            behind = None if thinking is None or start is None else functools.partial(thinking.grammar, start=start)
+            grammar = await self._grammar(engine, plan, tool_plan, behind)
+            budget = None if thinking is None or start is None else thinking.budget(start)
+            streams = await self._admit(engine, plan, tokens, grammar, budget, tools.shown_tokens(tool_plan))
         self._metrics.observe_prompt(record, len(tokens))
-        reader = ReplyReader(None if tool_plan is None else tool_plan.calls, plan.n)
-        events = _Events(streams, relay([self._observed(stream, record) for stream in streams], reader.push))
-        return Generation(model=plan.model, prompt_tokens=len(tokens), choices=plan.n, events=events)
+        split = None if thinking is None or start is None else (thinking.format, start)
+        reader = ReplyReader(None if tool_plan is None else tool_plan.calls, plan.n, split)
+        where = _constraint_param(plan, tool_plan)
+        observed = [self._observed(stream, record, where) for stream in streams]
+        events = _Events(streams, relay(observed, reader.push))
+        return Generation(plan.model, len(tokens), plan.n, events, thinking=split is not None)
 
     async def render(self, plan: GenerationPlan, record: RequestRecord) -> str:
         """The prompt a conversation becomes with the model's chat template, tool instructions included."""
         async with self._model(plan, record) as (engine, tool_plan):
             if plan.prompt is not None:
                 return plan.prompt
-            return await engine.render_chat(*conversation(plan.turns, tool_plan))
+            thinking = thinking_of(plan, engine.info.reasoning)
+            return await engine.render_chat(*conversation(plan.turns, tool_plan), _template_vars(thinking))
 
     async def count_tokens(self, plan: GenerationPlan, record: RequestRecord) -> int:
         """How many tokens the plan's prompt is for its model, tools included."""
         async with self._model(plan, record) as (engine, tool_plan):
-            return len(await self._tokens(engine, plan, tool_plan))
+            return len(await self._tokens(engine, plan, tool_plan, thinking_of(plan, engine.info.reasoning)))
 
     @contextlib.asynccontextmanager
     async def _model(
@@ -92,42 +112,70 @@ class GenerationPipeline:
         tools.plan(plan.tools, plan.params)
         spec = self._registry.resolve(plan.model)
         record.model = spec.name
+        require_kind(plan.model, spec_kind(spec), "generative")  # before an embedding model or reranker loads
         check_token_cap(plan.max_tokens, spec.max_tokens_cap, plan.params.max_tokens)
         async with self._registry.use(plan.model) as engine:
-            if engine.info.embedding_dims is not None:
-                raise InvalidRequestError(
-                    f"The model `{plan.model}` is an embedding model; use /v1/embeddings.", param="model"
-                )
+            require_kind(plan.model, info_kind(engine.info), "generative")
             yield engine, tools.plan(plan.tools, plan.params, engine.info.tool_dialect)
 
-    async def _tokens(self, engine: Engine, plan: GenerationPlan, tool_plan: tools.ToolPlan | None) -> list[int]:
+    async def _tokens(
+        self, engine: Engine, plan: GenerationPlan, tool_plan: tools.ToolPlan | None, thinking: Thinking | None
+    ) -> list[int]:
         if plan.prompt is not None:
             return await engine.tokenize(plan.prompt)
-        return await engine.tokenize_chat(*conversation(plan.turns, tool_plan))
+        return await engine.tokenize_chat(*conversation(plan.turns, tool_plan), _template_vars(thinking))
 
-    async def _grammar(self, engine: Engine, plan: GenerationPlan, tool_plan: tools.ToolPlan | None) -> str | None:
+    async def _grammar(
+        self,
+        engine: Engine,
+        plan: GenerationPlan,
+        tool_plan: tools.ToolPlan | None,
+        behind_thinking: Callable[[str], str] | None = None,
+    ) -> str | None:
         """The output grammar, built here (a 400 past a bound) and compiled in the model's worker within a time
-        budget, before the request is admitted: a grammar llama.cpp refuses is a 400, never an error event."""
-        json_schema, blocks, where = plan.json_schema, None, plan.params.output_schema
-        if tool_plan is not None and tool_plan.forced_schema is not None:
-            json_schema, blocks, where = tool_plan.forced_schema, tool_plan.forced_blocks, plan.params.tools
-        if json_schema is None:
+        budget, before the request is admitted: a grammar llama.cpp refuses is a 400, never an error event.
+        `behind_thinking` puts the final grammar behind a reasoning model's thinking block."""
+        json_schema, where = plan.json_schema, plan.params.output_schema
+        from_schema = json_schema is not None  # a grammar this server built from a JSON schema (or a tool's)
+        if tool_plan is not None and tool_plan.forced is not None:
+            grammar = await asyncio.to_thread(tools.forced_grammar, tool_plan)
+            where, from_schema = plan.params.tools, True
+        elif json_schema is not None:
+            grammar = await asyncio.to_thread(output_grammar, json_schema, path=where)
+        elif plan.grammar is not None:  # a GBNF grammar the adapter built or checked
+            grammar, where = plan.grammar, plan.params.output_grammar
+        else:
             return None
-        grammar = await asyncio.to_thread(output_grammar, json_schema, tool_call_blocks=blocks, path=where)
+        if behind_thinking is not None:
+            grammar = behind_thinking(grammar)
         try:
             async with asyncio.timeout(GRAMMAR_BUDGET_S):
                 await engine.compile_grammar(grammar)
         except TimeoutError:
-            raise InvalidRequestError(
-                f"The output schema's grammar took longer than {GRAMMAR_BUDGET_S:g} s to build; simplify it.",
+            raise GrammarTooComplexError(
+                f"The output grammar took longer than {GRAMMAR_BUDGET_S:g} s to build; simplify it.",
                 param=where,
             ) from None
+        except APIError as exc:  # llama.cpp refused it: a 400 naming the field that asked for it
+            if exc.status_code != 400:
+                raise
+            if exc.code == GrammarTooComplexError.code:
+                raise GrammarTooComplexError(exc.message, param=where) from None
+            message = exc.message if from_schema else _refused(where)
+            raise InvalidRequestError(message, param=where) from None
         return grammar
 
     async def _admit(
-        self, engine: Engine, plan: GenerationPlan, tokens: list[int], grammar: str | None
+        self,
+        engine: Engine,
+        plan: GenerationPlan,
+        tokens: list[int],
+        grammar: str | None,
+        thinking: ThinkingBudget | None = None,
+        shown: tuple[str, ...] = (),
     ) -> list[AsyncIterator[GenerationDelta]]:
-        """One engine stream per choice, all admitted or none."""
+        """One engine stream per choice, all admitted or none. `shown`: control tokens the replies show as text
+        (the markers of the model's tool-call syntax)."""
         n_ctx, where = engine.info.n_ctx, plan.params.prompt
         room = n_ctx - len(tokens)
         max_tokens = room if plan.max_tokens is None else plan.max_tokens
@@ -151,6 +199,9 @@ class GenerationPipeline:
                     stop=list(plan.stop),
                     logprobs=plan.logprobs,
                     grammar=grammar,
+                    thinking=thinking,
+                    grammar_step_limit_s=self._limits.grammar_step_limit_s,
+                    shown_tokens=shown,
                 )
                 streams.append(engine.generate(request))
         except BaseException:
@@ -172,9 +223,10 @@ class GenerationPipeline:
         return wanted
 
     async def _observed(
-        self, stream: AsyncIterator[GenerationDelta], record: RequestRecord
+        self, stream: AsyncIterator[GenerationDelta], record: RequestRecord, grammar_param: str | None = None
     ) -> AsyncIterator[GenerationDelta]:
-        """The engine's deltas, counted into the metrics and cut off at the request timeout."""
+        """The engine's deltas, counted into the metrics and cut off at the request timeout; a grammar the
+        scheduler found too slow to follow is named by the field that asked for it (`grammar_param`)."""
         loop = asyncio.get_running_loop()
         deadline = None if self._timeout is None else loop.time() + self._timeout - (time.monotonic() - record.started)
         seen, previous_at = 0, None
@@ -187,11 +239,35 @@ class GenerationPipeline:
                     return
                 except TimeoutError:
                     raise RequestTimeoutError(self._timeout or 0) from None
+                except APIError as exc:
+                    if exc.code != GrammarTooComplexError.code or exc.param is not None:
+                        raise
+                    raise GrammarTooComplexError(exc.message, param=grammar_param) from None
                 now = time.monotonic()
                 if delta.completion_tokens > seen:
                     self._metrics.observe_tokens(record, delta.completion_tokens - seen, now, previous_at)
                     seen, previous_at = delta.completion_tokens, now
                 yield delta
+
+
+def _template_vars(thinking: Thinking | None) -> dict[str, Any] | None:
+    return None if thinking is None else thinking.template_vars
+
+
+def _constraint_param(plan: GenerationPlan, tool_plan: tools.ToolPlan | None) -> str | None:
+    """The request field whose output grammar the generation follows (as `_grammar` chooses it)."""
+    if tool_plan is not None and tool_plan.forced is not None:
+        return plan.params.tools
+    if plan.json_schema is not None:
+        return plan.params.output_schema
+    return plan.params.output_grammar if plan.grammar is not None else None
+
+
+def _refused(where: str) -> str:
+    return (
+        f"llama.cpp refused the grammar of '{where}': it reads no left-recursive rule (one that can begin with "
+        "itself) and no token reference that is not exactly one token of this model."
+    )
 
 
 class _Events:

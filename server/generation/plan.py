@@ -68,9 +68,21 @@ class ParamNames:
     prompt: str = "messages"
     max_tokens: str = "max_tokens"
     output_schema: str = "response_format"
+    output_grammar: str = "grammar"  # the field that asked for `GenerationPlan.grammar`
     tools: str = "tools"
     tool_choice: str = "tool_choice"
     logit_bias: str = "logit_bias"
+    reasoning: str = "reasoning_effort"
+
+
+@dataclass(frozen=True)
+class ReasoningRequest:
+    """What a request asks of a reasoning model's thinking (server/generation/thinking.py): on or off, and how
+    long it may run: `budget_tokens` tokens, or the model's own budget times `budget_scale` (None: unbounded)."""
+
+    enabled: bool
+    budget_tokens: int | None = None
+    budget_scale: float | None = 1.0
 
 
 @dataclass(frozen=True)
@@ -84,5 +96,9 @@ class GenerationPlan:
     n: int = 1
     logprobs: int | None = None  # None: none; k >= 0: each token's, with the k most likely others
     json_schema: str | None = None  # "{}": any JSON object; else a JSON Schema's text (checked by the adapter)
+    # Or a GBNF grammar (root rule `root`) the output must follow: a client's own, or one an adapter built from a
+    # regex or a list of choices; within server/generation/grammar_check.py's bounds (checked by the adapter).
+    grammar: str | None = None
     tools: ToolRequest | None = None
+    reasoning: ReasoningRequest | None = None  # None: the model's default (a reasoning model thinks)
     params: ParamNames = field(default_factory=ParamNames)

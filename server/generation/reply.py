@@ -1,5 +1,6 @@
-"""What the pipeline gives back, in no protocol's terms: per choice, text pieces, then tool calls or not, then
-the end. Adapters render these as OpenAI chunks, Responses events or Anthropic content blocks."""
+"""What the pipeline gives back, in no protocol's terms: per choice, a reasoning model's thinking, text pieces,
+then tool calls or not, then the end. Adapters render these as OpenAI chunks, Responses events or Anthropic
+content blocks."""
 
 from __future__ import annotations
 
@@ -28,6 +29,14 @@ class TextPiece:
 
 
 @dataclass(frozen=True)
+class ReasoningPiece:
+    """A piece of a reasoning model's thinking (the text of its thinking block), which comes before its answer."""
+
+    choice: int
+    text: str
+
+
+@dataclass(frozen=True)
 class ToolCalls:
     """The choice's reply was tool calls (all of them, parsed whole at the end of the choice)."""
 
@@ -42,19 +51,21 @@ class ChoiceEnd:
     completion_tokens: int
     stop_sequence: str | None = None  # the stop string that ended it, when one did
     logprobs: tuple[TokenLogprob, ...] = ()  # of the last tokens, when they carried no text
+    reasoning_tokens: int = 0  # of completion_tokens, those of the thinking block
 
 
-ReplyEvent = TextPiece | ToolCalls | ChoiceEnd
+ReplyEvent = TextPiece | ReasoningPiece | ToolCalls | ChoiceEnd
 
 
 @dataclass(frozen=True)
 class FinishedChoice:
     """A whole choice, for a response that is not streamed."""
 
-    text: str  # "" when the reply was tool calls
+    text: str  # with tool calls: the text the model wrote before them, if any
     calls: tuple[ToolCall, ...]
     end: ChoiceEnd
     logprobs: tuple[TokenLogprob, ...]
+    reasoning: str = ""  # a reasoning model's thinking
 
 
 async def finished(events: AsyncIterator[ReplyEvent], choices: int) -> list[FinishedChoice]:
@@ -62,20 +73,23 @@ async def finished(events: AsyncIterator[ReplyEvent], choices: int) -> list[Fini
     texts: list[list[str]] = [[] for _ in range(choices)]
     logprobs: list[list[TokenLogprob]] = [[] for _ in range(choices)]
     calls: list[tuple[ToolCall, ...]] = [() for _ in range(choices)]
+    thoughts: list[list[str]] = [[] for _ in range(choices)]
     ends: list[ChoiceEnd | None] = [None] * choices
     async with contextlib.aclosing(events):  # type: ignore[type-var]
         async for event in events:
             if isinstance(event, TextPiece):
                 texts[event.choice].append(event.text)
                 logprobs[event.choice].extend(event.logprobs)
+            elif isinstance(event, ReasoningPiece):
+                thoughts[event.choice].append(event.text)
             elif isinstance(event, ToolCalls):
                 calls[event.choice] = event.calls
             else:
                 ends[event.choice] = event
                 logprobs[event.choice].extend(event.logprobs)
     out = []
-    for text, tokens, choice_calls, end in zip(texts, logprobs, calls, ends, strict=True):
+    for text, tokens, choice_calls, end, thought in zip(texts, logprobs, calls, ends, thoughts, strict=True):
         if end is None:
             raise RuntimeError("a generation ended without finishing one of its choices")
-        out.append(FinishedChoice("".join(text), choice_calls, end, tuple(tokens)))
+        out.append(FinishedChoice("".join(text), choice_calls, end, tuple(tokens), "".join(thought)))
     return out

@@ -31,6 +31,7 @@ class SchemaBounds:
     max_items: int = 1_000  # minItems / maxItems of an array
     max_pattern_chars: int = 1_000
     max_pattern_repeat: int = 1_000  # {m,n} in a pattern
+    max_pattern_ways: int = 4_096  # ways a pattern can be parsed at once (server/generation/grammar_ways.py)
 
 
 BOUNDS = SchemaBounds()

@@ -37,6 +37,8 @@ METERED_ENDPOINTS = frozenset(
         "/v1/models",
         "/v1/responses",
         "/v1/embeddings",
+        "/v1/rerank",
+        "/rerank",
         "/v1/messages",
         "/v1/messages/count_tokens",
     }

@@ -36,8 +36,9 @@ ENDPOINTS = {
 }
 MODEL_PATH_PREFIX = "/v1/models/"
 MODEL_BODY = "Model"
-# Under /v1 but Anthropic's protocol, not OpenAI's: checked by tests/contracts/anthropic_contract.py instead.
-OTHER_PROTOCOL_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
+# Under /v1 but not OpenAI's protocol: Anthropic's (checked by tests/contracts/anthropic_contract.py instead), and
+# reranking, which OpenAI does not have (llama.cpp's, Jina's and Cohere's shape; tests/api/llamacpp/test_rerank.py).
+OTHER_PROTOCOL_PATHS = ("/v1/messages", "/v1/messages/count_tokens", "/v1/rerank")
 
 
 def _completion_chunk(schemas: dict[str, Any]) -> dict[str, Any]:
@@ -58,9 +59,27 @@ def _base64_embedding(schemas: dict[str, Any]) -> dict[str, Any]:
     return embedding
 
 
-# Where the published spec does not describe what OpenAI itself sends (each function's comment says how): component
-# -> the schema used instead, derived from the spec's own. Applied to the in-memory document only.
-SPEC_GAPS = {COMPLETION_CHUNK: _completion_chunk, "Embedding": _base64_embedding}
+def _with_reasoning_content(component: str) -> Any:
+    # slm-server's one extension of chat bodies: a reasoning model's thinking in `reasoning_content`, on the message
+    # and on stream deltas, where DeepSeek's API, vLLM and llama.cpp's server put it. Declared here with its type,
+    # so it is checked, not merely let through as a property the spec does not list.
+    def derive(schemas: dict[str, Any]) -> dict[str, Any]:
+        schema = copy.deepcopy(schemas[component])
+        schema["properties"]["reasoning_content"] = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+        return schema
+
+    return derive
+
+
+# Where the published spec does not describe what OpenAI itself sends (each function's comment says how), or what
+# slm-server deliberately adds: component -> the schema used instead, derived from the spec's own. Applied to the
+# in-memory document only.
+SPEC_GAPS = {
+    COMPLETION_CHUNK: _completion_chunk,
+    "Embedding": _base64_embedding,
+    "ChatCompletionResponseMessage": _with_reasoning_content("ChatCompletionResponseMessage"),
+    "ChatCompletionStreamResponseDelta": _with_reasoning_content("ChatCompletionStreamResponseDelta"),
+}
 
 
 def _honour_nullable(node: Any) -> Any:

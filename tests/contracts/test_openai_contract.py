@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.testclient import TestClient
 from starlette.testclient import _TestClientTransport
 
-from tests.contracts.openai_contract import Contract, check_body, check_responses_of, check_sse, sse_events
+from tests.contracts.openai_contract import Contract, check_body, check_responses_of, check_sse, contract, sse_events
 
 CHAT = "/v1/chat/completions"
 GOOD_CHAT = {
@@ -47,6 +47,8 @@ TEXT_DELTA = {
 GAP_BASES = {
     "CreateCompletionResponse": {"properties": {"choices": {"items": {"properties": {"finish_reason": {}}}}}},
     "Embedding": {"properties": {"embedding": {}}},
+    "ChatCompletionResponseMessage": {"properties": {}},
+    "ChatCompletionStreamResponseDelta": {"properties": {}},
 }
 
 
@@ -167,3 +169,11 @@ def test_the_hook_checks_each_v1_body_and_stream_a_client_receives(monkeypatch):
         f"{CHAT} event 1: [CreateChatCompletionStreamResponse] $.choices[0]: 'delta' is a required property",
         "/v1/nowhere [ErrorResponse] $: 'error' is a required property",
     ]
+
+
+def test_reasoning_content_is_the_one_declared_extension_of_chat_messages_and_deltas():
+    message = {"role": "assistant", "content": "4", "refusal": None, "reasoning_content": "2 + 2 is 4."}
+    assert contract().violations("ChatCompletionResponseMessage", message) == []
+    assert contract().violations("ChatCompletionStreamResponseDelta", {"reasoning_content": "2 + 2"}) == []
+    wrong = contract().violations("ChatCompletionStreamResponseDelta", {"reasoning_content": 4})
+    assert wrong and "reasoning_content" in wrong[0]

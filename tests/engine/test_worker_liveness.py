@@ -186,6 +186,16 @@ def test_the_watchdog_pings_one_at_a_time_and_reports_silence_and_stuck_steps():
     assert dog.tick() and "stuck in one step for 11 s" in reasons[-1]
 
 
+def test_the_watchdog_reports_a_grammar_build_that_runs_past_the_hang_timeout():
+    # llama.cpp cannot stop a build: a worker whose build runs on past the hang timeout is recycled.
+    clock, reasons = Clock(), []
+    dog = Watchdog("m", WorkerDeadlines(hang_timeout_s=10), lambda: None, reasons.append, clock)
+    dog.answered(stalled_s=0.0, building_s=9.0)
+    assert not dog.tick()
+    dog.answered(stalled_s=0.0, building_s=10.5)
+    assert dog.tick() and "grammar build running for 10 s" in reasons[-1]
+
+
 class _StalledEngine:
     def __init__(self, stalled_s: float) -> None:
         self._stalled_s = stalled_s
@@ -194,14 +204,22 @@ class _StalledEngine:
         return self._stalled_s
 
 
-@pytest.mark.parametrize(("engine", "reported"), [(_StalledEngine(7.5), 7.5), (_StalledEngine(0.0), 0.0)])
+class _BuildingEngine(_StalledEngine):
+    def building_s(self) -> float:
+        return 42.0
+
+
+@pytest.mark.parametrize(
+    ("engine", "reported"),
+    [(_StalledEngine(7.5), (7.5, 0.0)), (_StalledEngine(0.0), (0.0, 0.0)), (_BuildingEngine(1.0), (1.0, 42.0))],
+)
 def test_the_worker_answers_a_ping_from_its_loop_with_how_long_its_engine_is_stuck(engine, reported):
     ours, theirs = multiprocessing.Pipe()
     worker = threading.Thread(target=lambda: asyncio.run(_Worker(theirs, engine).run()), daemon=True)
     worker.start()
     ours.send(("ping",))
     assert ours.poll(WAIT_S)
-    assert ours.recv() == ("pong", reported)
+    assert ours.recv() == ("pong", *reported)
     ours.send(("shutdown",))
     worker.join(WAIT_S)
     assert not worker.is_alive()

@@ -1,16 +1,17 @@
 """JSON Schema to GBNF: bounds refused with a 400 naming the keyword, repetitions within llama.cpp's limit,
-linear size, and the Hermes tool-call wrapper. (Outputs validating against their schemas: the real tier.)"""
+linear size, and several functions' arguments side by side for tool calls. (Outputs validating against their
+schemas: the real tier.)"""
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 
 from server.errors import InvalidRequestError
+from server.generation.grammar_check import check_grammar
 from server.generation.grammar_rules import REPEAT_LIMIT, repeat
-from server.generation.json_schema_grammar import BOUNDS, output_grammar, schema_grammar
+from server.generation.json_schema_grammar import BOUNDS, arguments_grammar, output_grammar, schema_grammar
 
 PATH = "response_format.json_schema.schema"
 
@@ -30,16 +31,21 @@ def test_json_strings_exclude_control_characters():
     assert "\\x00-\\x1F" in char_rule
 
 
-def test_tool_call_blocks_wrap_the_json_in_hermes_tags():
-    schema = json.dumps({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
-    lines = output_grammar(schema, tool_call_blocks=2).splitlines()
-    root = next(line for line in lines if line.startswith("root ::="))
-    assert (
-        root == 'root ::= "<tool_call>\\n" call "\\n</tool_call>" ("\\n" "<tool_call>\\n" call "\\n</tool_call>"){0,1}'
-    )
-    assert sum(line.startswith("call ::= ") for line in lines) == 1
-    single = output_grammar(schema, tool_call_blocks=1).splitlines()
-    assert 'root ::= "<tool_call>\\n" call "\\n</tool_call>"' in single
+def test_functions_arguments_side_by_side_each_with_its_own_definitions():
+    # Both define "#/$defs/place", differently: each reference resolves in its own schema.
+    at_place = {"at": {"$ref": "#/$defs/place"}}
+    weather = {"type": "object", "properties": at_place, "$defs": {"place": {"type": "string"}}}
+    timer = {"type": "object", "properties": at_place, "$defs": {"place": {"enum": [1, 2]}}}
+    rules, expressions = arguments_grammar([(weather, "tools[0]"), (timer, "tools[1]")])
+    assert len(expressions) == 2 and expressions[0].startswith("f0-") and expressions[1].startswith("f1-")
+    assert "root ::=" not in rules
+    check_grammar(f"root ::= {expressions[0]} | {expressions[1]}\n" + rules, "tools")
+    defined = dict(line.split(" ::= ", 1) for line in rules.splitlines())
+    assert defined["f0-place"] == "string"
+    assert defined.get(defined["f1-place"], defined["f1-place"]) == '("1" | "2") space'
+    with pytest.raises(InvalidRequestError) as caught:
+        arguments_grammar([(weather, "tools[0]"), ({"type": "object", "minProperties": 1}, "tools[1].parameters")])
+    assert caught.value.param == "tools[1].parameters.minProperties"
 
 
 @pytest.mark.parametrize("length", [2000, 10_000])

@@ -129,3 +129,17 @@ def test_closing_the_events_cancels_the_generation(pipeline, loader):
 
     run(go())
     assert loader.engines["m"].closed_early == 1
+
+
+@pytest.mark.parametrize(("flag", "kind"), [("embedding", "an embedding model"), ("reranker", "a reranker")])
+def test_an_embedding_model_or_reranker_is_refused_before_it_loads(loader, flag, kind):
+    """A generation plan for a models.yaml entry of another kind is refused from the entry: nothing is loaded
+    (and nothing evicted for it), for generation, the rendered prompt and the token count alike."""
+    spec = fake_spec("other").model_copy(update={flag: True})
+    pipeline = GenerationPipeline(ModelRegistry([fake_spec("m"), spec], loader))
+    plan = GenerationPlan(model="other", turns=HELLO)
+    for call in (pipeline.start, pipeline.render, pipeline.count_tokens):
+        with pytest.raises(InvalidRequestError) as caught:
+            run(call(plan, record()))
+        assert caught.value.param == "model" and f"is {kind}, not a generative model" in caught.value.message
+    assert loader.loads == []

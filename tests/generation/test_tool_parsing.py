@@ -7,7 +7,14 @@ import json
 
 import pytest
 
-from server.generation.tools import GENERIC, HERMES, MAX_CALLS, CallFormat, may_be_calls, parse_calls
+from server.generation import tools
+from server.generation.grammar_check import check_grammar
+from server.generation.plan import FunctionSpec, ParamNames, ToolRequest
+from server.generation.tool_dialects import CallSpotter, dialect
+from server.generation.tool_dialects.spotter import MAX_HELD
+from server.generation.tools import GENERIC, MAX_CALLS, CallFormat, parse_calls
+
+HERMES = "hermes"
 
 FUNCTIONS = {"get_weather": {"type": "object"}}
 HERMES_CALLS, GENERIC_CALLS = CallFormat(FUNCTIONS, HERMES), CallFormat(FUNCTIONS, GENERIC)
@@ -31,7 +38,7 @@ def test_hermes_blocks_are_read():
         '<tool_call>{"name": "get_weather", "arguments": ' + "[" * 100_000 + "</tool_call>",
         '<tool_call>{"name": "nope", "arguments": {}}</tool_call>',
         "<tool_call>not json</tool_call>",
-        "Sure! " + BLOCK,
+        "Sure! " + BLOCK,  # (the reader hands the parser the text from where calls begin: see the spotter tests)
     ],
 )
 def test_malformed_hermes_output_is_text(output):
@@ -66,18 +73,81 @@ def test_many_generic_calls_give_at_most_max_calls():
     assert len(parse_calls(json.dumps({"tool_calls": [ONE_CALL]}), GENERIC_CALLS)) == 1
 
 
+LONG_CALL = "<tool_call>" + "x" * 1_000_000
+
+
+def spotted(name: str, pieces: list[str]) -> tuple[str, str | None]:
+    """What a reply streamed in `pieces` shows (all of it, at the end) and what is read as calls."""
+    spotter = CallSpotter(dialect(name))
+    shown = "".join(spotter.push(piece) for piece in pieces)
+    rest, calls = spotter.finish()
+    return shown + rest, calls
+
+
 @pytest.mark.parametrize(
     ("text", "hermes", "generic"),
     [
-        ("", True, True),
-        (" " * 1_000_000, True, True),
-        ("  <tool", True, False),
-        ("<tool_call>" + "x" * 1_000_000, True, False),
-        ("<tool_cal!", False, False),
-        ("\n{", False, True),
-        ("Hello", False, False),
+        ("", ("", None), ("", None)),
+        (" " * 1_000_000, (" " * 1_000_000, None), (" " * 1_000_000, None)),
+        ("  <tool", ("  <tool", None), ("  <tool", None)),
+        (LONG_CALL, ("", LONG_CALL), (LONG_CALL, None)),
+        ("<tool_cal!", ("<tool_cal!", None), ("<tool_cal!", None)),
+        ("\n{", ("\n{", None), ("", "\n{")),
+        ("Hello", ("Hello", None), ("Hello", None)),
+        ("Sure!\n" + BLOCK, ("Sure!", "\n" + BLOCK), ("Sure!\n" + BLOCK, None)),
     ],
 )
-def test_may_be_calls_looks_only_at_the_start(text, hermes, generic):
-    assert may_be_calls(text, HERMES_CALLS) is hermes
-    assert may_be_calls(text, GENERIC_CALLS) is generic
+def test_calls_begin_at_the_start_or_at_the_opening(text, hermes, generic):
+    assert spotted(HERMES, [text]) == hermes
+    assert spotted(GENERIC, [text]) == generic
+    assert spotted(HERMES, list(text[:200])) == spotted(HERMES, [text[:200]])  # the same, a character at a time
+
+
+def test_text_before_the_opening_is_shown_as_it_streams():
+    spotter = CallSpotter(dialect(HERMES))
+    assert spotter.push("Let me ") == "Let me"  # blanks wait: before calls, they are not shown
+    assert spotter.push("check <tool") == " check"  # and so does a tail that may begin the opening
+    assert spotter.push("s> are") == " <tools> are"
+    assert spotter.push(" here <tool_call>{") == " here"
+    assert spotter.push("}</tool_call>") == ""
+    assert spotter.finish() == ("", " <tool_call>{}</tool_call>")
+    text_only = CallSpotter(dialect(HERMES))
+    assert text_only.push("Hello\n\n") == "Hello" and text_only.finish() == ("\n\n", None)
+    blanks = CallSpotter(dialect(HERMES))
+    assert blanks.push("Hi") == "Hi" and len(blanks.push(" " * 10_000)) == 10_000 - MAX_HELD  # held, within a bound
+
+
+NAMED = {"get_weather": {"type": "object", "properties": {"city": {"type": "string"}}}, "get_time": None}
+SPECS = tuple(FunctionSpec(name, parameters=schema) for name, schema in NAMED.items())
+
+
+@pytest.mark.parametrize("dialect_name", [GENERIC, HERMES, "llama3", "mistral", "deepseek", "phi4mini"])
+@pytest.mark.parametrize(
+    ("choice", "parallel", "most"),
+    [
+        ("get_weather", True, 1),  # as at OpenAI: a named function is called exactly once
+        ("get_weather", False, 1),
+        ("required", True, MAX_CALLS),
+        ("required", False, 1),
+        ("auto", True, MAX_CALLS),
+        ("auto", False, 1),
+    ],
+)
+def test_how_many_calls_a_choice_allows(dialect_name, choice, parallel, most):
+    tool_plan = tools.plan(ToolRequest(SPECS, choice, parallel), ParamNames(), dialect_name)
+    assert tool_plan.calls.most == most and tool_plan.calls.dialect == dialect_name
+    assert len(parse_calls(json.dumps({"tool_calls": [ONE_CALL] * 3}), CallFormat(NAMED, GENERIC, most))) == min(
+        3, most
+    )
+    if choice == "auto":
+        assert tool_plan.forced is None
+        return
+    grammar = tools.forced_grammar(tool_plan)
+    check_grammar(grammar, "tools")  # well-formed, every rule defined, within llama.cpp's limits
+    root = next(line for line in grammar.splitlines() if line.startswith("root ::= "))
+    # The repetition of calls allows `most` at most (Llama 3.x: always one call, its templates show no more).
+    assert ("{0," in root) is (most > 1 and dialect_name != "llama3")
+    if most > 1 and dialect_name != "llama3":
+        assert f"{{0,{most - 1}}}" in root
+    calls = next(line for line in grammar.splitlines() if line.startswith("call ::= "))
+    assert ("get_time" in calls) is (choice != "get_weather")  # a named choice allows that function only

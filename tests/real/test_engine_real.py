@@ -225,7 +225,8 @@ def test_full_queue_raises_overloaded_and_recovers(tiny_path):
 
 
 def test_use_extra_bufts_reaches_llama_cpp(tmp_path, caplog):
-    """Q4_0 weights go to llama.cpp's CPU_REPACK buffers only when extra buffer types are on."""
+    """Q4_0 weights go to llama.cpp's repacking buffers (AMX's where the CPU has it) only when extra buffer types
+    are on."""
     path = write_tiny_llama(tmp_path / "tiny-q4.gguf", quant="Q4_0")
 
     def load_log(setting) -> str:
@@ -233,12 +234,16 @@ def test_use_extra_bufts_reaches_llama_cpp(tmp_path, caplog):
         with caplog.at_level(logging.DEBUG, logger="server.engine.llama.native"):
             engine = LlamaCppEngine.load(ModelSpec(name="q4", source={"path": path}, use_extra_bufts=setting))
         try:
-            assert asyncio.run(run_one(engine, chat_request(engine, "Hi", max_tokens=4, ignore_eos=True)))
+            # Forced on where the CPU has AMX, llama.cpp's AMX path segfaults at the first decode (the reason for
+            # "auto"): there only the load is checked.
+            if not (setting is True and has_amx(cpu_flags())):
+                assert asyncio.run(run_one(engine, chat_request(engine, "Hi", max_tokens=4, ignore_eos=True)))
         finally:
             engine.close()
         return caplog.text
 
-    assert "CPU_REPACK model buffer" in load_log(True)
+    repacked = "AMX model buffer" if has_amx(cpu_flags()) else "CPU_REPACK model buffer"
+    assert repacked in load_log(True)
     assert "CPU_REPACK model buffer" not in load_log(False)
     auto = load_log("auto")
     assert "AMX model buffer" not in auto

@@ -14,6 +14,8 @@ from server.api.anthropic.schemas import (
     MessagesRequest,
     ServerToolParam,
     TextBlockParam,
+    ThinkingDisabled,
+    ThinkingEnabled,
     ToolChoiceAny,
     ToolChoiceNone,
     ToolChoiceTool,
@@ -26,6 +28,7 @@ from server.generation.plan import (
     FunctionSpec,
     GenerationPlan,
     ParamNames,
+    ReasoningRequest,
     Sampling,
     ToolCallRecord,
     ToolRequest,
@@ -34,7 +37,12 @@ from server.generation.plan import (
 
 # The request fields each kind of 400 names. A schema for the output only ever comes from a tool's input_schema.
 PARAMS = ParamNames(
-    prompt="messages", max_tokens="max_tokens", output_schema="tools", tools="tools", tool_choice="tool_choice"
+    prompt="messages",
+    max_tokens="max_tokens",
+    output_schema="tools",
+    tools="tools",
+    tool_choice="tool_choice",
+    reasoning="thinking",
 )
 # Text blocks of one turn are read as paragraphs: joined without a separator, two blocks' words would run together.
 BLOCK_SEPARATOR = "\n"
@@ -55,8 +63,27 @@ def to_plan(body: MessageFields) -> GenerationPlan:
         max_tokens=body.max_tokens if isinstance(body, MessagesRequest) else None,
         stop=tuple(body.stop_sequences or ()),
         tools=_tools(body),
+        reasoning=_reasoning(body),
         params=PARAMS,
     )
+
+
+def _reasoning(body: MessageFields) -> ReasoningRequest | None:
+    """`thinking` for a reasoning model: disabled turns it off, enabled sets its budget, adaptive leaves the model's
+    own; absent, the model does what it does by default."""
+    thinking = body.thinking
+    if thinking is None:
+        return None
+    if isinstance(thinking, ThinkingDisabled):
+        return ReasoningRequest(enabled=False)
+    if not isinstance(thinking, ThinkingEnabled):
+        return ReasoningRequest(enabled=True)
+    if isinstance(body, MessagesRequest) and thinking.budget_tokens >= body.max_tokens:
+        raise InvalidRequestError(
+            "'thinking.budget_tokens' must be less than 'max_tokens' (the thinking is part of the reply).",
+            param="thinking.budget_tokens",
+        )
+    return ReasoningRequest(enabled=True, budget_tokens=thinking.budget_tokens)
 
 
 def _system_turns(body: MessageFields) -> Iterator[Turn]:

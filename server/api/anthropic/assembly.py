@@ -2,7 +2,8 @@
 (event name, data) pairs. Pure: no I/O.
 
 A stream is message_start, ping, then per content block content_block_start, its deltas and content_block_stop
-(the text first, then each tool call), then message_delta (stop reason, output tokens) and message_stop.
+(a reasoning model's thinking first, then the text, then each tool call), then message_delta (stop reason, output
+tokens) and message_stop. With `thinking.display` "omitted" the thinking blocks are there, empty.
 """
 
 from __future__ import annotations
@@ -11,8 +12,16 @@ import json
 import uuid
 from typing import Any
 
-from server.api.anthropic.schemas import Message, StopReason, TextBlock, ToolUseBlock, Usage
-from server.generation.reply import ChoiceEnd, FinishedChoice, ReplyEvent, TextPiece, ToolCall, ToolCalls
+from server.api.anthropic.schemas import Message, StopReason, TextBlock, ThinkingBlock, ToolUseBlock, Usage
+from server.generation.reply import (
+    ChoiceEnd,
+    FinishedChoice,
+    ReasoningPiece,
+    ReplyEvent,
+    TextPiece,
+    ToolCall,
+    ToolCalls,
+)
 
 Event = tuple[str, dict[str, Any]]
 
@@ -39,9 +48,16 @@ def tool_use_block(call: ToolCall) -> ToolUseBlock:
     return ToolUseBlock(id=call_id, name=call.name, input=arguments)
 
 
-def build_message(choice: FinishedChoice, *, message_id: str, model: str, input_tokens: int) -> Message:
-    """The non-streamed answer: a text block (when there is text), then a tool_use block per call."""
-    content: list[TextBlock | ToolUseBlock] = [TextBlock(text=choice.text)] if choice.text else []
+def build_message(
+    choice: FinishedChoice, *, message_id: str, model: str, input_tokens: int, show_thinking: bool = True
+) -> Message:
+    """The non-streamed answer: a thinking block (when the model thought), a text block (when there is text),
+    then a tool_use block per call."""
+    content: list[ThinkingBlock | TextBlock | ToolUseBlock] = []
+    if choice.reasoning:
+        content.append(ThinkingBlock(thinking=choice.reasoning if show_thinking else ""))
+    if choice.text:
+        content.append(TextBlock(text=choice.text))
     content += [tool_use_block(call) for call in choice.calls]
     reason, sequence = stop_of(choice.end)
     return Message(
@@ -61,11 +77,12 @@ def _event(name: str, **data: Any) -> Event:
 class MessageStream:
     """The events of one streamed Message: `start()` first, then `feed` each ReplyEvent of its choice."""
 
-    def __init__(self, *, message_id: str, model: str, input_tokens: int) -> None:
+    def __init__(self, *, message_id: str, model: str, input_tokens: int, show_thinking: bool = True) -> None:
         usage = Usage(input_tokens=input_tokens, output_tokens=0)
         self._head = Message(id=message_id, content=[], model=model, stop_reason=None, usage=usage)
         self._blocks = 0  # content blocks started so far: the next one's index
-        self._text_open = False
+        self._open: str | None = None  # the kind of the block open now: "text" or "thinking"
+        self._show_thinking = show_thinking
         self.done = False  # message_stop was produced
 
     def start(self) -> list[Event]:
@@ -75,28 +92,37 @@ class MessageStream:
         if self.done or event.choice != 0:  # a Messages request has one choice
             return []
         if isinstance(event, TextPiece):
-            return self._text(event.text)
+            return self._piece("text", event.text)
+        if isinstance(event, ReasoningPiece):
+            return self._piece("thinking", event.text)
         if isinstance(event, ToolCalls):
-            out = self._close_text()
+            out = self._close_block()
             for call in event.calls:
                 out += self._tool_use(tool_use_block(call))
             return out
         return self._end(event)
 
-    def _text(self, text: str) -> list[Event]:
+    def _piece(self, kind: str, text: str) -> list[Event]:
         if not text:  # a piece that carried only log probabilities
             return []
         out = []
-        if not self._text_open:
-            out.append(_event("content_block_start", index=self._blocks, content_block={"type": "text", "text": ""}))
-            self._text_open = True
-        out.append(_event("content_block_delta", index=self._blocks, delta={"type": "text_delta", "text": text}))
+        if self._open != kind:
+            out += self._close_block()
+            block = {"type": "text", "text": ""} if kind == "text" else ThinkingBlock(thinking="").model_dump()
+            out.append(_event("content_block_start", index=self._blocks, content_block=block))
+            self._open = kind
+        if kind == "text":
+            out.append(_event("content_block_delta", index=self._blocks, delta={"type": "text_delta", "text": text}))
+        elif self._show_thinking:
+            delta = {"type": "thinking_delta", "thinking": text}
+            out.append(_event("content_block_delta", index=self._blocks, delta=delta))
         return out
 
-    def _close_text(self) -> list[Event]:
-        if not self._text_open:
+    def _close_block(self) -> list[Event]:
+        """Close the text or thinking block that is open, if one is."""
+        if self._open is None:
             return []
-        self._text_open = False
+        self._open = None
         self._blocks += 1
         return [_event("content_block_stop", index=self._blocks - 1)]
 
@@ -115,7 +141,7 @@ class MessageStream:
         reason, sequence = stop_of(end)
         self.done = True
         return [
-            *self._close_text(),
+            *self._close_block(),
             _event(
                 "message_delta",
                 delta={"stop_reason": reason, "stop_sequence": sequence},

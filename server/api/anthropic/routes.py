@@ -43,7 +43,12 @@ async def create_message(request: Request) -> Response:
         return _error_response(exc, record.request_id)
     message_id = new_message_id()
     if body.stream:
-        stream = MessageStream(message_id=message_id, model=body.model, input_tokens=generation.prompt_tokens)
+        stream = MessageStream(
+            message_id=message_id,
+            model=body.model,
+            input_tokens=generation.prompt_tokens,
+            show_thinking=_shows_thinking(body),
+        )
 
         def body(shutdown: ShutdownNotice, _on_slow_client: Callable[[], None]) -> AsyncIterator[bytes]:
             events = sse.message_events(until_shutdown(generation.events, shutdown), stream)
@@ -55,7 +60,13 @@ async def create_message(request: Request) -> Response:
 
     async def answer() -> Response:
         (choice,) = await finished(generation.events, 1)
-        message = build_message(choice, message_id=message_id, model=body.model, input_tokens=generation.prompt_tokens)
+        message = build_message(
+            choice,
+            message_id=message_id,
+            model=body.model,
+            input_tokens=generation.prompt_tokens,
+            show_thinking=_shows_thinking(body),
+        )
         return JSONResponse(message.model_dump(mode="json"))
 
     return await _unless_disconnected(request, answer(), record.request_id)
@@ -70,6 +81,11 @@ async def count_tokens(request: Request) -> Response:
     except Exception as exc:
         return _error_response(exc, record.request_id)
     return JSONResponse(TokenCount(input_tokens=tokens).model_dump(mode="json"))
+
+
+def _shows_thinking(body: MessagesRequest) -> bool:
+    """`thinking.display` "omitted": the thinking blocks are sent empty."""
+    return getattr(body.thinking, "display", None) != "omitted"
 
 
 async def _parsed(request: Request, model: type[BodyT]) -> BodyT:

@@ -2,8 +2,8 @@
 `Message` a request is answered with, and the token count. Pydantic only.
 
 Requests are strict and bounded: a wrong type anywhere is a 400 whose param is the path to it (server/errors.py).
-Unknown fields are accepted, as Anthropic adds fields (`cache_control`, `citations`, `thinking`), and ignored; those
-at the top level are logged.
+Unknown fields are accepted, as Anthropic adds fields (`cache_control`, `citations`), and ignored; those at the top
+level are logged.
 """
 
 from __future__ import annotations
@@ -93,10 +93,31 @@ class ToolResultBlockParam(StrictObject):
     is_error: bool | None = None
 
 
+class ThinkingBlockParam(StrictObject):
+    """An earlier reply's thinking, sent back as Anthropic asks clients to: accepted, and left out of the prompt
+    (chat templates drop earlier thinking)."""
+
+    type: Literal["thinking"]
+    thinking: str
+    signature: str = ""
+
+
+class RedactedThinkingBlockParam(StrictObject):
+    type: Literal["redacted_thinking"]
+    data: str
+
+
 UserBlock = tagged(
     {"text": TextBlockParam, "tool_result": ToolResultBlockParam, "image": MediaBlockParam, "document": MediaBlockParam}
 )
-AssistantBlock = tagged({"text": TextBlockParam, "tool_use": ToolUseBlockParam})
+AssistantBlock = tagged(
+    {
+        "text": TextBlockParam,
+        "tool_use": ToolUseBlockParam,
+        "thinking": ThinkingBlockParam,
+        "redacted_thinking": RedactedThinkingBlockParam,
+    }
+)
 
 
 class UserMessageParam(StrictObject):
@@ -156,6 +177,34 @@ class MetadataParam(StrictObject):
     user_id: ShortText | None = None
 
 
+ThinkingDisplay = Literal["summarized", "omitted"]
+
+
+class ThinkingEnabled(StrictObject):
+    type: Literal["enabled"]
+    budget_tokens: int = Field(ge=1)  # Anthropic asks for at least 1024; small models think less
+    display: ThinkingDisplay | None = None
+
+
+class ThinkingDisabled(StrictObject):
+    type: Literal["disabled"]
+
+
+class ThinkingAdaptive(StrictObject):
+    """The model decides how much to think: here, within its own thinking budget."""
+
+    type: Literal["adaptive", "between_tools"]
+    display: ThinkingDisplay | None = None
+
+
+ThinkingConfig = tagged(
+    {
+        "enabled": ThinkingEnabled,
+        "disabled": ThinkingDisabled,
+        "adaptive": ThinkingAdaptive,
+        "between_tools": ThinkingAdaptive,
+    }
+)
 StopSequence = Annotated[str, Field(min_length=1, max_length=MAX_STOP_SEQUENCE_CHARS)]
 
 
@@ -183,6 +232,7 @@ class MessageFields(AnthropicRequest):
     tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: ToolChoiceParam | None = None
     metadata: MetadataParam | None = None
+    thinking: ThinkingConfig | None = None  # for a reasoning model: None is its own default (it thinks)
 
 
 class MessagesRequest(MessageFields):
@@ -206,7 +256,13 @@ class ToolUseBlock(BaseModel):
     input: dict[str, Any]
 
 
-ContentBlock = Annotated[TextBlock | ToolUseBlock, Field(discriminator="type")]
+class ThinkingBlock(BaseModel):
+    type: Literal["thinking"] = "thinking"
+    thinking: str
+    signature: str = ""  # this server signs nothing, and checks no signature sent back
+
+
+ContentBlock = Annotated[ThinkingBlock | TextBlock | ToolUseBlock, Field(discriminator="type")]
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.api.openai.plans import chat_plan
+from server.api.openai.plans import chat_plan, off_loop
 from server.api.openai.schemas import ChatCompletionRequest
 from server.errors import InvalidRequestError
 from server.http.deps import PipelineDep, RecordDep, json_body, request_body_doc, require_api_key
@@ -71,7 +71,7 @@ async def detokenize(request: Request, body: DetokenizeBody, record: RecordDep) 
 @extensions.post("/apply-template", response_model=None, openapi_extra=request_body_doc(ChatCompletionRequest))
 async def apply_template(body: ChatBody, pipeline: PipelineDep, record: RecordDep) -> JSONResponse:
     """The prompt a chat request becomes with the model's chat template, tools included."""
-    return JSONResponse({"prompt": await pipeline.render(chat_plan(body), record)})
+    return JSONResponse({"prompt": await pipeline.render(await off_loop(chat_plan, body), record)})
 
 
 def _model(registry: ModelRegistry, name: str | None, record: RequestRecord) -> str:

@@ -20,13 +20,22 @@ from server.api.openai.schemas import (
     Completion,
     CompletionChoice,
     CompletionLogprobs,
+    CompletionTokensDetails,
     FunctionCall,
     ToolCallOut,
     TopLogprob,
     Usage,
 )
 from server.engine.base import TokenLogprob
-from server.generation.reply import ChoiceEnd, FinishedChoice, ReplyEvent, TextPiece, ToolCall, ToolCalls
+from server.generation.reply import (
+    ChoiceEnd,
+    FinishedChoice,
+    ReasoningPiece,
+    ReplyEvent,
+    TextPiece,
+    ToolCall,
+    ToolCalls,
+)
 
 
 @dataclass
@@ -38,15 +47,19 @@ class ResponseMeta:
     id_prefix: str
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
+    thinking: bool = False  # a reasoning model's reply: its thinking tokens are counted in the usage
 
     def __post_init__(self) -> None:
         self.id = self.id or f"{self.id_prefix}-{uuid.uuid4().hex}"
 
-    def usage(self, completion_tokens: int) -> Usage:
+    def usage(self, completion_tokens: int, reasoning_tokens: int = 0) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=self.prompt_tokens + completion_tokens,
+            completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning_tokens)
+            if self.thinking
+            else None,
         )
 
 
@@ -89,12 +102,13 @@ class _UsageTally:
         self._meta = meta
         self._n = n
         self._include_usage = include_usage
-        self._tokens: dict[int, int] = {}
+        self._tokens: dict[int, tuple[int, int]] = {}
 
-    def finish(self, index: int, completion_tokens: int) -> Usage | None:
-        self._tokens[index] = completion_tokens
+    def finish(self, end: ChoiceEnd) -> Usage | None:
+        self._tokens[end.choice] = (end.completion_tokens, end.reasoning_tokens)
         if self._include_usage and len(self._tokens) == self._n:
-            return self._meta.usage(sum(self._tokens.values()))
+            ends = self._tokens.values()
+            return self._meta.usage(sum(tokens for tokens, _ in ends), sum(thinking for _, thinking in ends))
         return None
 
 
@@ -112,16 +126,19 @@ class ChatStreamState:
         index = event.choice
         if index not in self._started:
             self._started.add(index)
-            yield self._chunk(index, ChatDelta(role="assistant", content=""))
+            # A reply that is only tool calls has no content (null, as non-streamed); any other begins with "".
+            yield self._chunk(index, ChatDelta(role="assistant", content=None if isinstance(event, ToolCalls) else ""))
         if isinstance(event, TextPiece):
             logprobs = chat_logprobs(event.logprobs) if self._logprobs and event.logprobs else None
             yield self._chunk(index, ChatDelta(content=event.text), logprobs=logprobs)
+        elif isinstance(event, ReasoningPiece):
+            yield self._chunk(index, ChatDelta(reasoning_content=event.text))
         elif isinstance(event, ToolCalls):
             yield self._chunk(index, ChatDelta(tool_calls=tool_call_deltas(event.calls)))
         else:
             logprobs = chat_logprobs(event.logprobs) if self._logprobs and event.logprobs else None
             yield self._chunk(index, ChatDelta(), finish_reason=event.reason, logprobs=logprobs)
-            usage = self._usage.finish(index, event.completion_tokens)
+            usage = self._usage.finish(event)
             if usage is not None:
                 yield ChatCompletionChunk(
                     id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[], usage=usage
@@ -146,7 +163,7 @@ class CompletionStreamState:
         self._offsets: dict[int, int] = {}
 
     def push(self, event: ReplyEvent) -> Iterator[Completion]:
-        if isinstance(event, ToolCalls):  # no tools on legacy completions
+        if isinstance(event, ToolCalls | ReasoningPiece):  # no tools, and no chat template, on legacy completions
             return
         index = event.choice
         text = event.text if isinstance(event, TextPiece) else ""
@@ -157,7 +174,7 @@ class CompletionStreamState:
             self._offsets[index] = self._offsets.get(index, 0) + sum(len(t) for t in logprobs.tokens)
         yield self._chunk(index, text, reason, logprobs)
         if isinstance(event, ChoiceEnd):
-            usage = self._usage.finish(index, event.completion_tokens)
+            usage = self._usage.finish(event)
             if usage is not None:
                 yield Completion(
                     id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[], usage=usage
@@ -185,9 +202,11 @@ def chat_completion(meta: ResponseMeta, finished: list[FinishedChoice], logprobs
             tool_calls = [
                 ToolCallOut(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in choice.calls
             ]
-            message = AssistantMessage(content=None, tool_calls=tool_calls)
+            message = AssistantMessage(
+                content=choice.text or None, tool_calls=tool_calls, reasoning_content=choice.reasoning or None
+            )  # the text, when the model wrote some before its calls
         else:
-            message = AssistantMessage(content=choice.text)
+            message = AssistantMessage(content=choice.text, reasoning_content=choice.reasoning or None)
         choices.append(
             ChatChoice(
                 index=i,
@@ -201,7 +220,10 @@ def chat_completion(meta: ResponseMeta, finished: list[FinishedChoice], logprobs
         created=meta.created,
         model=meta.model,
         choices=choices,
-        usage=meta.usage(sum(choice.end.completion_tokens for choice in finished)),
+        usage=meta.usage(
+            sum(choice.end.completion_tokens for choice in finished),
+            sum(choice.end.reasoning_tokens for choice in finished),
+        ),
     )
 
 

@@ -13,7 +13,7 @@ from server.api.openai.assembly import (
     chat_completion,
     completion,
 )
-from server.api.openai.plans import chat_plan, completion_plan, include_usage
+from server.api.openai.plans import chat_plan, completion_plan, include_usage, off_loop
 from server.api.openai.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -29,22 +29,22 @@ T = TypeVar("T")
 
 
 async def chat(pipeline: GenerationPipeline, body: ChatCompletionRequest, record: RequestRecord) -> ChatCompletion:
-    generation = await pipeline.start(chat_plan(body), record)
-    meta = ResponseMeta(model=body.model, prompt_tokens=generation.prompt_tokens, id_prefix="chatcmpl")
+    generation = await pipeline.start(await off_loop(chat_plan, body), record)
+    meta = ResponseMeta(body.model, generation.prompt_tokens, "chatcmpl", thinking=generation.thinking)
     return chat_completion(meta, await finished(generation.events, generation.choices), bool(body.logprobs))
 
 
 async def chat_stream(
     pipeline: GenerationPipeline, body: ChatCompletionRequest, record: RequestRecord
 ) -> AsyncIterator[ChatCompletionChunk]:
-    generation = await pipeline.start(chat_plan(body), record)
-    meta = ResponseMeta(model=body.model, prompt_tokens=generation.prompt_tokens, id_prefix="chatcmpl")
+    generation = await pipeline.start(await off_loop(chat_plan, body), record)
+    meta = ResponseMeta(body.model, generation.prompt_tokens, "chatcmpl", thinking=generation.thinking)
     state = ChatStreamState(meta, include_usage=include_usage(body), n=generation.choices, logprobs=bool(body.logprobs))
     return rendered(generation.events, state.push)
 
 
 async def complete(pipeline: GenerationPipeline, body: CompletionRequest, record: RequestRecord) -> Completion:
-    generation = await pipeline.start(completion_plan(body), record)
+    generation = await pipeline.start(await off_loop(completion_plan, body), record)
     meta = ResponseMeta(model=body.model, prompt_tokens=generation.prompt_tokens, id_prefix="cmpl")
     return completion(meta, await finished(generation.events, generation.choices), body.logprobs is not None)
 
@@ -52,7 +52,7 @@ async def complete(pipeline: GenerationPipeline, body: CompletionRequest, record
 async def complete_stream(
     pipeline: GenerationPipeline, body: CompletionRequest, record: RequestRecord
 ) -> AsyncIterator[Completion]:
-    generation = await pipeline.start(completion_plan(body), record)
+    generation = await pipeline.start(await off_loop(completion_plan, body), record)
     meta = ResponseMeta(model=body.model, prompt_tokens=generation.prompt_tokens, id_prefix="cmpl")
     state = CompletionStreamState(
         meta, include_usage=include_usage(body), n=generation.choices, logprobs=body.logprobs is not None

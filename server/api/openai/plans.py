@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+from server.api.openai.constraints import output_constraint
 from server.api.openai.request_parts import (
     AssistantMessageParam,
     FunctionToolParam,
@@ -9,18 +14,28 @@ from server.api.openai.request_parts import (
     NamedToolChoiceParam,
     ToolMessageParam,
 )
-from server.api.openai.response_format import json_schema_of
-from server.api.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from server.api.openai.schemas import ChatCompletionRequest, CompletionRequest, ReasoningEffort, SamplingFields
 from server.errors import InvalidRequestError, UnsupportedParameterError
 from server.generation.plan import (
     FunctionSpec,
     GenerationPlan,
     ParamNames,
+    ReasoningRequest,
     Sampling,
     ToolCallRecord,
     ToolRequest,
     Turn,
 )
+
+B = TypeVar("B")
+
+
+async def off_loop(make: Callable[[B], GenerationPlan], body: B) -> GenerationPlan:
+    """`make(body)` in a worker thread: its output constraint (a client's grammar, regex or JSON schema) is read
+    and checked in proportion to its size, which must not hold up the event loop. Still before the response
+    starts: a refusal is the request's status."""
+    return await asyncio.to_thread(make, body)
+
 
 # Roles most chat templates know; OpenAI's newer "developer" role is a system message to them.
 _ROLES = {"developer": "system"}
@@ -31,7 +46,6 @@ UNHONOURED_CHAT_PARAMETERS = {
     "modalities": "only text output is available",
     "prediction": "predicted outputs are not used",
     "web_search_options": "web search is not available",
-    "reasoning_effort": "the models served here have no reasoning-effort setting",
     "functions": "the deprecated 'functions' is not served; use 'tools'",
     "function_call": "the deprecated 'function_call' is not served; use 'tool_choice'",
 }
@@ -45,6 +59,7 @@ def chat_plan(body: ChatCompletionRequest) -> GenerationPlan:
         if value not in (None, False, []) and not (param == "modalities" and value == ["text"]):
             _reject(param, what)
     max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    constraint = output_constraint(body)
     return GenerationPlan(
         model=body.model,
         turns=tuple(turn(m) for m in body.messages),
@@ -53,9 +68,13 @@ def chat_plan(body: ChatCompletionRequest) -> GenerationPlan:
         stop=tuple(body.stop_list()),
         n=body.n or 1,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-        json_schema=json_schema_of(body.response_format),
+        json_schema=constraint.json_schema,
+        grammar=constraint.grammar,
         tools=tool_request(body),
-        params=ParamNames(prompt="messages", max_tokens=max_param),
+        reasoning=reasoning_request(body.reasoning_effort),
+        params=ParamNames(
+            prompt="messages", max_tokens=max_param, output_schema=constraint.param, output_grammar=constraint.param
+        ),
     )
 
 
@@ -66,6 +85,7 @@ def completion_plan(body: CompletionRequest) -> GenerationPlan:
         _reject("best_of", "only best_of=1 is generated")
     if body.suffix:
         _reject("suffix", "insertion (suffix) is not available")
+    constraint = output_constraint(body)
     return GenerationPlan(
         model=body.model,
         prompt=body.prompt_text(),
@@ -74,7 +94,9 @@ def completion_plan(body: CompletionRequest) -> GenerationPlan:
         stop=tuple(body.stop_list()),
         n=body.n or 1,
         logprobs=body.logprobs,
-        params=ParamNames(prompt="prompt"),
+        json_schema=constraint.json_schema,
+        grammar=constraint.grammar,
+        params=ParamNames(prompt="prompt", output_schema=constraint.param, output_grammar=constraint.param),
     )
 
 
@@ -107,6 +129,26 @@ def tool_request(body: ChatCompletionRequest) -> ToolRequest | None:
             raise InvalidRequestError(f"Invalid value for '{where}': no tool is named {name!r}.", param=where)
         choice = name
     return ToolRequest(tuple(functions), choice or "auto", body.parallel_tool_calls is not False)
+
+
+# `reasoning_effort`: "none" turns thinking off (a 400 for a model whose template cannot); the others scale the
+# model's thinking budget (models.yaml `reasoning.budget_tokens`, which is "medium"); "max" has no budget.
+EFFORT_BUDGETS: dict[str, float | None] = {
+    "minimal": 0.125,
+    "low": 0.5,
+    "medium": 1.0,
+    "high": 2.0,
+    "xhigh": 4.0,
+    "max": None,
+}
+
+
+def reasoning_request(effort: ReasoningEffort | None) -> ReasoningRequest | None:
+    if effort is None:
+        return None
+    if effort == "none":
+        return ReasoningRequest(enabled=False)
+    return ReasoningRequest(enabled=True, budget_scale=EFFORT_BUDGETS[effort])
 
 
 def sampling(body: SamplingFields) -> Sampling:

@@ -183,5 +183,18 @@ class ResponseFormatJSONSchema(StrictObject):
 
 ResponseFormat = tagged_union(ResponseFormatText, ResponseFormatJSONObject, ResponseFormatJSONSchema)
 
+
+class StructuredOutputsParam(StrictObject):
+    """vLLM's `structured_outputs`: one output constraint (server/api/openai/constraints.py). vLLM's options for
+    its own backends (`disable_fallback`, `whitespace_pattern` ...) are accepted and ignored."""
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")  # a JSON Schema, or its JSON text
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None  # GBNF
+    json_object: bool | None = None
+    structural_tag: Any = None  # refused by name
+
+
 TokenIdKey = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]
 LogitBias = Annotated[dict[TokenIdKey, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIAS)]

@@ -17,11 +17,13 @@ from pydantic import BaseModel, ValidationError
 
 from server.api.openai.plans import chat_plan
 from server.api.openai.request_parts import OtherToolParam, ToolChoiceMode
+from server.api.openai.responses_reasoning import ReasoningOutput, new_reasoning_id, reasoning_item
 from server.api.openai.responses_request import (
     FunctionCallItem,
     FunctionTool,
     InputMessage,
     NamedFunctionChoice,
+    ReasoningInputItem,
     ResponsesRequest,
     TextFormatJSONSchema,
 )
@@ -29,7 +31,7 @@ from server.api.openai.schemas import ChatCompletionRequest
 from server.errors import InvalidRequestError, UnsupportedParameterError, from_validation_errors
 from server.generation.pipeline import Generation
 from server.generation.plan import GenerationPlan, ParamNames
-from server.generation.reply import ChoiceEnd, FinishedChoice, ToolCall, ToolCalls
+from server.generation.reply import ChoiceEnd, FinishedChoice, ReasoningPiece, ToolCall, ToolCalls
 
 
 def to_plan(body: ResponsesRequest) -> GenerationPlan:
@@ -42,7 +44,9 @@ def to_plan(body: ResponsesRequest) -> GenerationPlan:
             exc.message = exc.message.replace(exc.param, _responses_param(exc.param))
             exc.param = _responses_param(exc.param)
         raise
-    names = ParamNames(prompt="input", max_tokens="max_output_tokens", output_schema="text.format")
+    names = ParamNames(
+        prompt="input", max_tokens="max_output_tokens", output_schema="text.format", reasoning="reasoning.effort"
+    )
     if plan.tools is not None:  # the pipeline checks the schemas: at the paths this request has them
         functions = tuple(dataclasses.replace(f, where=_responses_param(f.where)) for f in plan.tools.functions)
         plan = dataclasses.replace(plan, tools=dataclasses.replace(plan.tools, functions=functions))
@@ -61,6 +65,8 @@ def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
         messages.append({"role": "system", "content": body.instructions})
     items = [InputMessage(role="user", content=body.input)] if isinstance(body.input, str) else body.input
     for item in items:
+        if isinstance(item, ReasoningInputItem):
+            continue  # earlier thinking: chat templates leave it out of the conversation
         if isinstance(item, InputMessage):
             messages.append({"role": item.role, "content": item.text()})
         elif isinstance(item, FunctionCallItem):
@@ -81,6 +87,7 @@ def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
         "top_p": body.top_p,
         "tool_choice": _chat_tool_choice(body.tool_choice),
         "parallel_tool_calls": body.parallel_tool_calls,
+        "reasoning_effort": None if body.reasoning is None else body.reasoning.effort,
     }
     if body.tools:
         chat["tools"] = [_chat_tool(tool, i) for i, tool in enumerate(body.tools)]
@@ -93,7 +100,11 @@ def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
     return request
 
 
-_RENAMED_PREFIXES = (("tool_choice.function.", "tool_choice."), ("response_format.json_schema.", "text.format."))
+_RENAMED_PREFIXES = (
+    ("tool_choice.function.", "tool_choice."),
+    ("response_format.json_schema.", "text.format."),
+    ("reasoning_effort", "reasoning.effort"),
+)
 
 
 def _responses_param(param: str) -> str:
@@ -144,12 +155,13 @@ def _echo_tool(tool: BaseModel) -> Any:
     return echoed
 
 
-def _usage(prompt: int, completion: int) -> dict[str, Any]:
+def _usage(prompt: int, end: ChoiceEnd) -> dict[str, Any]:
+    completion = end.completion_tokens
     return {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": end.reasoning_tokens},
         "total_tokens": prompt + completion,
     }
 
@@ -170,6 +182,7 @@ def _envelope(response_id: str, body: ResponsesRequest, status: str, output: lis
         "parallel_tool_calls": body.parallel_tool_calls is not False,
         "text": _echo(body.text) or {"format": {"type": "text"}},
         "metadata": body.metadata or {},
+        "reasoning": _echo(body.reasoning),
         "output": output,
         "error": None,
         "incomplete_details": extra.pop("incomplete_details", None),
@@ -196,10 +209,10 @@ def _function_call(call: ToolCall) -> dict[str, Any]:
 
 def from_finished(body: ResponsesRequest, choice: FinishedChoice, prompt_tokens: int) -> dict[str, Any]:
     """The Response object of a whole (not streamed) reply."""
-    if choice.calls:
-        output = [_function_call(call) for call in choice.calls]
-    else:
-        output = [_message(f"msg_{uuid.uuid4().hex[:24]}", choice.text)]
+    output = [reasoning_item(new_reasoning_id(), choice.reasoning)] if choice.reasoning else []
+    if choice.text or not choice.calls:  # the text, also when the model wrote some before its calls
+        output.append(_message(f"msg_{uuid.uuid4().hex[:24]}", choice.text))
+    output += [_function_call(call) for call in choice.calls]
     incomplete = choice.end.reason == "length"
     return _envelope(
         f"resp_{uuid.uuid4().hex}",
@@ -207,7 +220,7 @@ def from_finished(body: ResponsesRequest, choice: FinishedChoice, prompt_tokens:
         "incomplete" if incomplete else "completed",
         output,
         incomplete_details={"reason": "max_output_tokens"} if incomplete else None,
-        usage=_usage(prompt_tokens, choice.end.completion_tokens),
+        usage=_usage(prompt_tokens, choice.end),
     )
 
 
@@ -224,25 +237,33 @@ async def _events(body: ResponsesRequest, generation: Generation) -> AsyncIterat
     yield {"type": "response.created", "response": _envelope(response_id, body, "in_progress", [])}
     yield {"type": "response.in_progress", "response": _envelope(response_id, body, "in_progress", [])}
     text, calls, end = "", (), None
-    opened = False
+    output: list[Any] = []
+    thought, at = ReasoningOutput(), None  # at: the message's index in the output, once it opens
     async for event in generation.events:
+        if isinstance(event, ReasoningPiece):
+            for item in thought.piece(event.text, len(output)):
+                yield item
+            continue
+        if thought.open:  # the thinking is over
+            for item in thought.close():
+                yield item
+            output.append(thought.item())
         if isinstance(event, ToolCalls):
             calls = event.calls
         elif isinstance(event, ChoiceEnd):
             end = event
         else:
-            if not opened:
-                opened = True
-                yield _item_added(item_id)
-                yield {**_part(item_id), "type": "response.content_part.added", "part": _text_part("")}
+            if at is None:
+                at = len(output)
+                yield _item_added(item_id, at)
+                yield {**_part(item_id, at), "type": "response.content_part.added", "part": _text_part("")}
             text += event.text
-            yield {**_part(item_id), "type": "response.output_text.delta", "delta": event.text, "logprobs": []}
-    output: list[Any] = []
-    if opened:
-        yield {**_part(item_id), "type": "response.output_text.done", "text": text, "logprobs": []}
-        yield {**_part(item_id), "type": "response.content_part.done", "part": _text_part(text)}
+            yield {**_part(item_id, at), "type": "response.output_text.delta", "delta": event.text, "logprobs": []}
+    if at is not None:
+        yield {**_part(item_id, at), "type": "response.output_text.done", "text": text, "logprobs": []}
+        yield {**_part(item_id, at), "type": "response.content_part.done", "part": _text_part(text)}
         output.append(_message(item_id, text))
-        yield {"type": "response.output_item.done", "output_index": 0, "item": output[-1]}
+        yield {"type": "response.output_item.done", "output_index": at, "item": output[-1]}
     for call in calls:
         item = _function_call(call)
         index = len(output)
@@ -262,7 +283,7 @@ async def _events(body: ResponsesRequest, generation: Generation) -> AsyncIterat
         "incomplete" if incomplete else "completed",
         output,
         incomplete_details={"reason": "max_output_tokens"} if incomplete else None,
-        usage=None if end is None else _usage(generation.prompt_tokens, end.completion_tokens),
+        usage=None if end is None else _usage(generation.prompt_tokens, end),
     )
     yield {"type": "response.incomplete" if incomplete else "response.completed", "response": final}
 
@@ -271,13 +292,13 @@ def _text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _item_added(item_id: str) -> dict[str, Any]:
+def _item_added(item_id: str, index: int) -> dict[str, Any]:
     return {
         "type": "response.output_item.added",
-        "output_index": 0,
+        "output_index": index,
         "item": _message(item_id, "", "in_progress") | {"content": []},
     }
 
 
-def _part(item_id: str) -> dict[str, Any]:
-    return {"item_id": item_id, "output_index": 0, "content_index": 0}
+def _part(item_id: str, index: int) -> dict[str, Any]:
+    return {"item_id": item_id, "output_index": index, "content_index": 0}

@@ -19,7 +19,7 @@ from server.api.openai.request_parts import (
     ToolChoiceMode,
     tagged_union,
 )
-from server.api.openai.schemas import OpenAIRequest
+from server.api.openai.schemas import OpenAIRequest, ReasoningEffort
 
 
 class InputText(StrictObject):
@@ -59,7 +59,23 @@ class FunctionCallItem(StrictObject):
     arguments: str
 
 
-InputItem = tagged_union(InputMessage, FunctionCallOutput, FunctionCallItem, default="message")
+class ReasoningTextPart(StrictObject):
+    type: Literal["reasoning_text", "summary_text"]
+    text: str
+
+
+class ReasoningInputItem(StrictObject):
+    """An earlier reply's `reasoning` item, sent back as clients that keep the conversation themselves do: accepted,
+    and left out of the prompt (chat templates drop earlier thinking)."""
+
+    type: Literal["reasoning"]
+    id: ShortText | None = None
+    summary: Annotated[list[ReasoningTextPart], Field(max_length=MAX_CONTENT_PARTS)] = []
+    content: Annotated[list[ReasoningTextPart], Field(max_length=MAX_CONTENT_PARTS)] | None = None
+    encrypted_content: str | None = None
+
+
+InputItem = tagged_union(InputMessage, FunctionCallOutput, FunctionCallItem, ReasoningInputItem, default="message")
 
 
 class FunctionTool(StrictObject):
@@ -92,6 +108,12 @@ class TextConfig(StrictObject):
     verbosity: Literal["low", "medium", "high"] | None = None  # a hint the models served here cannot follow
 
 
+class ReasoningConfig(StrictObject):
+    effort: ReasoningEffort | None = None  # as chat's `reasoning_effort`
+    summary: Literal["auto", "concise", "detailed"] | None = None  # accepted; the models served here write none
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None
+
+
 Metadata = Annotated[  # OpenAI's bounds
     dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
 ]
@@ -112,3 +134,4 @@ class ResponsesRequest(OpenAIRequest):
     previous_response_id: str | None = None
     store: bool | None = None
     metadata: Metadata | None = None
+    reasoning: ReasoningConfig | None = None

@@ -15,6 +15,7 @@ from server.api.openai import endpoints
 from server.api.openai import responses as responses_api
 from server.api.openai.embeddings import EmbeddingRequest, embedding_list, embedding_plan
 from server.api.openai.models import model_card, model_list
+from server.api.openai.plans import off_loop
 from server.api.openai.responses import ResponsesRequest
 from server.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from server.generation.reply import finished
@@ -81,7 +82,7 @@ async def completions(request: Request, body: CompletionBody, pipeline: Pipeline
 
 @v1.post("/responses", response_model=None, openapi_extra=request_body_doc(ResponsesRequest))
 async def create_response(request: Request, body: ResponsesBody, pipeline: PipelineDep, record: RecordDep) -> Response:
-    plan = responses_api.to_plan(body)
+    plan = await off_loop(responses_api.to_plan, body)
     if body.stream:
         events = responses_api.events(body, await pipeline.start(plan, record))
         return _events(request, record, sse.encode_events, events)

@@ -8,12 +8,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from server.api.openai.request_parts import ChatMessage, ChatToolChoice, ChatTools, LogitBias, ResponseFormat
+from server.api.openai.request_parts import (
+    ChatMessage,
+    ChatToolChoice,
+    ChatTools,
+    LogitBias,
+    ResponseFormat,
+    StructuredOutputsParam,
+)
 
 logger = logging.getLogger(__name__)
 LOGGED_NAMES, LOGGED_NAME_CHARS = 10, 40  # a client can send 100k unknown fields: the log line stays short
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]  # the spec's enum
 
 
 class OpenAIRequest(BaseModel):
@@ -63,6 +71,14 @@ class SamplingFields(OpenAIRequest):
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
     ignore_eos: bool = False
+    # Output constraints besides `response_format` (server/api/openai/constraints.py), under the names users of
+    # vLLM (`structured_outputs`, and its older `guided_*`) and of llama.cpp's server (`grammar`, GBNF) know.
+    structured_outputs: StructuredOutputsParam | None = None
+    grammar: str | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -79,6 +95,7 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: ChatToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    reasoning_effort: ReasoningEffort | None = None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -96,10 +113,22 @@ class CompletionRequest(SamplingFields):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: CompletionTokensDetails | None = None  # for a reasoning model's replies
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_details(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("completion_tokens_details") is None:
+            data.pop("completion_tokens_details", None)
+        return data
 
 
 class FunctionCall(BaseModel):
@@ -118,12 +147,15 @@ class AssistantMessage(BaseModel):
     content: str | None
     refusal: str | None = None
     tool_calls: list[ToolCallOut] | None = None
+    # A reasoning model's thinking, where DeepSeek's API, vLLM and llama.cpp's server put it (not OpenAI's field).
+    reasoning_content: str | None = None
 
     @model_serializer(mode="wrap")
     def _drop_empty_tool_calls(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
-        if data.get("tool_calls") is None:
-            data.pop("tool_calls", None)
+        for name in ("tool_calls", "reasoning_content"):
+            if data.get(name) is None:
+                data.pop(name, None)
         return data
 
 
@@ -184,6 +216,7 @@ class ChatDelta(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None  # a reasoning model's thinking (as on AssistantMessage)
     tool_calls: list[dict[str, Any]] | None = None
 
     @model_serializer(mode="wrap")

@@ -223,10 +223,10 @@ def test_metadata_and_stream_are_accepted():
 def test_unknown_fields_are_accepted_and_logged_in_short(caplog):
     extras = {f"field_{i}": i for i in range(50)}
     with caplog.at_level(logging.INFO, logger="server.api.anthropic.schemas"):
-        plan_of(request(thinking={"type": "enabled", "budget_tokens": 1024}, **extras))
+        plan_of(request(context_management={"edits": []}, **extras))
     (line,) = [r.getMessage() for r in caplog.records if "unknown request fields" in r.getMessage()]
     assert "ignoring 51 unknown request fields" in line
-    assert "thinking" in line and "field_8" in line and "field_9" not in line  # ten names at most
+    assert "context_management" in line and "field_8" in line and "field_9" not in line  # ten names at most
 
 
 def test_unknown_fields_of_blocks_and_tools_are_accepted():

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.config import ConfigError, Settings
+from server.config import ConfigError, ModelSpec, Settings
 from server.generation.embedding import Embedder, EmbeddingPlan
 from server.metrics import RequestRecord
 from server.models.registry import ModelRegistry
@@ -24,6 +24,24 @@ from tests.fakes import FakeEngine, FakeScript, fake_spec
 
 EMB = "/v1/embeddings"
 WAIT_S = 30  # an upper bound for conditions that hold within milliseconds; reached only when a test fails
+
+
+def embedding_spec(name: str, **updates) -> ModelSpec:
+    return fake_spec(name).model_copy(update={"embedding": True, **updates})
+
+
+@pytest.fixture
+def registry(loader: FakeLoader) -> ModelRegistry:
+    """The shared fixture's models, with `other-model` an embedding model (`embedding: true`)."""
+    return ModelRegistry([fake_spec("fake-model", "gpt-4o-mini"), embedding_spec("other-model")], loader)
+
+
+def make_client(tmp_path, loader: FakeLoader, **settings) -> TestClient:
+    """A chat model `fake-model`, an embedding model `slow-model` and a reranker `ranker`, with those settings."""
+    ranker = fake_spec("ranker").model_copy(update={"reranker": True})
+    registry = ModelRegistry([fake_spec("fake-model"), embedding_spec("slow-model"), ranker], loader)
+    app = create_app(Settings(models_file=tmp_path / "unused.yaml", **settings), registry=registry)
+    return TestClient(app, raise_server_exceptions=False)
 
 
 @pytest.fixture
@@ -61,6 +79,7 @@ def test_base64_and_dimensions(client, embedder):
 def test_wrong_model_kinds_and_limits(client, embedder, tmp_path):
     assert_openai_error(client.post(EMB, json={"model": "fake-model", "input": "x"}), 400, param="model")
     assert_openai_error(client.post(CHAT, json={**HELLO, "model": "other-model"}), 400)
+    assert embedder.loads == []  # both refused from their models.yaml entries, before either model loads
     assert_openai_error(client.post(EMB, json={"model": "other-model", "input": []}), 400, param="input")
     assert_openai_error(client.post(EMB, json={"model": "other-model", "input": ""}), 400, param="input")
     assert_openai_error(
@@ -71,8 +90,6 @@ def test_wrong_model_kinds_and_limits(client, embedder, tmp_path):
 
 
 def test_input_count_limit(tmp_path, loader):
-    from tests.http.test_operations import make_client
-
     loader.scripts["slow-model"] = FakeScript(embedding_dims=4)
     with make_client(tmp_path, loader, max_embedding_inputs=2) as client:
         assert_openai_error(
@@ -120,7 +137,7 @@ class BlockingLoader(FakeLoader):
 
 def single_slot_client(tmp_path, loader: FakeLoader, **settings) -> TestClient:
     """The embedding model `e` takes one request at a time (parallel 1, no wait queue)."""
-    spec = fake_spec("e").model_copy(update={"parallel": 1, "max_queue": 0})
+    spec = embedding_spec("e", parallel=1, max_queue=0)
     app = create_app(Settings(models_file=tmp_path / "unused.yaml", **settings), registry=ModelRegistry([spec], loader))
     return TestClient(app, raise_server_exceptions=False)
 
@@ -149,8 +166,7 @@ def test_an_embedding_request_past_the_timeout_is_a_504_and_stops_the_engine(tmp
 
 def test_a_cancelled_embedding_request_cancels_the_engine_call(tmp_path):
     loader = BlockingLoader()
-    spec = fake_spec("e")
-    embedder = Embedder(ModelRegistry([spec], loader))
+    embedder = Embedder(ModelRegistry([embedding_spec("e")], loader))
 
     async def scenario():
         record = RequestRecord(request_id="", method="", path="")
@@ -166,8 +182,6 @@ def test_a_cancelled_embedding_request_cancels_the_engine_call(tmp_path):
 
 
 def test_the_total_token_cap_is_a_400_naming_input(tmp_path, loader):
-    from tests.http.test_operations import make_client
-
     loader.scripts["slow-model"] = FakeScript(embedding_dims=4)
     with make_client(tmp_path, loader, max_embedding_tokens=5) as client:
         assert_openai_error(
@@ -177,6 +191,14 @@ def test_the_total_token_cap_is_a_400_naming_input(tmp_path, loader):
         error = assert_openai_error(client.post(EMB, json={"model": "slow-model", "input": ["abc", "def"]}), 400)
         assert error["param"] == "input" and "at most 5 tokens" in error["message"]
         assert client.post(EMB, json={"model": "slow-model", "input": ["ab", "cde"]}).status_code == 200
+
+
+@pytest.mark.parametrize(("model", "kind"), [("fake-model", "a generative model"), ("ranker", "a reranker")])
+def test_a_chat_model_or_reranker_is_refused_before_it_loads(tmp_path, loader, model, kind):
+    with make_client(tmp_path, loader) as client:
+        error = assert_openai_error(client.post(EMB, json={"model": model, "input": "x"}), 400, param="model")
+    assert f"is {kind}, not an embedding model" in error["message"]
+    assert loader.loads == []  # refused from its models.yaml entry: nothing loaded, nothing evicted for it
 
 
 def test_a_wrong_max_embedding_tokens_setting_is_refused():
@@ -225,3 +247,20 @@ def test_the_embedding_engine_stops_between_batches_once_cancelled():
     assert asyncio.run(scenario())
     assert len(batches_run) == 1  # the two other batches never ran
     assert engine.stalled_s() == 0.0
+
+
+def test_a_pooled_engine_refuses_chat_with_the_protocols_arguments():
+    """The worker calls render_chat / tokenize_chat with `template_vars` (the Engine protocol): a pooled engine
+    refuses them with the 400 naming `model`, not a TypeError (a 500)."""
+    from server.engine.embedding import EmbeddingEngine
+    from server.engine.rerank import RerankEngine
+    from server.errors import InvalidRequestError
+
+    for engine_type, kind in ((EmbeddingEngine, "an embedding model"), (RerankEngine, "a reranker")):
+        engine = engine_type.__new__(engine_type)  # only the refusals run: no model is needed
+        engine._spec = fake_spec("e")
+        messages = [{"role": "user", "content": "Hi"}]
+        for call in (engine.render_chat, engine.tokenize_chat):
+            with pytest.raises(InvalidRequestError, match=f"is {kind}, not a generative model") as caught:
+                asyncio.run(call(messages, None, {"enable_thinking": False}))
+            assert caught.value.param == "model"

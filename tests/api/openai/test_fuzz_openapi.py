@@ -25,11 +25,15 @@ def _app():
     loader = FakeLoader()
     loader.scripts["fake-model"] = FakeScript(n_ctx=4096)
     loader.scripts["embed-model"] = FakeScript(n_ctx=4096, embedding_dims=8)
-    models = [fake_spec("fake-model", "gpt-4o-mini"), fake_spec("embed-model")]
+    loader.scripts["rerank-model"] = FakeScript(n_ctx=4096, reranker=True)
+    reranker = fake_spec("rerank-model").model_copy(update={"reranker": True})
+    embedder = fake_spec("embed-model").model_copy(update={"embedding": True})
+    models = [fake_spec("fake-model", "gpt-4o-mini"), embedder, reranker]
     return create_app(Settings(), registry=ModelRegistry(models, loader))
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app())
+SERVED = {"/v1/embeddings": "embed-model", "/v1/rerank": "rerank-model", "/rerank": "rerank-model"}
 
 
 @pytest.fixture
@@ -43,7 +47,7 @@ def _aim_at_a_served_model(case) -> None:
     if not (isinstance(case.body, dict) and isinstance(case.body.get("model"), str)):
         return
     if zlib.crc32(json.dumps(case.body, sort_keys=True, default=str).encode()) % 4:
-        case.body["model"] = "embed-model" if case.path == "/v1/embeddings" else "fake-model"
+        case.body["model"] = SERVED.get(case.path, "fake-model")
 
 
 @schema.parametrize()

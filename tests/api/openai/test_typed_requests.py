@@ -12,8 +12,9 @@ from pydantic import BaseModel
 from server.api.openai.request_parts import MAX_CONTENT_PARTS, MAX_LOGIT_BIAS, MAX_TOOLS, NAME_PATTERN
 from server.errors import field_path, from_validation_errors, param_of
 from server.http.deps import request_body_doc
+from server.models.registry import ModelRegistry
 from tests.api.openai.test_routes import CHAT, HELLO, assert_openai_error, assert_still_serving
-from tests.fakes import FakeScript
+from tests.fakes import FakeScript, fake_spec
 
 RESPONSES, EMBEDDINGS, COMPLETIONS = "/v1/responses", "/v1/embeddings", "/v1/completions"
 FUNCTION = {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
@@ -25,6 +26,13 @@ GOOD = {
     RESPONSES: {"model": "fake-model", "input": "Hi"},
     EMBEDDINGS: {"model": "other-model", "input": "Hi"},
 }
+
+
+@pytest.fixture
+def registry(loader) -> ModelRegistry:
+    """The shared fixture's models, with `other-model` an embedding model (`embedding: true` in models.yaml)."""
+    other = fake_spec("other-model").model_copy(update={"embedding": True})
+    return ModelRegistry([fake_spec("fake-model", "gpt-4o-mini"), other], loader)
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +65,8 @@ def assistant(**fields):
 CHAT_CASES = [
     # logit_bias: keys are decimal token ids (not just any Unicode digit), and there are at most 300
     (chat(logit_bias={"²": 1}), "logit_bias.²"),
+    (chat(reasoning_effort=5), "reasoning_effort"),
+    (chat(reasoning_effort="extreme"), "reasoning_effort"),
     (chat(logit_bias={"12345678901": 1}), "logit_bias.12345678901"),
     (chat(logit_bias={"1e3": 1}), "logit_bias.1e3"),
     (chat(logit_bias={"5": "x"}), "logit_bias.5"),
@@ -176,7 +186,9 @@ RESPONSES_CASES = [
     (responses(input=[{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}]), "input[0].arguments"),
     (responses(input=[{"type": "function_call_output", "call_id": 5, "output": "x"}]), "input[0].call_id"),
     (responses(input=[{"type": "function_call_output", "call_id": "c", "output": {"a": 1}}]), "input[0].output"),
-    (responses(input=[{"type": "reasoning", "summary": []}]), "input[0].type"),
+    (responses(input=[{"type": "reasoning", "summary": "thought"}]), "input[0].summary"),
+    (responses(reasoning={"effort": "extreme"}), "reasoning.effort"),
+    (responses(reasoning="high"), "reasoning"),
     (responses(input=["Hi"]), "input[0]"),
     (responses(metadata={str(i): "v" for i in range(17)}), "metadata"),
     (responses(metadata={"k": 5}), "metadata.k"),

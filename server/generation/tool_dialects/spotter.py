@@ -1,0 +1,68 @@
+"""Where tool calls begin in a reply that streams: text before them is shown as it comes, the calls are held to
+the end and read whole (so every delta a client gets is final: no call is ever taken back or cut)."""
+
+from __future__ import annotations
+
+from server.generation.tool_dialects.base import Dialect
+
+MAX_HELD = 256  # characters of a text reply held back at most, while they may come before calls
+
+
+class CallSpotter:
+    """One reply's text, split as it streams into what may be shown now and what may be calls. Calls begin at
+    the dialect's opening (`<tool_call>`, `[TOOL_CALLS]` ...) wherever it comes, or, in a syntax whose calls are
+    bare JSON, with a "{" at the very start of the reply. Work is linear in the reply's length."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._opening = dialect.opening
+        self._json = dialect.json_at_start
+        self._pending = ""  # text not shown yet
+        self._blank = 0  # leading blanks of the pending text, in the "start" phase
+        self._phase = "start"  # "start": nothing but blanks yet; "text": shown, watching for the opening; "calls"
+
+    def push(self, text: str) -> str:
+        """The reply's next text; returns the text that can be shown now."""
+        self._pending += text
+        if self._phase == "start":
+            begun = self._pending[self._blank :].lstrip()
+            self._blank = len(self._pending) - len(begun)
+            if not begun:
+                return ""
+            opening = self._opening or ""
+            if (self._json and begun.startswith("{")) or (opening and begun.startswith(opening)):
+                self._phase = "calls"
+            elif opening and opening.startswith(begun):
+                return ""
+            else:
+                self._phase = "text"
+        if self._phase == "calls":
+            return ""
+        return self._release()
+
+    def finish(self) -> tuple[str, str | None]:
+        """At the reply's end: the text still to show, and the text to read as calls (None: none began)."""
+        held, self._pending = self._pending, ""
+        return ("", held) if self._phase == "calls" else (held, None)
+
+    def _release(self) -> str:
+        pending, opening = self._pending, self._opening
+        if opening is None:
+            cut = len(pending)
+        else:
+            at = pending.find(opening)
+            if at >= 0:
+                self._phase = "calls"
+                cut = len(pending[:at].rstrip())  # the blanks before the calls go with them
+            else:  # a tail that may begin the opening waits, and blanks before it (they go with calls if any)
+                cut = len(pending[: len(pending) - _partial(pending, opening)].rstrip())
+                cut = max(cut, len(pending) - MAX_HELD)  # a long run of blanks is shown, not held
+        shown, self._pending = pending[:cut], pending[cut:]
+        return shown
+
+
+def _partial(text: str, marker: str) -> int:
+    """The length of the longest end of `text` that is a proper beginning of `marker`."""
+    for n in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:n]):
+            return n
+    return 0
