@@ -37,7 +37,9 @@ class Embedded:
     tokens: int
 
 
-class Embedder:
+class PooledWork:
+    """What embedding and reranking share: the registry, the request limits and timeout, per-model admission."""
+
     def __init__(
         self, registry: ModelRegistry, *, limits: RequestLimits | None = None, request_timeout_s: float | None = None
     ) -> None:
@@ -46,6 +48,8 @@ class Embedder:
         self._timeout = request_timeout_s
         self._admission = EmbeddingAdmission()
 
+
+class Embedder(PooledWork):
     async def embed(self, plan: EmbeddingPlan, record: RequestRecord) -> Embedded:
         """Embed within the request timeout; past it (or when the client leaves) the worker stops too."""
         return await within_request_timeout(self._embed(plan, record), self._timeout, record)

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 
 from server.engine.kinds import info_kind, require_kind, spec_kind
 from server.errors import InvalidRequestError
-from server.generation.embedding import EmbeddingAdmission, within_request_timeout
-from server.generation.limits import RequestLimits
+from server.generation.embedding import PooledWork, within_request_timeout
 from server.metrics import RequestRecord
-from server.models.registry import ModelRegistry
 
 
 @dataclass(frozen=True)
@@ -33,15 +31,7 @@ class Reranked:
     tokens: int
 
 
-class Reranker:
-    def __init__(
-        self, registry: ModelRegistry, *, limits: RequestLimits | None = None, request_timeout_s: float | None = None
-    ) -> None:
-        self._registry = registry
-        self._limits = limits or RequestLimits()
-        self._timeout = request_timeout_s
-        self._admission = EmbeddingAdmission()
-
+class Reranker(PooledWork):
     async def rerank(self, plan: RerankPlan, record: RequestRecord) -> Reranked:
         """Score within the request timeout; past it (or when the client leaves) the worker stops too."""
         return await within_request_timeout(self._rerank(plan, record), self._timeout, record)

@@ -17,6 +17,7 @@ import yaml
 
 from tests.gguf_factory import write_tiny_llama
 from tests.real.conftest import ServerProcess
+from tests.real.test_native_tools_real import QUESTION, WEATHER
 
 pytestmark = pytest.mark.real
 
@@ -158,22 +159,6 @@ FAMILIES = {
         user_defined=("<tool_call>", "</tool_call>"),
     ),
 }
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            # maxLength bounds what a random model writes (its length is not asserted: random byte-level output
-            # can be bytes that are not UTF-8, which decode to extra U+FFFD characters)
-            "properties": {"city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
-QUESTION = [{"role": "user", "content": "Weather in Paris?"}]
 HISTORY = [
     *QUESTION,
     {
