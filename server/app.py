@@ -18,8 +18,14 @@ from server.api.anthropic import errors as anthropic_errors
 from server.api.anthropic import routes as anthropic_routes
 from server.api.llamacpp.rerank import rerank_routes
 from server.api.llamacpp.routes import extensions
+from server.api.openai.batch_lines import BatchLines
+from server.api.openai.batches import batches
+from server.api.openai.files import files
 from server.api.openai.routes import v1
-from server.config import ConfigError, Settings, load_models_file
+from server.batch.runner import BatchRunner
+from server.batch.store import BatchStore
+from server.config import ConfigError, ModelSpec, Settings, load_models_file
+from server.errors import APIError
 from server.generation.embedding import Embedder
 from server.generation.limits import RequestLimits
 from server.generation.pipeline import GenerationPipeline
@@ -45,6 +51,18 @@ def budget_of(settings: Settings) -> Budget:
     )
 
 
+def batch_width(registry: ModelRegistry, endpoint: str, model: str | None) -> int:
+    """How many lines of a batch run at once: as many as the model has sequences (each line is admitted only
+    into a free one); embeddings one at a time."""
+    if endpoint == "/v1/embeddings" or model is None:
+        return 1
+    try:
+        spec: ModelSpec = registry.resolve(model)
+    except APIError:
+        return 1  # an unknown model: each line answers 404 at once
+    return spec.parallel
+
+
 def create_app(settings: Settings | None = None, *, registry: ModelRegistry | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     if registry is None:
@@ -66,10 +84,22 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
     embedder = Embedder(registry, limits=limits, request_timeout_s=settings.request_timeout_s)
     reranker = Reranker(registry, limits=limits, request_timeout_s=settings.request_timeout_s)
     operations = ModelOperations(registry, settings.preload)
+    batch_store = BatchStore(settings.data_dir, clock=time.time)
+    batch_runner = BatchRunner(
+        batch_store,
+        BatchLines(pipeline, embedder),
+        capacity=lambda endpoint, model: batch_width(registry, endpoint, model),
+        metrics=metrics,
+        output_ttl_s=settings.batch_output_ttl_s,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(operations.preload()), asyncio.create_task(registry.run_sweeper())]
+        tasks = [
+            asyncio.create_task(operations.preload()),
+            asyncio.create_task(registry.run_sweeper()),
+            asyncio.create_task(batch_runner.run()),
+        ]
         try:
             yield
         finally:
@@ -78,6 +108,7 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await registry.close()
+            batch_store.close()
 
     def reload_models() -> bool:
         """Re-read the models file into the registry (SIGHUP); a broken file is logged and changes nothing."""
@@ -96,6 +127,8 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
     app.state.embedder = embedder
     app.state.reranker = reranker
     app.state.operations = operations
+    app.state.batch_store = batch_store
+    app.state.batch_runner = batch_runner
     app.state.created = int(time.time())
     app.state.metrics = metrics
     app.state.api_key_check = APIKeyCheck(settings.all_api_keys())
@@ -106,6 +139,8 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
     error_shapes.register("/v1/messages", anthropic_errors.error_body)  # Anthropic clients get Anthropic's shape
     install_error_handlers(app)
     app.include_router(v1)
+    app.include_router(files)
+    app.include_router(batches)
     app.include_router(anthropic_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(extensions)
     app.include_router(rerank_routes)
@@ -135,6 +170,8 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
         RequestMiddleware,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
+        # An upload's multipart framing and form fields come on top of the file itself.
+        body_limits={"/v1/files": settings.max_file_bytes + 64 * 1024},
         draining=lambda: app.state.draining,
         error_shapes=error_shapes,
     )

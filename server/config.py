@@ -28,6 +28,12 @@ from pydantic import (
 ENV_PREFIX = "SLM_"
 
 
+def default_data_dir() -> Path:
+    """`$XDG_DATA_HOME/slm-server`, by default ~/.local/share/slm-server."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "slm-server"
+
+
 class ConfigError(Exception):
     """A configuration problem, with a message meant for the operator."""
 
@@ -88,6 +94,20 @@ class Settings(BaseModel):
         le=64 * 1024 * 1024,
         description="The kernel's send buffer of each connection (SO_SNDBUF): how much output a client that stopped "
         "reading can absorb before the send timeout applies. Linux doubles it; autotuning (up to 4 MiB) is off.",
+    )
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where files and batches live (SQLite and file contents): a volume in Docker or Kubernetes.",
+    )
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, description="Largest file one upload may be.")
+    batch_max_lines: int = Field(default=50_000, ge=1, description="Most requests one batch input file may hold.")
+    max_open_batches: int = Field(default=16, ge=1, description="Batches one API key may have open at once.")
+    max_stored_bytes: int = Field(
+        default=10 * 1024**3, ge=1024, description="Bytes of files (uploads and batch output) one API key may store."
+    )
+    batch_output_ttl_s: int = Field(
+        default=30 * 24 * 3600, ge=60, description="How long a batch's output and error files are kept."
     )
 
     @classmethod

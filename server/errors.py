@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -130,6 +130,29 @@ class ModelCrashedError(APIError):
         super().__init__(f"The model `{model}` stopped unexpectedly while serving this request; retry it.")
 
 
+class PreemptedError(APIError):
+    """A batch request ended at a token boundary to give its sequence to an interactive request that waited for
+    one (server/engine/batching.py); whoever runs the batch retries it."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "preempted"
+    retry_after = 1
+
+    def __init__(self) -> None:
+        super().__init__("This batch request gave its sequence to interactive requests; it will be retried.")
+
+
+class NoRoomForBatch(Exception):
+    """A batch request found no free sequence: batch work runs only in capacity interactive requests leave.
+    Raised by `Engine.generate` before anything starts; `await exc.wait()` returns when the engine next frees an
+    admission (any request ends), so the caller tries again then instead of polling."""
+
+    def __init__(self, wait: Callable[[], Awaitable[None]]) -> None:
+        super().__init__("No free sequence for a batch request.")
+        self.wait = wait
+
+
 class PayloadTooLargeError(APIError):
     status_code = 413
     error_type = "invalid_request_error"
@@ -137,6 +160,37 @@ class PayloadTooLargeError(APIError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"The request body is larger than this server accepts ({limit} bytes).")
+
+
+class FileTooLargeError(PayloadTooLargeError):
+    code = "file_too_large"
+
+    def __init__(self, limit: int) -> None:
+        APIError.__init__(self, f"The file is larger than this server accepts ({limit} bytes).", param="file")
+
+
+class StorageLimitError(PayloadTooLargeError):
+    code = "storage_limit_exceeded"
+
+    def __init__(self, limit: int) -> None:
+        APIError.__init__(
+            self,
+            f"Storing this file would take this API key past its storage limit of {limit} bytes; delete files it "
+            "no longer needs (GET /v1/files lists them).",
+            param="file",
+        )
+
+
+class TooManyOpenBatchesError(APIError):
+    status_code = 429
+    error_type = "rate_limit_exceeded"
+    code = "too_many_open_batches"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"This API key already has {limit} batches that have not ended, this server's limit; wait for one to "
+            "end or cancel one."
+        )
 
 
 class ShuttingDownError(APIError):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -58,6 +58,7 @@ class EngineSnapshot:
     decode_steps: int
     batch_tokens_total: int
     prefix_cache_hit_tokens: int
+    batch_preemptions: int = 0
 
 
 class _EngineCollector:
@@ -73,6 +74,9 @@ class _EngineCollector:
         hits = CounterMetricFamily(
             "slm_prefix_cache_hit_tokens", "Prompt tokens served from the KV cache", labels=["model"]
         )
+        preemptions = CounterMetricFamily(
+            "slm_batch_preemptions", "Batch requests that gave their sequence to interactive ones", labels=["model"]
+        )
         batch = SummaryMetricFamily("slm_batch_tokens", "Tokens evaluated per decode step", labels=["model"])
         loaded = GaugeMetricFamily("slm_models_loaded", "Models loaded in a worker")
         restarts = CounterMetricFamily("slm_worker_restarts", "Model workers restarted after dying", labels=["model"])
@@ -80,11 +84,12 @@ class _EngineCollector:
             queue.add_metric([model], snap.queue_depth)
             active.add_metric([model], snap.active_sequences)
             hits.add_metric([model], snap.prefix_cache_hit_tokens)
+            preemptions.add_metric([model], snap.batch_preemptions)
             batch.add_metric([model], count_value=snap.decode_steps, sum_value=snap.batch_tokens_total)
         loaded.add_metric([], len(self.snapshots))
         for model, count in sorted(self._restarts().items()):
             restarts.add_metric([model], count)
-        return [queue, active, hits, batch, loaded, restarts]
+        return [queue, active, hits, preemptions, batch, loaded, restarts]
 
 
 class Metrics:
@@ -128,6 +133,10 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.batch_lines = Counter(
+            "slm_batch_lines", "Batch lines run to an outcome (failed: an error line)", ["outcome"], registry=r
+        )
+        self.batch_queue_depth = Gauge("slm_batch_queue_depth", "Lines of open batches not yet run", registry=r)
         self.engines = _EngineCollector(restarts)
         r.register(self.engines)
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -26,6 +27,19 @@ class FakeLoader:
         engine = FakeEngine(self.scripts.get(spec.name))
         self.engines[spec.name] = engine
         return engine
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_home(tmp_path_factory) -> Iterator[None]:
+    """Files and batches of every app (and server process) the tests start live in a fresh folder, never in the
+    user's data directory (Settings.data_dir defaults under $XDG_DATA_HOME)."""
+    saved = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("data-home"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = saved
 
 
 @pytest.fixture(autouse=True)

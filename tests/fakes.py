@@ -10,8 +10,9 @@ from server.config import ModelSpec, PathSource
 from server.engine import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
 from server.engine.base import ReasoningFormat, TokenLogprob
 from server.engine.reasoning import ThinkingLimit
+from server.engine.room import RoomSignal
 from server.engine.text import TextAssembler
-from server.errors import ContextLengthExceededError, InvalidRequestError, OverloadedError
+from server.errors import ContextLengthExceededError, InvalidRequestError, NoRoomForBatch, OverloadedError
 
 PAIR_SEPARATOR = -1  # between the query and the document of a fake reranker's pair
 FORCED_END = -2  # the token a fake reasoning model's forced end of thinking is
@@ -29,6 +30,7 @@ class FakeScript:
     reasoning: ReasoningFormat | None = None  # set: a reasoning model (its thinking budget is honoured)
     opens_thinking: bool = False  # the template ends the prompt inside the thinking block, as DeepSeek-R1's does
     tool_dialect: str | None = None  # the tool-call syntax its template teaches (server/engine/tool_syntax.py)
+    parallel: int | None = None  # set: a batch request finds no room (NoRoomForBatch) while this many streams run
 
 
 class FakeEngine:
@@ -41,8 +43,9 @@ class FakeEngine:
         self.closed_early = 0
         self.closed = False
         self.crashed = False
-        self.in_flight = 0
+        self.in_flight = 0  # streams started (first read) and not ended
         self._counters = EngineCounters()
+        self._room = RoomSignal()
 
     @property
     def info(self) -> EngineInfo:
@@ -101,9 +104,16 @@ class FakeEngine:
     async def compile_grammar(self, grammar: str) -> None:
         self.grammars.append(grammar)
 
+    def check_batch_room(self) -> None:
+        parallel = self.script.parallel
+        if parallel is not None and self.in_flight >= parallel:
+            raise NoRoomForBatch(self.room_freed)
+
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         if self.script.overloaded:
             raise OverloadedError("The model is overloaded; retry shortly.", retry_after=2)
+        if request.priority == "batch":
+            self.check_batch_room()
         self.requests.append(request)
         return self._stream(request)
 
@@ -135,6 +145,11 @@ class FakeEngine:
             self.in_flight -= 1
             if not finished:
                 self.closed_early += 1
+            self._room.notify()
+
+    async def room_freed(self) -> None:
+        """Return when the next stream ends (as ProcessEngine's does when a request is released)."""
+        await self._room.wait()
 
     def _pieces(self, request: GenerationRequest) -> Iterator[str]:
         """The script's pieces, one a token; with a thinking budget, its end marker is forced as the real engine

@@ -106,6 +106,10 @@ def test_the_container_serves_behind_a_key_it_generates_when_none_is_configured(
     assert "chmod 700 /data/secrets" in runtime
     service = COMPOSE["services"]["slm-server"]
     assert "slm-secrets:/data/secrets" in service["volumes"] and "slm-secrets" in COMPOSE["volumes"]
+    # Batches survive a restart: their data directory is a volume.
+    assert re.search(r'^VOLUME \[.*"/data/batches".*\]$', runtime, flags=re.MULTILINE)
+    assert "SLM_DATA_DIR=/data/batches" in runtime
+    assert "slm-batches:/data/batches" in service["volumes"] and "slm-batches" in COMPOSE["volumes"]
 
 
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"

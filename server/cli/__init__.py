@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         "--api-key", action="append", dest="api_keys", default=[], help="required bearer key (repeatable)"
     )
     serve.add_argument("--api-key-file", type=Path, help="file with one API key per line")
+    serve.add_argument(
+        "--data-dir", type=Path, help="files and batches (default ~/.local/share/slm-server; env SLM_DATA_DIR)"
+    )
     serve.add_argument("--preload", action="append", default=[], help="model to load at startup (repeatable)")
     serve.add_argument("--cors-origin", action="append", dest="cors_origins", default=[], help="allowed origin")
     serve.add_argument(

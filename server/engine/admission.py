@@ -10,6 +10,14 @@ from server.config import ModelSpec
 from server.errors import OverloadedError
 
 RETRY_AFTER_S = 1
+# While interactive requests run, batch requests (priority "batch") may use at most this many sequences beside
+# them: each batch sequence adds its token to every step, slowing every interactive stream
+# (bench/batch_interference.py measures it). With no interactive request in flight, batch work takes every free
+# sequence.
+BATCH_SEQUENCES_BESIDE_INTERACTIVE = 1
+# Interactive requests come in bursts: for this long after the last one, batch work still keeps to its share
+# beside them, rather than filling every sequence in a gap between two requests and being preempted at once.
+INTERACTIVE_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length"]
+Priority = Literal["interactive", "batch"]
 GRAMMAR_BUILD_BUDGET_S = 10.0
 """How long llama.cpp may take to build one output grammar before the request is refused (and its text is
 remembered as too complex: server/engine/grammar.py)."""
@@ -68,6 +69,10 @@ class GenerationRequest:
     (`[TOOL_CALLS]`, `<|python_tag|>`), which the pipeline reads back. Other control tokens show no text."""
     grammar_step_limit_s: float = GRAMMAR_STEP_LIMIT_S
     """A token whose grammar work takes longer than this ends the request with GrammarTooComplexError (400)."""
+    priority: Priority = "interactive"
+    """`batch`: runs only in the capacity interactive requests leave. It is admitted only into a free sequence
+    (else `NoRoomForBatch`), and gives its sequence up, ending with PreemptedError, when an interactive request
+    waits for one."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,8 @@ class EngineCounters:
     prompt_tokens_evaluated: int = 0
     prefix_cache_hit_tokens: int = 0
     generated_tokens: int = 0
+    batch_preemptions: int = 0
+    """Batch requests ended (PreemptedError) to give their sequence to a waiting interactive request."""
 
 
 class Engine(Protocol):
@@ -182,8 +189,14 @@ class Engine(Protocol):
         while another build runs past that budget."""
         ...
 
+    def check_batch_room(self) -> None:
+        """Raise NoRoomForBatch when a batch request could not start now (asked before any work is done for
+        one); engines that place batch requests themselves never raise."""
+        ...
+
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        """Start generating; raises at once (before any delta) when the request cannot be admitted."""
+        """Start generating; raises at once (before any delta) when the request cannot be admitted: a 429 for an
+        interactive request, NoRoomForBatch for a batch one while every sequence is taken."""
         ...
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:

@@ -4,6 +4,10 @@ A scheduler thread owns the context. Each step it admits waiting requests into f
 longest cached prefix), builds one batch with the next token of every decoding sequence plus prompt chunks of
 prefilling ones, decodes once, samples each sequence from its own logits and pushes text deltas to the
 requests' asyncio queues. Cancelled requests are dropped at the next step.
+
+Batch requests (`priority="batch"`) run only in the capacity interactive ones leave: waiting interactive requests
+are placed first, and one that finds every sequence busy takes a batch request's sequence at the step boundary
+(that request ends with PreemptedError; its KV stays as a prefix cache for the retry).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import llama_cpp
 
 from server.engine.admission import Admission
 from server.engine.base import EngineCounters, GenerationDelta, GenerationRequest, TokenLogprob
+from server.engine.batch_share import BatchSequence, BatchShare
 from server.engine.delta_stream import DeltaStream
 from server.engine.grammar import ConstrainedSampler
 from server.engine.grammar_guard import GrammarStepTooSlow, StepGuard
@@ -26,7 +31,7 @@ from server.engine.native import NativeModel, make_sampler
 from server.engine.prefix import SlotView, place, should_wait
 from server.engine.reasoning import ThinkingLimit
 from server.engine.text import TextAssembler
-from server.errors import GrammarTooComplexError, InternalError, OverloadedError
+from server.errors import GrammarTooComplexError, InternalError, OverloadedError, PreemptedError
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +55,7 @@ class _Job(DeltaStream):
         self.thinking = thinking
         self.shown = shown  # control tokens whose text the reply shows (a tool-call syntax's markers)
         self.cancelled = False
+        self.batch = request.priority == "batch"  # runs only in capacity interactive requests leave
         self._loop = loop
         self._wake = wake
 
@@ -96,6 +102,7 @@ class BatchScheduler:
         self._wake = threading.Condition()
         self._stopping = False
         self._uses = 0
+        self._share = BatchShare()  # what batch requests may take of each step (server/engine/batch_share.py)
         self._thread = threading.Thread(target=self._run, name="llama-scheduler", daemon=True)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._memory = llama_cpp.llama_get_memory(native.ctx)
@@ -126,15 +133,18 @@ class BatchScheduler:
         shown: frozenset[int] = frozenset(),
     ) -> _Job:
         """Queue a request (with its compiled grammar sampler, which the scheduler then owns and frees, and its
-        thinking budget); raises OverloadedError (429) at once when the wait queue is full."""
+        thinking budget); raises OverloadedError (429) at once when the wait queue is full. Only interactive
+        requests count, and only an interactive one is refused: batch requests yield their sequences to them."""
         job = _Job(request, asyncio.get_running_loop(), self._wake, grammar, thinking, shown)
         with self._wake:
-            running = sum(slot.job is not None for slot in self._slots)
-            try:
-                Admission(len(self._slots), self._max_queue).check(running + len(self._waiting))
-            except OverloadedError:
-                _discard(job)
-                raise
+            if not job.batch:
+                running = sum(slot.job is not None and not slot.job.batch for slot in self._slots)
+                waiting = sum(not waiting.batch for waiting in self._waiting)
+                try:
+                    Admission(len(self._slots), self._max_queue).check(running + waiting)
+                except OverloadedError:
+                    _discard(job)
+                    raise
             self._waiting.append(job)
             self.counters.queue_depth = len(self._waiting)
             self._wake.notify()
@@ -188,19 +198,35 @@ class BatchScheduler:
         return any(slot.job is not None for slot in self._slots)
 
     def _admit(self) -> None:
-        """Admit waiting requests in arrival order while sequences are free."""
+        """Admit waiting requests while sequences are free: interactive ones first, each class in arrival order;
+        an interactive request that finds none free takes a batch request's sequence."""
         if any(job.cancelled for job in self._waiting):
             for job in self._waiting:
                 if job.cancelled:
                     _discard(job)
             self._waiting = collections.deque(job for job in self._waiting if not job.cancelled)
+        for slot in self._slots:  # cancelled ones free their sequences now: not preempted in their place
+            if slot.job is not None and slot.job.cancelled:
+                self._finish(slot, keep_cache=True)
         while self._waiting:
-            prompt = list(self._waiting[0].request.prompt_tokens)
-            views = [SlotView(s.cached, s.pending, busy=s.job is not None, last_used=s.last_used) for s in self._slots]
+            job = self._next_waiting()
+            prompt = list(job.request.prompt_tokens)
+            views = [
+                SlotView(
+                    s.cached,
+                    # An interactive request never waits for a batch request's prefill, which goes slowly beside it.
+                    () if s.job is not None and s.job.batch and not job.batch else s.pending,
+                    busy=s.job is not None,
+                    last_used=s.last_used,
+                )
+                for s in self._slots
+            ]
             placement = place(prompt, views)
+            if placement is None and not job.batch and self._preempt_batch():
+                continue  # placed at the next turn, in the sequence just freed
             if placement is None or should_wait(prompt, views, placement.reuse):
                 break
-            job = self._waiting.popleft()
+            self._waiting.remove(job)
             try:
                 sampler = make_sampler(job.request.sampling, self._native)
             except Exception:
@@ -228,21 +254,61 @@ class BatchScheduler:
         self.counters.queue_depth = len(self._waiting)
         self.counters.active_sequences = sum(slot.job is not None for slot in self._slots)
 
+    def _batch_sequences(self) -> list[BatchSequence]:
+        return [
+            BatchSequence(slot.seq_id, slot.generated, len(slot.cached))
+            for slot in self._slots
+            if slot.job is not None and slot.job.batch
+        ]
+
+    def _next_waiting(self) -> _Job:
+        """The oldest waiting interactive request, else the oldest waiting batch one."""
+        return next((job for job in self._waiting if not job.batch), self._waiting[0])
+
+    def _preempt_batch(self) -> bool:
+        """End the batch request that has generated the least (the least work lost), between two steps, to free
+        its sequence for an interactive request; its KV stays cached, so its retry's prefill is mostly reused.
+        False when no sequence runs a batch request."""
+        victim = BatchShare.victim(self._batch_sequences())
+        if victim is None:
+            return False
+        slot = self._slots[victim]
+        job, generated = slot.job, slot.generated
+        assert job is not None
+        self._finish(slot, keep_cache=True)
+        self.counters.batch_preemptions += 1
+        logger.debug("a batch request gave its sequence to an interactive one after %d tokens", generated)
+        job.emit(PreemptedError())
+        return True
+
     def _step(self) -> None:
         for slot in self._slots:
             if slot.job is not None and slot.job.cancelled:
                 self._finish(slot, keep_cache=True)
         batch = self._batch
         n = 0
+        interactive = self._share.beside_interactive(
+            any(not job.batch for job in self._waiting)
+            or any(slot.job is not None and not slot.job.batch for slot in self._slots)
+        )
+        paused = self._share.paused(self._batch_sequences(), interactive)
         for slot in self._slots:  # one token for each decoding sequence first, so streams keep moving
             slot.batch_index = -1
-            if slot.job is not None and slot.next_token is not None:
+            if slot.job is not None and slot.next_token is not None and slot.seq_id not in paused:
                 n = self._put(batch, n, slot, slot.next_token, logits=True)
                 slot.next_token = None
+        # A step cannot be cut short: batch prefill gets a small share of each, so that an interactive request
+        # arriving meanwhile waits at most one short step.
+        batch_prefill = self._share.prefill_budget(interactive)
         for slot in self._slots:  # then prompt chunks, within what is left of the batch
-            if slot.job is None or not slot.pending or n >= self._n_batch:
+            if slot.job is None or not slot.pending or n >= self._n_batch or slot.seq_id in paused:
                 continue
             take = min(len(slot.pending), self._n_batch - n)
+            if slot.job.batch:
+                take = min(take, batch_prefill)
+                if take <= 0:
+                    continue
+                batch_prefill -= take
             chunk, slot.pending = slot.pending[:take], slot.pending[take:]
             for i, token in enumerate(chunk):
                 n = self._put(batch, n, slot, token, logits=not slot.pending and i == take - 1)

@@ -98,6 +98,9 @@ class EmbeddingEngine:
     ) -> list[int]:
         raise self._wrong_endpoint("generative")
 
+    def check_batch_room(self) -> None:
+        """Batch requests are placed by the scheduler itself, behind interactive ones."""
+
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         raise self._wrong_endpoint("generative")
 

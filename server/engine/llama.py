@@ -195,6 +195,9 @@ class LlamaCppEngine:
     async def compile_grammar(self, grammar: str) -> None:
         await self._grammars.compile(grammar)  # on the cache's own build thread
 
+    def check_batch_room(self) -> None:
+        """Batch requests are placed by the scheduler itself, behind interactive ones."""
+
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         shown = self._single_tokens(request.shown_tokens)
         if request.grammar is None:

@@ -14,20 +14,22 @@ import contextlib
 import itertools
 import logging
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from queue import SimpleQueue
 from typing import Any
 
 from server.config import ModelSpec
-from server.engine.admission import Admission
+from server.engine.admission import BATCH_SEQUENCES_BESIDE_INTERACTIVE, INTERACTIVE_GRACE_S, Admission
 from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
 from server.engine.delta_buffer import MAX_BUFFERED_DELTAS, DeltaBuffer
 from server.engine.delta_stream import DeltaStream
 from server.engine.liveness import Watchdog, WorkerDeadlines
+from server.engine.room import RoomSignal
 from server.engine.spawn import start_worker
 from server.engine.worker import WireError
-from server.errors import APIError, ModelCrashedError, ModelUnavailableError
+from server.errors import APIError, ModelCrashedError, ModelUnavailableError, NoRoomForBatch, PreemptedError
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,14 @@ class RemoteError(APIError):
         super().__init__(wire.message, param=wire.param, code=wire.code)
         self.status_code = wire.status_code
         self.error_type = wire.error_type
+
+
+def _rebuilt(wire: WireError) -> APIError:
+    """The error a worker sent, as the HTTP process raises it: a preemption keeps its own class (the batch runner
+    catches it to retry); every other one keeps its status and body."""
+    if wire.code == PreemptedError.code:
+        return PreemptedError()
+    return RemoteError(wire)
 
 
 class ProcessEngine:
@@ -61,7 +71,10 @@ class ProcessEngine:
         self._ids = itertools.count()
         self._pending: dict[int, asyncio.Future[Any] | asyncio.Queue[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._admitted = 0
+        self._admitted = 0  # every admitted generation request, batch ones included
+        self._batch_admitted = 0
+        self._interactive_at = -INTERACTIVE_GRACE_S  # monotonic time the last interactive request ended
+        self._room = RoomSignal()  # batch requests waiting for a free sequence
         self._outbox: SimpleQueue[tuple[Any, ...] | None] = SimpleQueue()
         self._writer = threading.Thread(target=self._write, name=f"worker-{spec.name}-out", daemon=True)
         self._reader = threading.Thread(target=self._read, name=f"worker-{spec.name}", daemon=True)
@@ -135,11 +148,33 @@ class ProcessEngine:
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         # Admission is decided here, before any byte is streamed: `parallel` running plus `max_queue` waiting.
+        # Batch requests take only a free sequence and yield it when interactive ones wait, so they never count
+        # against an interactive request's admission.
         if not self._alive:
             raise self._failure()
-        Admission.of(self._spec).check(self._admitted)
+        if request.priority == "batch":
+            self.check_batch_room()
+            self._batch_admitted += 1
+        else:
+            Admission.of(self._spec).check(self._admitted - self._batch_admitted)
         self._admitted += 1
         return _RemoteStream(self, request)
+
+    def check_batch_room(self) -> None:
+        """Raise NoRoomForBatch unless a batch request may start now: a sequence is free, and while interactive
+        requests are in flight, fewer than BATCH_SEQUENCES_BESIDE_INTERACTIVE batch requests run beside them.
+        The pipeline asks before it does any work for a batch request (a prompt to render, a grammar)."""
+        interactive = self._admitted - self._batch_admitted
+        room = self._spec.parallel - self._admitted
+        if interactive or time.monotonic() - self._interactive_at < INTERACTIVE_GRACE_S:
+            room = min(room, BATCH_SEQUENCES_BESIDE_INTERACTIVE - self._batch_admitted)
+        if room <= 0:
+            raise NoRoomForBatch(self.room_freed)
+
+    async def room_freed(self) -> None:
+        """Return when the next admitted request is released (or the worker is gone: `generate` then says so)."""
+        if self._alive:
+            await self._room.wait()
 
     def close(self) -> None:
         self._closing = True
@@ -150,6 +185,7 @@ class ProcessEngine:
         if self._process.is_alive():
             self._process.kill()
             self._process.join(5)
+        self._room.notify()
         self._outbox.put(None)
         self._writer.join(5)  # a writer blocked on a dead worker's pipe has failed by now
         self._conn.close()
@@ -220,6 +256,7 @@ class ProcessEngine:
         loop = self._loop
         if self._closing or loop is None or loop.is_closed():
             self._alive = False
+            self._room.notify()
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(self._on_exit)
@@ -241,7 +278,7 @@ class ProcessEngine:
         waiter = self._pending.get(request_id)
         if waiter is None:
             return
-        value = RemoteError(message[2]) if kind == "error" else message[2]
+        value = _rebuilt(message[2]) if kind == "error" else message[2]
         if isinstance(waiter, asyncio.Queue):
             waiter.put_nowait(value)
         elif not waiter.done():
@@ -254,6 +291,7 @@ class ProcessEngine:
         if not self._alive:
             return
         self._alive = False
+        self._room.notify()
         if self._closing:
             return
         self._process.join(1)
@@ -281,13 +319,19 @@ class ProcessEngine:
             self._register(request_id, queue)
             self._send(("generate", request_id, request))
         except APIError:
-            self.release(request_id, cancel=False)
+            self.release(request_id, cancel=False, batch=request.priority == "batch")
             raise
         return request_id
 
-    def release(self, request_id: int | None, *, cancel: bool) -> None:
-        """A request admitted by `generate` is over: give back its admission, and cancel it in the worker."""
+    def release(self, request_id: int | None, *, cancel: bool, batch: bool = False) -> None:
+        """A request admitted by `generate` is over: give back its admission (a batch one's in its own count too),
+        wake batch requests waiting for room, and cancel it in the worker."""
         self._admitted -= 1
+        if batch:
+            self._batch_admitted -= 1
+        else:
+            self._interactive_at = time.monotonic()
+        self._room.notify()
         if request_id is not None:
             self._pending.pop(request_id, None)
             if cancel and self._alive:
@@ -318,7 +362,11 @@ class _RemoteStream(DeltaStream):
                 raise
 
     def _release(self, *, cancel: bool) -> None:
-        self._engine.release(self._id, cancel=cancel)
+        self._engine.release(self._id, cancel=cancel, batch=self._batch)
+
+    @property
+    def _batch(self) -> bool:
+        return self._request.priority == "batch"
 
     def _fell_behind(self) -> None:
         """The consumer is `buffer_limit` deltas behind (a client not reading): free the model now, not when (if
@@ -330,7 +378,7 @@ class _RemoteStream(DeltaStream):
     def __del__(self) -> None:
         if not self._released and self._id is None:  # dropped unstarted: only its admission is given back
             self._released = True
-            self._engine.release(None, cancel=False)
+            self._engine.release(None, cancel=False, batch=self._batch)
 
 
 def _listed(tools: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import functools
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.engine import Engine, GenerationDelta, GenerationRequest, SamplingParams
-from server.engine.base import GRAMMAR_BUILD_BUDGET_S, ThinkingBudget
+from server.engine.base import GRAMMAR_BUILD_BUDGET_S, Priority, ThinkingBudget
 from server.engine.kinds import info_kind, require_kind, spec_kind
 from server.errors import (
     APIError,
@@ -65,13 +66,23 @@ class GenerationPipeline:
         self._metrics = metrics or Metrics()
         self._limits = limits or RequestLimits()
         self._timeout = request_timeout_s
+        self._priority: Priority = "interactive"
 
     @property
     def limits(self) -> RequestLimits:
         return self._limits
 
+    def with_priority(self, priority: Priority) -> GenerationPipeline:
+        """This pipeline, admitting its generations at `priority`: `batch` runs only in free sequences and gives
+        them up to interactive requests (server/engine/batching.py)."""
+        view = copy.copy(self)
+        view._priority = priority
+        return view
+
     async def start(self, plan: GenerationPlan, record: RequestRecord) -> Generation:
         async with self._model(plan, record) as (engine, tool_plan):
+            if self._priority == "batch":
+                engine.check_batch_room()  # before rendering or a grammar: a batch request waits for room often
             thinking = thinking_of(plan, engine.info.reasoning)
             tokens = await self._tokens(engine, plan, tool_plan, thinking)
             start = None if thinking is None else await reply_start(engine, tokens, thinking)
@@ -202,6 +213,7 @@ class GenerationPipeline:
                     thinking=thinking,
                     grammar_step_limit_s=self._limits.grammar_step_limit_s,
                     shown_tokens=shown,
+                    priority=self._priority,
                 )
                 streams.append(engine.generate(request))
         except BaseException:

@@ -98,6 +98,17 @@ def require_api_key(request: Request) -> None:
     request.app.state.api_key_check(authorization)
 
 
+def owner_of(request: Request) -> str:
+    """Who owns the files and batches a request creates or sees: the digest of its API key (keys themselves are
+    never stored), or one anonymous owner when the server has no keys."""
+    if not request.app.state.api_key_check.enabled:
+        return "anonymous"
+    authorization = request.headers.get("authorization") or f"Bearer {request.headers.get('x-api-key', '')}"
+    token = authorization.partition(" ")[2].strip()
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 PipelineDep = Annotated[GenerationPipeline, Depends(get_pipeline)]
 EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
 RecordDep = Annotated[RequestRecord, Depends(get_record)]
+OwnerDep = Annotated[str, Depends(owner_of)]

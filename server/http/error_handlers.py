@@ -37,7 +37,14 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(from_validation_errors(exc.errors()), request)
+    # A query or path parameter is named as the client wrote it (`limit`), as a body field is.
+    errors = [
+        {**error, "loc": tuple(error["loc"])[1:]}
+        if tuple(error.get("loc", ()))[:1] in (("query",), ("path",))
+        else error
+        for error in exc.errors()
+    ]
+    return error_response(from_validation_errors(errors), request)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

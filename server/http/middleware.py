@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from server.errors import APIError, PayloadTooLargeError, ShuttingDownError, from_exception
@@ -41,6 +41,8 @@ METERED_ENDPOINTS = frozenset(
         "/rerank",
         "/v1/messages",
         "/v1/messages/count_tokens",
+        "/v1/files",
+        "/v1/batches",
     }
 )
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # echoed back in a header and logs: keep it tame
@@ -57,11 +59,13 @@ class RequestMiddleware:
         max_body_bytes: int,
         draining: Callable[[], bool],
         error_shapes: ErrorShapes | None = None,
+        body_limits: Mapping[str, int] | None = None,
     ) -> None:
         self._app = app
         self._shapes = error_shapes
         self._metrics = metrics
         self._max_body = max_body_bytes
+        self._body_limits = dict(body_limits or {})  # paths whose bodies may be larger (file uploads)
         self._draining = draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,10 +92,10 @@ class RequestMiddleware:
         try:
             if self._draining() and path not in UNMETERED_PATHS:
                 await send_error(send_with_id, ShuttingDownError(), self._shapes, path)
-            elif _declared_length(headers) > self._max_body:
-                await send_error(send_with_id, PayloadTooLargeError(self._max_body), self._shapes, path)
+            elif _declared_length(headers) > (limit := self._body_limits.get(path, self._max_body)):
+                await send_error(send_with_id, PayloadTooLargeError(limit), self._shapes, path)
             else:
-                await self._app(scope, self._limited(receive), send_with_id)
+                await self._app(scope, self._limited(receive, limit), send_with_id)
         except Exception as exc:
             # Outermost catch, so the status of a failed request is known here (Starlette's own 500 handler
             # sits outside user middleware).
@@ -105,7 +109,8 @@ class RequestMiddleware:
                     self._metrics.observe_request(record, _endpoint(path))
                 logger.info("request %s", json.dumps(record.log_fields()))
 
-    def _limited(self, receive: Receive) -> Receive:
+    @staticmethod
+    def _limited(receive: Receive, limit: int) -> Receive:
         """A body larger than the limit without a Content-Length is cut off as it streams in."""
         seen = 0
 
@@ -114,8 +119,8 @@ class RequestMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self._max_body:
-                    raise PayloadTooLargeError(self._max_body)
+                if seen > limit:
+                    raise PayloadTooLargeError(limit)
             return message
 
         return receive_limited
@@ -135,8 +140,9 @@ def _declared_length(headers: dict[str, str]) -> int:
 
 def _endpoint(path: str) -> str:
     # Paths are client input: only known routes become label values.
-    if path.startswith("/v1/models/"):
-        return "/v1/models/{id}"
+    for collection in ("/v1/models/", "/v1/files/", "/v1/batches/"):
+        if path.startswith(collection):
+            return collection + "{id}"
     return path if path in METERED_ENDPOINTS else "other"
 
 

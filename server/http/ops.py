@@ -39,6 +39,7 @@ async def metrics(request: Request) -> Response:
             decode_steps=c.decode_steps,
             batch_tokens_total=c.batch_tokens_total,
             prefix_cache_hit_tokens=c.prefix_cache_hit_tokens,
+            batch_preemptions=c.batch_preemptions,
         )
         for name, c in counters.items()
     }

@@ -36,6 +36,12 @@ ENDPOINTS = {
 }
 MODEL_PATH_PREFIX = "/v1/models/"
 MODEL_BODY = "Model"
+# Files and batches: a path under the collection is one object (or, for .../cancel, the batch it cancelled).
+COLLECTIONS = {
+    "/v1/files": ("ListFilesResponse", "OpenAIFile"),
+    "/v1/batches": ("ListBatchesResponse", "Batch"),
+}
+DELETED_FILE = "DeleteFileResponse"
 # Under /v1 but not OpenAI's protocol: Anthropic's (checked by tests/contracts/anthropic_contract.py instead), and
 # reranking, which OpenAI does not have (llama.cpp's, Jina's and Cohere's shape; tests/api/llamacpp/test_rerank.py).
 OTHER_PROTOCOL_PATHS = ("/v1/messages", "/v1/messages/count_tokens", "/v1/rerank")
@@ -71,6 +77,31 @@ def _with_reasoning_content(component: str) -> Any:
     return derive
 
 
+def _null_until_known(component: str) -> Any:
+    # The spec types a batch's and a file's optional fields as plain integers and strings, while its own examples
+    # (and OpenAI's API) send null for each that is not known yet (`"completed_at": null`); the SDKs' types say so.
+    def derive(schemas: dict[str, Any]) -> dict[str, Any]:
+        schema = copy.deepcopy(schemas[component])
+        required = set(schema.get("required", ()))
+        for name, prop in schema["properties"].items():
+            if name not in required:
+                schema["properties"][name] = {"anyOf": [prop, {"type": "null"}]}
+        return schema
+
+    return derive
+
+
+def _empty_page(component: str) -> Any:
+    # A list with no items has no first or last id: null, where the spec has only a string.
+    def derive(schemas: dict[str, Any]) -> dict[str, Any]:
+        schema = copy.deepcopy(schemas[component])
+        for name in ("first_id", "last_id"):
+            schema["properties"][name] = {"anyOf": [schema["properties"][name], {"type": "null"}]}
+        return schema
+
+    return derive
+
+
 # Where the published spec does not describe what OpenAI itself sends (each function's comment says how), or what
 # slm-server deliberately adds: component -> the schema used instead, derived from the spec's own. Applied to the
 # in-memory document only.
@@ -79,6 +110,10 @@ SPEC_GAPS = {
     "Embedding": _base64_embedding,
     "ChatCompletionResponseMessage": _with_reasoning_content("ChatCompletionResponseMessage"),
     "ChatCompletionStreamResponseDelta": _with_reasoning_content("ChatCompletionStreamResponseDelta"),
+    "Batch": _null_until_known("Batch"),
+    "OpenAIFile": _null_until_known("OpenAIFile"),
+    "ListFilesResponse": _empty_page("ListFilesResponse"),
+    "ListBatchesResponse": _empty_page("ListBatchesResponse"),
 }
 
 
@@ -198,17 +233,22 @@ def contract() -> Contract:
     return Contract(json.loads(SPEC_FILE.read_text(encoding="utf-8")))
 
 
-def component_for(path: str, status: int, *, stream: bool) -> str | None:
+def component_for(path: str, status: int, *, stream: bool, method: str = "GET") -> str | None:
     if status >= 400:
         return ERROR_BODY
     if path.startswith(MODEL_PATH_PREFIX):
         return None if stream else MODEL_BODY
+    for collection, (listed, one) in COLLECTIONS.items():
+        if path == collection:
+            return one if method == "POST" else listed
+        if path.startswith(collection + "/"):
+            return DELETED_FILE if method == "DELETE" else one
     json_body, event = ENDPOINTS.get(path, (None, None))
     return event if stream else json_body
 
 
-def check_body(path: str, body: Any, *, status: int = 200) -> list[str]:
-    component = component_for(path, status, stream=False)
+def check_body(path: str, body: Any, *, status: int = 200, method: str = "GET") -> list[str]:
+    component = component_for(path, status, stream=False, method=method)
     if component is None:
         return [f"{path}: status {status}: no OpenAI schema is known for this path"]
     return [f"{path} {problem}" for problem in contract().violations(component, body)]
@@ -254,9 +294,12 @@ class CheckedStreamMixin:
     """Wraps a response's byte stream: passes the bytes through untouched, and checks the whole body against the
     spec when the stream closes, adding any violation to `violations`."""
 
-    def __init__(self, inner: Any, path: str, status: int, content_type: str, violations: list[str]) -> None:
+    def __init__(
+        self, inner: Any, path: str, status: int, content_type: str, violations: list[str], method: str = "GET"
+    ) -> None:
         self._inner = inner
         self._path = path
+        self._method = method
         self._status = status
         self._content_type = content_type
         self._violations = violations
@@ -273,7 +316,7 @@ class CheckedStreamMixin:
         if "text/event-stream" in self._content_type:
             self._violations += check_sse(self._path, text)
         elif "application/json" in self._content_type and text:
-            self._violations += check_body(self._path, json.loads(text), status=self._status)
+            self._violations += check_body(self._path, json.loads(text), status=self._status, method=self._method)
 
 
 def _checked_stream_class(stream_type: type) -> type:
@@ -292,7 +335,7 @@ def check_responses_of(transport_class: type, monkeypatch: Any, violations: list
         if request.url.path.startswith("/v1/") and request.url.path not in OTHER_PROTOCOL_PATHS:
             content_type = response.headers.get("content-type", "")
             response.stream = _checked_stream_class(type(response.stream))(
-                response.stream, request.url.path, response.status_code, content_type, violations
+                response.stream, request.url.path, response.status_code, content_type, violations, request.method
             )
         return response
 

@@ -49,6 +49,10 @@ GAP_BASES = {
     "Embedding": {"properties": {"embedding": {}}},
     "ChatCompletionResponseMessage": {"properties": {}},
     "ChatCompletionStreamResponseDelta": {"properties": {}},
+    "Batch": {"properties": {}},
+    "OpenAIFile": {"properties": {}},
+    "ListFilesResponse": {"properties": {"first_id": {}, "last_id": {}}},
+    "ListBatchesResponse": {"properties": {"first_id": {}, "last_id": {}}},
 }
 
 

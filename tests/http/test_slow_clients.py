@@ -170,7 +170,7 @@ class _StubEngine:
             loop.call_soon(queue.put_nowait, delta())
         return 7
 
-    def release(self, request_id: int | None, *, cancel: bool) -> None:
+    def release(self, request_id: int | None, *, cancel: bool, batch: bool = False) -> None:
         self.released.append((request_id, cancel))
 
 

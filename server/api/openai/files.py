@@ -1,0 +1,154 @@
+"""OpenAI's Files API, for batch input (`purpose: "batch"`) and batch output: upload, list, read, download, delete.
+
+Files belong to the API key that uploaded them; another key gets a 404, as for a file that does not exist."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import PurePosixPath
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from server.api.openai.batch_schemas import MAX_EXPIRY_S, MIN_EXPIRY_S, FileDeleted, FileList, FileObject
+from server.batch.blobs import CHUNK_BYTES
+from server.batch.store import BatchStore, FileRow
+from server.errors import InvalidRequestError, NotFoundError, StorageLimitError
+from server.http.deps import OwnerDep, require_api_key
+
+files = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+MAX_FILENAME_CHARS = 255
+MAX_FORM_FIELDS = 8
+MAX_FORM_FIELD_BYTES = 4096
+
+
+def store_of(request: Request) -> BatchStore:
+    return request.app.state.batch_store
+
+
+StoreDep = Annotated[BatchStore, Depends(store_of)]
+
+
+def file_not_found(file_id: str) -> NotFoundError:
+    return NotFoundError(f"No such File object: {file_id[:64]}", param="file_id", code="file_not_found")
+
+
+async def owned_file(store: BatchStore, owner: str, file_id: str) -> FileRow:
+    row = await asyncio.to_thread(store.file, owner, file_id)
+    if row is None:
+        raise file_not_found(file_id)
+    return row
+
+
+@files.post("/files")
+async def upload_file(request: Request, owner: OwnerDep, store: StoreDep) -> JSONResponse:
+    settings = request.app.state.settings
+    try:
+        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM_FIELD_BYTES)
+    except MultiPartException as exc:
+        raise InvalidRequestError(f"The multipart body could not be read: {str(exc)[:200]}", param="file") from None
+    try:
+        upload = form.get("file")
+        purpose = form.get("purpose")
+        if purpose is None:
+            raise InvalidRequestError("Missing required parameter: 'purpose'.", param="purpose")
+        if purpose != "batch":
+            raise InvalidRequestError(
+                "This server keeps files for the Batch API only: 'purpose' must be 'batch'.", param="purpose"
+            )
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequestError("Missing required parameter: 'file' (a file part).", param="file")
+        expires_s = _expires_after(form.get("expires_after[anchor]"), form.get("expires_after[seconds]"))
+        file_id = f"file-{secrets.token_hex(12)}"
+        size, lines = await store.blobs.write_stream(
+            file_id, _chunks(upload), settings.max_file_bytes, settings.batch_max_lines
+        )
+        now = store.now()
+        name = PurePosixPath((upload.filename or "upload.jsonl").replace("\\", "/")).name[:MAX_FILENAME_CHARS]
+        row = FileRow(file_id, owner, "batch", name, size, lines, now, None if expires_s is None else now + expires_s)
+        try:
+            if await asyncio.to_thread(store.stored_bytes, owner) + size > settings.max_stored_bytes:
+                raise StorageLimitError(settings.max_stored_bytes)
+            await asyncio.to_thread(store.add_file, row)
+        except BaseException:
+            store.blobs.remove(file_id)
+            raise
+    finally:
+        await form.close()  # the spooled upload's temporary file
+    return JSONResponse(FileObject.of(row).model_dump(mode="json"))
+
+
+@files.get("/files")
+async def list_files(
+    owner: OwnerDep,
+    store: StoreDep,
+    purpose: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    order: Literal["asc", "desc"] = "desc",
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> JSONResponse:
+    rows = await asyncio.to_thread(
+        store.files, owner, purpose=purpose, after=after, limit=limit + 1, ascending=order == "asc"
+    )
+    page = [FileObject.of(row) for row in rows[:limit]]
+    listed = FileList(
+        data=page,
+        first_id=page[0].id if page else None,
+        last_id=page[-1].id if page else None,
+        has_more=len(rows) > limit,
+    )
+    return JSONResponse(listed.model_dump(mode="json"))
+
+
+@files.get("/files/{file_id}")
+async def get_file(file_id: str, owner: OwnerDep, store: StoreDep) -> JSONResponse:
+    return JSONResponse(FileObject.of(await owned_file(store, owner, file_id)).model_dump(mode="json"))
+
+
+@files.get("/files/{file_id}/content")
+async def file_content(file_id: str, owner: OwnerDep, store: StoreDep) -> FileResponse:
+    row = await owned_file(store, owner, file_id)
+    return FileResponse(store.blobs.path(row.id), media_type="application/octet-stream", filename=row.filename)
+
+
+@files.delete("/files/{file_id}")
+async def delete_file(file_id: str, owner: OwnerDep, store: StoreDep) -> JSONResponse:
+    await owned_file(store, owner, file_id)
+    if await asyncio.to_thread(store.in_use, file_id):
+        raise InvalidRequestError(
+            "The file is the input of a batch that has not ended; cancel the batch first.",
+            param="file_id",
+            code="file_in_use",
+        )
+    if not await asyncio.to_thread(store.delete_file, owner, file_id):
+        raise file_not_found(file_id)
+    return JSONResponse(FileDeleted(id=file_id).model_dump(mode="json"))
+
+
+def _expires_after(anchor: object, seconds: object) -> int | None:
+    """`expires_after[anchor]` and `expires_after[seconds]`, as the openai SDK sends them in a form."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise InvalidRequestError("'expires_after.anchor' must be 'created_at'.", param="expires_after.anchor")
+    try:
+        value = int(str(seconds))
+    except ValueError:
+        value = -1
+    if not MIN_EXPIRY_S <= value <= MAX_EXPIRY_S:
+        raise InvalidRequestError(
+            f"'expires_after.seconds' must be an integer from {MIN_EXPIRY_S} to {MAX_EXPIRY_S}.",
+            param="expires_after.seconds",
+        )
+    return value
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(CHUNK_BYTES):
+        yield chunk
