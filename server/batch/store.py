@@ -93,7 +93,7 @@ class BatchStore:
             (row.id, row.owner, row.purpose, row.filename, row.bytes, row.lines, row.created_at, row.expires_at),
         )
 
-    def file(self, owner: str, file_id: str) -> FileRow | None:
+    def file(self, file_id: str, owner: str) -> FileRow | None:
         with self._lock:
             found = self._db.execute("SELECT * FROM files WHERE id = ? AND owner = ?", (file_id, owner)).fetchone()
         return None if found is None else FileRow(*found)

@@ -240,7 +240,7 @@ async def _test_expired_files_are_removed_but_not_while_a_batch_reads_them(store
         store._db.execute("UPDATE files SET expires_at = ? WHERE id = ?", (store.now() + 10, file_id))
     clock.now += 20
     assert store.remove_expired_files() == ["file-old"]
-    assert not store.blobs.path("file-old").exists() and store.file("o", file_id) is not None
+    assert not store.blobs.path("file-old").exists() and store.file(file_id, "o") is not None
     store.update_batch(batch_id, "cancelled")
     assert store.remove_expired_files() == [file_id]
 

@@ -17,9 +17,9 @@ from server.api.openai.batch_schemas import (
     batch_list,
     batch_object,
 )
-from server.api.openai.files import StoreDep, owned_file
+from server.api.openai.files import StoreDep, owned, owned_file
 from server.batch.store import BatchRow, BatchStore
-from server.errors import InvalidRequestError, NotFoundError, TooManyOpenBatchesError
+from server.errors import InvalidRequestError, TooManyOpenBatchesError
 from server.http.deps import OwnerDep, json_body, request_body_doc, require_api_key
 
 batches = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -27,15 +27,8 @@ batches = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 CreateBody = Annotated[CreateBatchRequest, Depends(json_body(CreateBatchRequest))]
 
 
-def _not_found(batch_id: str) -> NotFoundError:
-    return NotFoundError(f"No such Batch object: {batch_id[:64]}", param="batch_id", code="batch_not_found")
-
-
 async def _owned(store: BatchStore, owner: str, batch_id: str) -> BatchRow:
-    row = await asyncio.to_thread(store.batch, batch_id, owner)
-    if row is None:
-        raise _not_found(batch_id)
-    return row
+    return await owned(store.batch, "Batch", owner, batch_id)
 
 
 @batches.post("/batches", openapi_extra=request_body_doc(CreateBatchRequest))

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -23,6 +23,7 @@ from server.http.deps import OwnerDep, require_api_key
 
 files = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
+T = TypeVar("T")
 MAX_FILENAME_CHARS = 255
 MAX_FORM_FIELDS = 8
 MAX_FORM_FIELD_BYTES = 4096
@@ -35,15 +36,22 @@ def store_of(request: Request) -> BatchStore:
 StoreDep = Annotated[BatchStore, Depends(store_of)]
 
 
-def file_not_found(file_id: str) -> NotFoundError:
-    return NotFoundError(f"No such File object: {file_id[:64]}", param="file_id", code="file_not_found")
+def not_found(kind: str, object_id: str) -> NotFoundError:
+    """The same 404 for an object that does not exist and for one another API key owns."""
+    param = f"{kind.lower()}_id"
+    return NotFoundError(f"No such {kind} object: {object_id[:64]}", param=param, code=f"{kind.lower()}_not_found")
+
+
+async def owned(lookup: Callable[[str, str], T | None], kind: str, owner: str, object_id: str) -> T:
+    """`lookup(object_id, owner)` off the event loop, or the 404."""
+    row = await asyncio.to_thread(lookup, object_id, owner)
+    if row is None:
+        raise not_found(kind, object_id)
+    return row
 
 
 async def owned_file(store: BatchStore, owner: str, file_id: str) -> FileRow:
-    row = await asyncio.to_thread(store.file, owner, file_id)
-    if row is None:
-        raise file_not_found(file_id)
-    return row
+    return await owned(store.file, "File", owner, file_id)
 
 
 @files.post("/files")
@@ -127,7 +135,7 @@ async def delete_file(file_id: str, owner: OwnerDep, store: StoreDep) -> JSONRes
             code="file_in_use",
         )
     if not await asyncio.to_thread(store.delete_file, owner, file_id):
-        raise file_not_found(file_id)
+        raise not_found("File", file_id)
     return JSONResponse(FileDeleted(id=file_id).model_dump(mode="json"))
 
 
