@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
@@ -238,7 +239,7 @@ class BatchRunner:
             if first is None:
                 continue
             file_id = f"file-{secrets.token_hex(12)}"
-            size = store.blobs.write_lines(file_id, _chain(first, lines))
+            size = store.blobs.write_lines(file_id, itertools.chain([first], lines))
             files.append(
                 FileRow(file_id, batch.owner, "batch_output", f"{batch.id}_{suffix}.jsonl", size, None, now, now + ttl)
             )
@@ -248,8 +249,3 @@ class BatchRunner:
     def _fail(self, batch_id: str, code: str, message: str) -> None:
         errors = {"object": "list", "data": [{"code": code, "message": message, "param": None, "line": None}]}
         self._store.update_batch(batch_id, "failed", errors=errors)
-
-
-def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
-    yield first
-    yield from rest

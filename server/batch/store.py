@@ -126,13 +126,13 @@ class BatchStore:
         with self._lock:
             return self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM files WHERE owner = ?", (owner,)).fetchone()[0]
 
-    def in_use(self, file_id: str) -> bool:
-        """Whether an open batch reads this file."""
+    def open_inputs(self) -> set[str]:
+        """The input files of batches that have not ended."""
         with self._lock:
             rows = self._db.execute(
                 f"SELECT body FROM batches WHERE status IN ({','.join('?' * len(OPEN_STATUSES))})", OPEN_STATUSES
             ).fetchall()
-        return any(json.loads(body)["input_file_id"] == file_id for (body,) in rows)
+        return {json.loads(body)["input_file_id"] for (body,) in rows}
 
     def remove_expired_files(self) -> list[str]:
         """Delete files past their expiry (but those an open batch still reads); returns their ids."""
@@ -144,8 +144,9 @@ class BatchStore:
                 )
             ]
         removed = []
+        in_use = self.open_inputs() if due else set()
         for file_id in due:
-            if self.in_use(file_id):
+            if file_id in in_use:
                 continue
             with self._lock:
                 self._db.execute("DELETE FROM files WHERE id = ?", (file_id,))
