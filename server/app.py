@@ -38,8 +38,9 @@ from server.http.middleware import RequestMiddleware
 from server.http.ops import ops
 from server.http.sse import ShutdownNotice
 from server.metrics import Metrics
+from server.models.loaders import worker_loader
 from server.models.operations import ModelOperations
-from server.models.registry import ModelRegistry, worker_loader
+from server.models.registry import ModelRegistry
 from server.models.residency import Budget
 
 logger = logging.getLogger(__name__)
@@ -91,10 +92,12 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
         capacity=lambda endpoint, model: batch_width(registry, endpoint, model),
         metrics=metrics,
         output_ttl_s=settings.batch_output_ttl_s,
+        max_line_bytes=settings.max_body_bytes,  # a line is one request body: the live endpoint's bound
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await batch_runner.prepare()
         tasks = [
             asyncio.create_task(operations.preload()),
             asyncio.create_task(registry.run_sweeper()),

@@ -104,16 +104,14 @@ class FakeEngine:
     async def compile_grammar(self, grammar: str) -> None:
         self.grammars.append(grammar)
 
-    def check_batch_room(self) -> None:
+    def check_batch_room(self, sequences: int = 1) -> None:
         parallel = self.script.parallel
-        if parallel is not None and self.in_flight >= parallel:
+        if parallel is not None and self.in_flight + min(sequences, parallel) > parallel:
             raise NoRoomForBatch(self.room_freed)
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         if self.script.overloaded:
             raise OverloadedError("The model is overloaded; retry shortly.", retry_after=2)
-        if request.priority == "batch":
-            self.check_batch_room()
         self.requests.append(request)
         return self._stream(request)
 

@@ -1,46 +1,37 @@
-"""Runs open batches, oldest first, one at a time: validates the input file, runs its lines, writes the output.
+"""Moves open batches through their states: validates input files, runs lines, writes the output files.
 
-A line runs through the live endpoint's own code (`execute`, given by the protocol layer) at batch priority: the
-engine admits it only into a free sequence (`NoRoomForBatch` says to wait for one) and ends it at a token
-boundary when an interactive request needs the sequence (`PreemptedError`: it runs again later). Each outcome is
-committed before the line counts as done; after a restart, the lines without one run, the others never again.
+One batch runs its lines at a time (a slice: server/batch/slice.py), as wide as the engine can take batch work;
+while it runs, the other batches are validated, cancelled, expired and finalized beside it. Batches of one owner
+run oldest first; the owners take turns: past TURN_S, while another owner's batch waits, a slice takes no new
+line, and the next turn goes to the owner who had one least recently. Each line's outcome is committed before it
+counts; after a restart, the lines without one run, the others never again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from server.batch import input_file
-from server.batch.store import BatchRow, BatchStore, FileRow
-from server.errors import NoRoomForBatch, PreemptedError
+from server.batch.rows import BatchRow, FileRow
+from server.batch.slice import BatchSlice, LineExecutor
+from server.batch.store import BatchStore
 from server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
-ROOM_RECHECK_S = 1.0  # a line waiting for a free sequence looks again at least this often
-SWEEP_INTERVAL_S = 60.0  # how often expired files are removed while no batch runs
-TRANSIENT_STATUSES = frozenset({503})  # the model's worker died or restarts: the line is tried again
-TRANSIENT_TRIES = 3
-
-
-@dataclass(frozen=True)
-class LineOutcome:
-    """What the live endpoint answered: its status and JSON body (an error body in the protocol's shape)."""
-
-    status_code: int
-    body: dict[str, Any]
-    tokens: tuple[int, int] = (0, 0)  # prompt and completion tokens, for the batch's usage
-    request_id: str = field(default_factory=lambda: f"req_{secrets.token_hex(12)}")
-
-
-LineExecutor = Callable[[str, Any], Awaitable[LineOutcome]]
+SWEEP_INTERVAL_S = 60.0  # how often expired files are removed (and expiry looked at) while nothing wakes the runner
+TURN_S = 30.0  # how long one owner's batch runs before another owner's waiting batch gets a turn
+CANCELLED = "The batch was cancelled before this line ran."
+EXPIRED = "The batch did not finish within its window."
+FAILED = "The server failed this batch."
+ERROR_PAUSE_S = 5.0  # after a round that failed unexpectedly (the state on disk is looked at again then)
 
 
 class BatchRunner:
@@ -52,14 +43,23 @@ class BatchRunner:
         capacity: Callable[[str, str | None], int],
         metrics: Metrics,
         output_ttl_s: int,
+        max_line_bytes: int,
+        turn_s: float = TURN_S,
     ) -> None:
         self._store = store
         self._execute = execute
         self._capacity = capacity  # (endpoint, model) -> how many lines of a batch may run at once
         self._metrics = metrics
         self._output_ttl_s = output_ttl_s
+        self._max_line_bytes = max_line_bytes
+        self._turn_s = turn_s
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
+        self._turns = itertools.count()
+        self._last_turn: dict[str, int] = {}  # owner -> the number of the last turn it had
+        self._slice: BatchSlice | None = None
+        self._running: asyncio.Task[bool] | None = None
+        self._threads: set[asyncio.Future[Any]] = set()
 
     def notify(self) -> None:
         """A batch was created or asked to cancel."""
@@ -70,165 +70,188 @@ class BatchRunner:
         """Returns once no batch is open (every one has ended)."""
         await self._idle.wait()
 
+    async def prepare(self) -> None:
+        """Before the server takes requests: remove the blobs a killed process wrote but never recorded (an
+        upload in progress could not be told from one)."""
+        await self._thread(self._store.remove_orphan_blobs)
+
     async def run(self) -> None:
-        await asyncio.to_thread(self._store.remove_orphan_blobs)
-        while True:
-            await asyncio.to_thread(self._sweep)
-            batches = await asyncio.to_thread(self._store.open_batches)
-            self._metrics.batch_queue_depth.set(sum(max(b.total - b.completed - b.failed, 0) for b in batches))
-            if not batches:
-                self._idle.set()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(SWEEP_INTERVAL_S):
-                        await self._wake.wait()
+        try:
+            while True:
                 self._wake.clear()
+                try:
+                    await self._round()
+                except Exception:  # the loop outlives any one failure; the state on disk is read again
+                    logger.exception("batch runner: a round failed")
+                    await asyncio.sleep(ERROR_PAUSE_S)
+                    continue
+                await self._rest(SWEEP_INTERVAL_S)
+        finally:
+            await self._wind_down()
+
+    async def _wind_down(self) -> None:
+        """At shutdown: end the running slice, and wait for the outcomes it is committing and for the runner's
+        own work in threads (the store closes next); lines in flight have no outcome and run after the restart."""
+        if self._running is not None and self._slice is not None:
+            self._running.cancel()
+            await asyncio.wait([self._running])
+            await self._slice.committed()
+        await asyncio.gather(*self._threads, return_exceptions=True)
+
+    async def _rest(self, timeout_s: float) -> None:
+        """Until notified, the running slice ends, or `timeout_s` passes."""
+        woken = asyncio.create_task(self._wake.wait())
+        waits: list[asyncio.Future[Any]] = [woken] if self._running is None else [woken, self._running]
+        try:
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+
+    async def _round(self) -> None:
+        if self._running is not None and self._running.done():
+            await self._slice_ended()
+        try:
+            await self._thread(self._sweep)
+        except Exception:  # batches go on without it; it runs again next round
+            logger.exception("batch runner: removing expired files failed")
+        batches = await self._thread(self._store.open_batches)
+        self._metrics.batch_queue_depth.set(sum(max(b.total - b.completed - b.failed, 0) for b in batches))
+        if not batches and self._running is None:
+            self._idle.set()
+            return
+        changed = False
+        for batch in batches:
+            if self._slice is not None and batch.id == self._slice.batch.id:
+                if batch.status != "in_progress" or self._expired(batch):
+                    self._slice.stop.set()  # cancelled or expired: the slice ends, then the close
                 continue
-            try:
-                await self._advance(batches[0])
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("batch %s: failed", batches[0].id)
-                await asyncio.to_thread(self._fail, batches[0].id, "internal_error", "The server failed this batch.")
+            changed |= await self._guarded(batch, self._settle(batch))
+        if changed:
+            self._wake.set()  # states moved on: look again at once
+            return
+        running = [b for b in batches if b.status == "in_progress" and not self._expired(b)]
+        if self._slice is None:
+            await self._start(running)
+        else:
+            self._slice.contended = any(b.owner != self._slice.batch.owner for b in running)
+
+    def _settle(self, batch: BatchRow) -> Awaitable[bool]:
+        """Move a batch that is not running lines on by a state; False when there is nothing to do."""
+        if batch.status == "validating":
+            return self._validate(batch)
+        if batch.status == "cancelling":
+            return self._off_loop(self._close, batch, "cancelled", "batch_cancelled", CANCELLED)
+        if batch.status == "finalizing":
+            return self._off_loop(self._finalize, batch, "completed")
+        if batch.status == "in_progress" and self._expired(batch):
+            return self._off_loop(self._close, batch, "expired", "batch_expired", EXPIRED)
+        return _nothing()
+
+    async def _guarded(self, batch: BatchRow, work: Awaitable[bool]) -> bool:
+        """`work` on one batch; what it raises fails that batch, not the round. False when even that failed
+        (the batch is looked at again next round; the others are moved on meanwhile)."""
+        try:
+            return await work
+        except Exception:
+            logger.exception("batch %s: failed", batch.id)
+        try:
+            await self._thread(self._fail, batch)
+        except Exception:
+            logger.exception("batch %s: could not be recorded as failed", batch.id)
+            return False
+        return True
+
+    async def _off_loop(self, work: Callable[..., None], *args: Any) -> bool:
+        await self._thread(work, *args)
+        return True
+
+    async def _thread(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`work` in a thread; a cancel (shutdown) does not abandon it: `_wind_down` waits for it before the
+        store closes."""
+        future = asyncio.ensure_future(asyncio.to_thread(work, *args, **kwargs))
+        self._threads.add(future)
+        future.add_done_callback(self._threads.discard)
+        return await asyncio.shield(future)
+
+    async def _start(self, running: list[BatchRow]) -> None:
+        """Give the next turn to the owner who had one least recently (its oldest batch)."""
+        oldest: dict[str, BatchRow] = {}
+        for batch in running:  # oldest first
+            oldest.setdefault(batch.owner, batch)
+        self._last_turn = {owner: turn for owner, turn in self._last_turn.items() if owner in oldest}
+        if not oldest:
+            return
+        owner = min(oldest, key=lambda name: self._last_turn.get(name, -1))
+        self._last_turn[owner] = next(self._turns)
+        batch = oldest[owner]
+        done = await self._thread(self._store.done_lines, batch.id)
+        feed = input_file.LineFeed(self._input(batch), self._max_line_bytes, done)
+        width = max(1, self._capacity(batch.body["endpoint"], batch.body.get("model")))
+        self._slice = BatchSlice(
+            self._store, self._execute, self._metrics, batch, feed, width=width, turn_s=self._turn_s
+        )
+        self._slice.contended = len(oldest) > 1
+        self._running = asyncio.create_task(self._slice.run())
+
+    async def _slice_ended(self) -> None:
+        assert self._running is not None and self._slice is not None
+        task, ended = self._running, self._slice
+        batch = ended.batch
+        try:
+            await ended.committed()  # before a close records the lines without an outcome
+        finally:
+            self._running = self._slice = None
+        if task.cancelled():
+            return  # its lines without an outcome run in a later turn
+        try:
+            all_run = task.result()
+        except Exception:
+            logger.exception("batch %s: failed while running its lines", batch.id)
+            await self._thread(self._fail, batch)
+            return
+        if all_run:
+            await self._thread(self._store.update_batch, batch.id, "finalizing", only_from=("in_progress",))
 
     def _sweep(self) -> None:
         for file_id in self._store.remove_expired_files():
             logger.info("file %s expired and was removed", file_id)
 
-    async def _advance(self, batch: BatchRow) -> None:
-        """Move one batch on by a state."""
-        store = self._store
-        if batch.status == "validating":
-            await self._validate(batch)
-        elif batch.status == "in_progress":
-            if self._expired(batch):
-                await self._close(batch, "expired", "batch_expired", "The batch did not finish within its window.")
-            else:
-                await self._run_lines(batch)
-                latest = await asyncio.to_thread(store.batch, batch.id)
-                if latest is not None and latest.status == "in_progress" and not self._expired(latest):
-                    await asyncio.to_thread(store.update_batch, batch.id, "finalizing", only_from=("in_progress",))
-        elif batch.status == "cancelling":
-            await self._close(batch, "cancelled", "batch_cancelled", "The batch was cancelled before this line ran.")
-        elif batch.status == "finalizing":
-            await asyncio.to_thread(self._finalize, batch, "completed")
-
-    async def _validate(self, batch: BatchRow) -> None:
-        path = self._store.blobs.path(batch.body["input_file_id"])
-        try:
-            result = await asyncio.to_thread(input_file.validate, path, batch.body["endpoint"])
-        except FileNotFoundError:
-            await asyncio.to_thread(self._fail, batch.id, "file_not_found", "The input file was deleted.")
-            return
-        if result.problems:
-            errors = {"object": "list", "data": [problem.as_error() for problem in result.problems]}
-            await asyncio.to_thread(
-                self._store.update_batch, batch.id, "failed", errors=errors, only_from=("validating",)
-            )
-            return
-        await asyncio.to_thread(
-            self._store.update_batch,
-            batch.id,
-            "in_progress",
-            total=result.total,
-            model=result.model,
-            only_from=("validating",),
-        )
-
-    async def _run_lines(self, batch: BatchRow) -> None:
-        done = await asyncio.to_thread(self._store.done_lines, batch.id)
-        path = self._store.blobs.path(batch.body["input_file_id"])
-        pending: Iterator[input_file.InputLine] = (line for line in input_file.requests(path) if line.line not in done)
-        stop = asyncio.Event()
-
-        async def lines() -> None:
-            for line in pending:  # shared by the workers: each takes the next line
-                if stop.is_set() or self._expired(batch):
-                    return
-                await self._line(batch, line)
-
-        async def watch() -> None:
-            while True:  # a cancel (or a new batch) wakes this; only a cancel of this batch stops the lines
-                await self._wake.wait()
-                self._wake.clear()
-                latest = await asyncio.to_thread(self._store.batch, batch.id)
-                if latest is None or latest.status != "in_progress":
-                    stop.set()
-                    return
-
-        width = max(1, self._capacity(batch.body["endpoint"], batch.body.get("model")))
-        workers = [asyncio.create_task(lines()) for _ in range(width)]
-        watcher = asyncio.create_task(watch())
-        try:
-            finished = asyncio.gather(*workers)
-            await asyncio.wait([finished, watcher], return_when=asyncio.FIRST_COMPLETED)
-            if stop.is_set():  # cancelled: lines in flight are abandoned (the close records them as not run)
-                for worker in workers:
-                    worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await finished
-        finally:
-            watcher.cancel()
-            for worker in workers:
-                worker.cancel()
-            self._wake.set()  # whatever woke the watcher last is looked at again by the main loop
-
-    async def _line(self, batch: BatchRow, line: input_file.InputLine) -> None:
-        endpoint, tries = batch.body["endpoint"], 0
-        while True:
-            try:
-                outcome = await self._execute(endpoint, line.body)
-            except NoRoomForBatch as busy:  # every sequence serves someone: wait until one is given back
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(ROOM_RECHECK_S):
-                        await busy.wait()
-                continue
-            except PreemptedError:  # gave its sequence to an interactive request: run it again
-                continue
-            tries += 1
-            if outcome.status_code in TRANSIENT_STATUSES and tries < TRANSIENT_TRIES:
-                continue
-            break
-        ok = 200 <= outcome.status_code < 300
-        record = {
-            "id": f"batch_req_{secrets.token_hex(12)}",
-            "custom_id": line.custom_id,
-            "response": {"status_code": outcome.status_code, "request_id": outcome.request_id, "body": outcome.body},
-            "error": None,
-        }
-        if await asyncio.to_thread(self._store.add_result, batch.id, line.line, ok, record, outcome.tokens):
-            self._metrics.batch_lines.labels("done" if ok else "failed").inc()
-            self._metrics.batch_queue_depth.dec()
+    def _input(self, batch: BatchRow) -> Any:
+        return self._store.blobs.path(batch.body["input_file_id"])
 
     def _expired(self, batch: BatchRow) -> bool:
         return self._store.now() >= batch.body["expires_at"]
 
-    async def _close(self, batch: BatchRow, status: str, code: str, message: str) -> None:
+    async def _validate(self, batch: BatchRow) -> bool:
+        store = self._store
+        try:
+            result = await self._thread(
+                input_file.validate, self._input(batch), batch.body["endpoint"], self._max_line_bytes
+            )
+        except FileNotFoundError:
+            await self._thread(self._fail, batch, "file_not_found", "The input file was deleted.")
+            return True
+        if result.problems:
+            errors = {"object": "list", "data": [problem.as_error() for problem in result.problems]}
+            await self._thread(store.update_batch, batch.id, "failed", errors=errors, only_from=("validating",))
+            return True
+        started = functools.partial(store.update_batch, total=result.total, model=result.model)
+        await self._thread(started, batch.id, "in_progress", only_from=("validating",))
+        return True
+
+    def _close(self, batch: BatchRow, status: str, code: str, message: str, **fields: Any) -> None:
         """End a batch early: each line that did not run gets an error line saying why; then the output."""
+        store = self._store
+        try:
+            lines = input_file.requests(self._input(batch), self._max_line_bytes, store.done_lines(batch.id))
+            unrun = [(line.line, _unrun(line.custom_id, code, message)) for line in (lines if batch.total else ())]
+        except OSError:  # the input file cannot be read: no line to name
+            logger.exception("batch %s: its input could not be read to close it", batch.id)
+            unrun = []
+        self._metrics.batch_lines.labels("failed").inc(store.add_unrun(batch.id, unrun))
+        self._finalize(batch, status, **fields)
 
-        def close() -> None:
-            done = self._store.done_lines(batch.id)
-            path = self._store.blobs.path(batch.body["input_file_id"])
-            unrun = [
-                (
-                    line.line,
-                    {
-                        "id": f"batch_req_{secrets.token_hex(12)}",
-                        "custom_id": line.custom_id,
-                        "response": None,
-                        "error": {"code": code, "message": message},
-                    },
-                )
-                for line in (input_file.requests(path) if batch.total else ())
-                if line.line not in done
-            ]
-            self._store.add_unrun(batch.id, unrun)
-            self._metrics.batch_lines.labels("failed").inc(len(unrun))
-            self._finalize(batch, status)
-
-        await asyncio.to_thread(close)
-
-    def _finalize(self, batch: BatchRow, status: str) -> None:
+    def _finalize(self, batch: BatchRow, status: str, **fields: Any) -> None:
         """Write the output and error files from the recorded lines; record them and the end state at once."""
         store, now = self._store, self._store.now()
         ttl = batch.body.get("output_expires_after_s") or self._output_ttl_s
@@ -244,8 +267,22 @@ class BatchRunner:
                 FileRow(file_id, batch.owner, "batch_output", f"{batch.id}_{suffix}.jsonl", size, None, now, now + ttl)
             )
             ids[key] = file_id
-        store.update_batch(batch.id, status, files=tuple(files), **ids)
+        store.update_batch(batch.id, status, files=tuple(files), **ids, **fields)
 
-    def _fail(self, batch_id: str, code: str, message: str) -> None:
+    def _fail(self, batch: BatchRow, code: str = "internal_error", message: str = FAILED) -> None:
+        """End a batch as failed, keeping what its lines answered: the output files hold every line."""
         errors = {"object": "list", "data": [{"code": code, "message": message, "param": None, "line": None}]}
-        self._store.update_batch(batch_id, "failed", errors=errors)
+        self._close(batch, "failed", "batch_failed", "The batch failed before this line ran.", errors=errors)
+
+
+def _unrun(custom_id: str | None, code: str, message: str) -> dict[str, Any]:
+    return {
+        "id": f"batch_req_{secrets.token_hex(12)}",
+        "custom_id": custom_id,
+        "response": None,
+        "error": {"code": code, "message": message},
+    }
+
+
+async def _nothing() -> bool:
+    return False

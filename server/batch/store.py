@@ -10,57 +10,17 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from server.batch.blobs import BlobStore
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    id TEXT PRIMARY KEY, owner TEXT NOT NULL, purpose TEXT NOT NULL, filename TEXT NOT NULL,
-    bytes INTEGER NOT NULL, lines INTEGER, created_at INTEGER NOT NULL, expires_at INTEGER
-);
-CREATE INDEX IF NOT EXISTS files_owner ON files (owner);
-CREATE TABLE IF NOT EXISTS batches (
-    id TEXT PRIMARY KEY, owner TEXT NOT NULL, body TEXT NOT NULL, status TEXT NOT NULL,
-    total INTEGER NOT NULL DEFAULT 0, completed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
-    input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS batches_owner ON batches (owner);
-CREATE TABLE IF NOT EXISTS results (
-    batch_id TEXT NOT NULL, line INTEGER NOT NULL, ok INTEGER NOT NULL, record TEXT NOT NULL,
-    PRIMARY KEY (batch_id, line)
-) WITHOUT ROWID;
-"""
+from server.batch.rows import SCHEMA, BatchRow, FileRow, batch_row
+from server.errors import StorageLimitError, TooManyOpenBatchesError
 
 OPEN_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+_OPEN = f"status IN ({','.join(repr(status) for status in OPEN_STATUSES)})"
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"  # a file past its expiry is gone for clients before it is swept
 TIMESTAMPED = frozenset({"in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled"})
-
-
-@dataclass(frozen=True)
-class FileRow:
-    id: str
-    owner: str
-    purpose: str
-    filename: str
-    bytes: int
-    lines: int | None
-    created_at: int
-    expires_at: int | None
-
-
-@dataclass(frozen=True)
-class BatchRow:
-    id: str
-    owner: str
-    body: dict[str, Any]  # the batch object's own fields: endpoint, timestamps, file ids, errors, metadata
-    status: str
-    total: int
-    completed: int
-    failed: int
-    input_tokens: int
-    output_tokens: int
 
 
 class BatchStore:
@@ -83,9 +43,21 @@ class BatchStore:
 
     # Files
 
-    def add_file(self, row: FileRow) -> None:
+    def add_file(self, row: FileRow, *, blob: Path | None = None, max_stored_bytes: int | None = None) -> None:
+        """Record a file, moving its finished scratch file (`blob`) into place in the same transaction: the row
+        is never there without its blob. Beyond `max_stored_bytes` for its owner, a 413 and nothing is kept."""
         with self._lock:
-            self._insert_file(row)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if max_stored_bytes is not None and self._stored_bytes(row.owner) + row.bytes > max_stored_bytes:
+                    raise StorageLimitError(max_stored_bytes)
+                if blob is not None:
+                    self.blobs.place(blob, row.id)
+                self._insert_file(row)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def _insert_file(self, row: FileRow) -> None:
         self._db.execute(
@@ -95,15 +67,17 @@ class BatchStore:
 
     def file(self, file_id: str, owner: str) -> FileRow | None:
         with self._lock:
-            found = self._db.execute("SELECT * FROM files WHERE id = ? AND owner = ?", (file_id, owner)).fetchone()
+            found = self._db.execute(
+                f"SELECT * FROM files WHERE id = ? AND owner = ? AND {_LIVE}", (file_id, owner, self.now())
+            ).fetchone()
         return None if found is None else FileRow(*found)
 
     def files(
         self, owner: str, *, purpose: str | None, after: str | None, limit: int, ascending: bool
     ) -> list[FileRow]:
         order, compare = ("ASC", ">") if ascending else ("DESC", "<")
-        query = "SELECT * FROM files WHERE owner = ?"
-        args: list[Any] = [owner]
+        query = f"SELECT * FROM files WHERE owner = ? AND {_LIVE}"
+        args: list[Any] = [owner, self.now()]
         if purpose is not None:
             query += " AND purpose = ?"
             args.append(purpose)
@@ -115,23 +89,34 @@ class BatchStore:
         with self._lock:
             return [FileRow(*row) for row in self._db.execute(query, args)]
 
-    def delete_file(self, owner: str, file_id: str) -> bool:
+    def delete_file(self, owner: str, file_id: str) -> Literal["deleted", "missing", "in_use"]:
+        """Delete a file, unless it is the input of a batch that has not ended (checked in the same
+        transaction as the delete, so a batch created meanwhile cannot lose its input)."""
         with self._lock:
-            deleted = self._db.execute("DELETE FROM files WHERE id = ? AND owner = ?", (file_id, owner)).rowcount
+            if file_id in self._open_inputs():
+                return "in_use"
+            deleted = self._db.execute(
+                f"DELETE FROM files WHERE id = ? AND owner = ? AND {_LIVE}", (file_id, owner, self.now())
+            ).rowcount
         if deleted:
             self.blobs.remove(file_id)
-        return bool(deleted)
+        return "deleted" if deleted else "missing"
 
     def stored_bytes(self, owner: str) -> int:
         with self._lock:
-            return self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM files WHERE owner = ?", (owner,)).fetchone()[0]
+            return self._stored_bytes(owner)
+
+    def _stored_bytes(self, owner: str) -> int:
+        query = f"SELECT COALESCE(SUM(bytes), 0) FROM files WHERE owner = ? AND {_LIVE}"
+        return self._db.execute(query, (owner, self.now())).fetchone()[0]
 
     def open_inputs(self) -> set[str]:
         """The input files of batches that have not ended."""
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT body FROM batches WHERE status IN ({','.join('?' * len(OPEN_STATUSES))})", OPEN_STATUSES
-            ).fetchall()
+            return self._open_inputs()
+
+    def _open_inputs(self) -> set[str]:
+        rows = self._db.execute(f"SELECT body FROM batches WHERE {_OPEN}").fetchall()
         return {json.loads(body)["input_file_id"] for (body,) in rows}
 
     def remove_expired_files(self) -> list[str]:
@@ -162,12 +147,32 @@ class BatchStore:
 
     # Batches
 
-    def add_batch(self, batch_id: str, owner: str, body: dict[str, Any]) -> None:
+    def add_batch(self, batch_id: str, owner: str, body: dict[str, Any], *, max_open: int | None = None) -> bool:
+        """Record a new batch; False (nothing recorded) when its input file is gone, a 429 when its owner
+        already has `max_open` open batches: both checked in the same transaction as the insert."""
         with self._lock:
-            self._db.execute(
-                "INSERT INTO batches (id, owner, body, status) VALUES (?, ?, ?, ?)",
-                (batch_id, owner, json.dumps(body), body["status"]),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                source = self._db.execute(
+                    f"SELECT 1 FROM files WHERE id = ? AND owner = ? AND {_LIVE}",
+                    (body["input_file_id"], owner, self.now()),
+                ).fetchone()
+                if source is None:
+                    self._db.execute("ROLLBACK")
+                    return False
+                if max_open is not None:
+                    query = f"SELECT COUNT(*) FROM batches WHERE owner = ? AND {_OPEN}"
+                    if self._db.execute(query, (owner,)).fetchone()[0] >= max_open:
+                        raise TooManyOpenBatchesError(max_open)
+                self._db.execute(
+                    "INSERT INTO batches (id, owner, body, status) VALUES (?, ?, ?, ?)",
+                    (batch_id, owner, json.dumps(body), body["status"]),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return True
 
     def batch(self, batch_id: str, owner: str | None = None) -> BatchRow | None:
         query, args = "SELECT * FROM batches WHERE id = ?", [batch_id]
@@ -176,7 +181,7 @@ class BatchStore:
             args.append(owner)
         with self._lock:
             found = self._db.execute(query, args).fetchone()
-        return None if found is None else _batch_row(found)
+        return None if found is None else batch_row(found)
 
     def batches(self, owner: str, *, after: str | None, limit: int) -> list[BatchRow]:
         query, args = "SELECT * FROM batches WHERE owner = ?", [owner]
@@ -184,17 +189,17 @@ class BatchStore:
             query += " AND rowid < COALESCE((SELECT rowid FROM batches WHERE id = ? AND owner = ?), -1)"
             args += [after, owner]
         with self._lock:
-            return [_batch_row(row) for row in self._db.execute(query + " ORDER BY rowid DESC LIMIT ?", [*args, limit])]
+            return [batch_row(row) for row in self._db.execute(query + " ORDER BY rowid DESC LIMIT ?", [*args, limit])]
 
     def open_batches(self, owner: str | None = None) -> list[BatchRow]:
         """Batches not yet ended, oldest first."""
-        query = f"SELECT * FROM batches WHERE status IN ({','.join('?' * len(OPEN_STATUSES))})"
-        args: list[Any] = list(OPEN_STATUSES)
+        query = f"SELECT * FROM batches WHERE {_OPEN}"
+        args: list[Any] = []
         if owner is not None:
             query += " AND owner = ?"
             args.append(owner)
         with self._lock:
-            return [_batch_row(row) for row in self._db.execute(query + " ORDER BY rowid ASC", args)]
+            return [batch_row(row) for row in self._db.execute(query + " ORDER BY rowid ASC", args)]
 
     def update_batch(
         self,
@@ -263,8 +268,9 @@ class BatchStore:
                 raise
         return bool(added)
 
-    def add_unrun(self, batch_id: str, records: list[tuple[int, dict[str, Any]]]) -> None:
-        """Record lines that will not run (the batch was cancelled or expired) as failed, in one transaction."""
+    def add_unrun(self, batch_id: str, records: list[tuple[int, dict[str, Any]]]) -> int:
+        """Record lines that will not run (the batch was cancelled or expired) as failed, in one transaction;
+        returns how many had no result yet."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -278,6 +284,7 @@ class BatchStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        return added
 
     def done_lines(self, batch_id: str) -> set[int]:
         with self._lock:
@@ -298,8 +305,3 @@ class BatchStore:
             for _, record in page:
                 yield record
             last = page[-1][0]
-
-
-def _batch_row(row: tuple[Any, ...]) -> BatchRow:
-    batch_id, owner, body, status, total, completed, failed, input_tokens, output_tokens = row
-    return BatchRow(batch_id, owner, json.loads(body), status, total, completed, failed, input_tokens, output_tokens)

@@ -85,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings) -> int:
     from server.app import budget_of, create_app
     from server.models.hub import file_status
-    from server.models.registry import ModelRegistry, worker_loader
+    from server.models.loaders import worker_loader
+    from server.models.registry import ModelRegistry
 
     _check_access(settings)
     # Serving never reaches the network: Hugging Face libraries stay offline, and nothing phones home.

@@ -189,14 +189,16 @@ class Engine(Protocol):
         while another build runs past that budget."""
         ...
 
-    def check_batch_room(self) -> None:
-        """Raise NoRoomForBatch when a batch request could not start now (asked before any work is done for
-        one); engines that place batch requests themselves never raise."""
+    def check_batch_room(self, sequences: int = 1) -> None:
+        """Raise NoRoomForBatch unless a batch request of `sequences` choices may start now (asked before any
+        work is done for one, and again in the same synchronous stretch as its `generate` calls); engines that
+        place batch requests themselves never raise."""
         ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         """Start generating; raises at once (before any delta) when the request cannot be admitted: a 429 for an
-        interactive request, NoRoomForBatch for a batch one while every sequence is taken."""
+        interactive request. A batch request is admitted as it is: its caller has just asked
+        `check_batch_room` for all of its choices."""
         ...
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:

@@ -98,7 +98,7 @@ class EmbeddingEngine:
     ) -> list[int]:
         raise self._wrong_endpoint("generative")
 
-    def check_batch_room(self) -> None:
+    def check_batch_room(self, sequences: int = 1) -> None:
         """Batch requests are placed by the scheduler itself, behind interactive ones."""
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:

@@ -195,7 +195,7 @@ class LlamaCppEngine:
     async def compile_grammar(self, grammar: str) -> None:
         await self._grammars.compile(grammar)  # on the cache's own build thread
 
-    def check_batch_room(self) -> None:
+    def check_batch_room(self, sequences: int = 1) -> None:
         """Batch requests are placed by the scheduler itself, behind interactive ones."""
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:

@@ -153,22 +153,25 @@ class ProcessEngine:
         if not self._alive:
             raise self._failure()
         if request.priority == "batch":
-            self.check_batch_room()
-            self._batch_admitted += 1
+            self._batch_admitted += 1  # its room was checked for all its choices just before (check_batch_room)
         else:
             Admission.of(self._spec).check(self._admitted - self._batch_admitted)
         self._admitted += 1
         return _RemoteStream(self, request)
 
-    def check_batch_room(self) -> None:
-        """Raise NoRoomForBatch unless a batch request may start now: a sequence is free, and while interactive
-        requests are in flight, fewer than BATCH_SEQUENCES_BESIDE_INTERACTIVE batch requests run beside them.
-        The pipeline asks before it does any work for a batch request (a prompt to render, a grammar)."""
-        interactive = self._admitted - self._batch_admitted
-        room = self._spec.parallel - self._admitted
-        if interactive or time.monotonic() - self._interactive_at < INTERACTIVE_GRACE_S:
-            room = min(room, BATCH_SEQUENCES_BESIDE_INTERACTIVE - self._batch_admitted)
-        if room <= 0:
+    def check_batch_room(self, sequences: int = 1) -> None:
+        """Raise NoRoomForBatch unless a batch request of `sequences` choices may start now: its sequences are
+        free, and while interactive requests are in flight, batch requests keep to
+        BATCH_SEQUENCES_BESIDE_INTERACTIVE sequences beside them. A request with more choices than batch work
+        may ever hold at once starts when all of that share is free (its other choices wait in the scheduler,
+        behind interactive requests), so it never waits for room that cannot come."""
+        if not self._alive:
+            raise self._failure()
+        share = self._spec.parallel
+        if self._admitted > self._batch_admitted or time.monotonic() - self._interactive_at < INTERACTIVE_GRACE_S:
+            share = BATCH_SEQUENCES_BESIDE_INTERACTIVE
+        room = min(self._spec.parallel - self._admitted, share - self._batch_admitted)
+        if room < min(sequences, share):
             raise NoRoomForBatch(self.room_freed)
 
     async def room_freed(self) -> None:

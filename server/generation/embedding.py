@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from server.config import ModelSpec
 from server.engine import Engine, EngineInfo
-from server.engine.admission import Admission
+from server.engine.admission import BATCH_SEQUENCES_BESIDE_INTERACTIVE, Admission
+from server.engine.base import Priority
 from server.engine.kinds import info_kind, require_kind, spec_kind
-from server.errors import ContextLengthExceededError, InvalidRequestError, RequestTimeoutError
+from server.errors import ContextLengthExceededError, InvalidRequestError, NoRoomForBatch, RequestTimeoutError
 from server.generation.limits import RequestLimits
 from server.metrics import RequestRecord
 from server.models.registry import ModelRegistry
@@ -47,6 +49,13 @@ class PooledWork:
         self._limits = limits or RequestLimits()
         self._timeout = request_timeout_s
         self._admission = EmbeddingAdmission()
+        self._priority: Priority = "interactive"
+
+    def with_priority(self, priority: Priority) -> Self:
+        """This service, admitting its requests at `priority` (the same admission counts, shared)."""
+        view = copy.copy(self)
+        view._priority = priority
+        return view
 
 
 class Embedder(PooledWork):
@@ -66,8 +75,8 @@ class Embedder(PooledWork):
         record.model = spec.name
         require_kind(plan.model, spec_kind(spec), "embedding")  # before a chat model or reranker loads
         _check_total(sum(len(item) for item in plan.inputs if not isinstance(item, str)), limits)  # before a load
-        with self._admission.admit(spec):
-            async with self._registry.use(plan.model) as engine:
+        with self._admission.admit(spec, self._priority):
+            async with self._registry.use(plan.model, self._priority) as engine:
                 _check_model(engine.info, plan)
                 token_lists = await _token_lists(engine, plan.inputs, limits)
                 vectors = await engine.embed(token_lists)
@@ -130,19 +139,41 @@ def _check_total(tokens: int, limits: RequestLimits) -> None:
 
 class EmbeddingAdmission:
     """Embedding requests in progress per model. Beyond the model's `parallel + max_queue` (the bound its
-    generation requests have), more are refused with a 429 rather than queued without end."""
+    generation requests have), more are refused with a 429 rather than queued without end. Batch requests take
+    only what interactive ones leave, as in generation: a free slot of `parallel`, and beside interactive
+    requests at most BATCH_SEQUENCES_BESIDE_INTERACTIVE; otherwise NoRoomForBatch, woken when one ends."""
 
     def __init__(self) -> None:
         self._running: dict[str, int] = {}
+        self._batch: dict[str, int] = {}
+        self._released = asyncio.Event()
 
     @contextlib.contextmanager
-    def admit(self, spec: ModelSpec) -> Iterator[None]:
-        running = self._running.get(spec.name, 0)
-        Admission.of(spec).check(running)  # the same rule as generation requests
-        self._running[spec.name] = running + 1
+    def admit(self, spec: ModelSpec, priority: Priority = "interactive") -> Iterator[None]:
+        name, batch = spec.name, priority == "batch"
+        running, batch_running = self._running.get(name, 0), self._batch.get(name, 0)
+        if batch:
+            share = spec.parallel if running == batch_running else BATCH_SEQUENCES_BESIDE_INTERACTIVE
+            if running >= spec.parallel or batch_running >= share:
+                raise NoRoomForBatch(self._released_wait())
+        else:
+            Admission.of(spec).check(running - batch_running)  # the same rule as generation requests
+        self._running[name] = running + 1
+        self._batch[name] = batch_running + batch
         try:
             yield
         finally:
-            self._running[spec.name] -= 1
-            if not self._running[spec.name]:
-                del self._running[spec.name]
+            self._running[name] -= 1
+            self._batch[name] -= batch
+            if not self._running[name]:
+                del self._running[name], self._batch[name]
+            self._released.set()
+            self._released = asyncio.Event()
+
+    def _released_wait(self) -> Callable[[], Awaitable[None]]:
+        released = self._released
+
+        async def wait() -> None:
+            await released.wait()
+
+        return wait

@@ -82,7 +82,7 @@ class GenerationPipeline:
     async def start(self, plan: GenerationPlan, record: RequestRecord) -> Generation:
         async with self._model(plan, record) as (engine, tool_plan):
             if self._priority == "batch":
-                engine.check_batch_room()  # before rendering or a grammar: a batch request waits for room often
+                engine.check_batch_room(plan.n)  # before rendering or a grammar: batch work often waits for room
             thinking = thinking_of(plan, engine.info.reasoning)
             tokens = await self._tokens(engine, plan, tool_plan, thinking)
             start = None if thinking is None else await reply_start(engine, tokens, thinking)
@@ -125,7 +125,7 @@ class GenerationPipeline:
         record.model = spec.name
         require_kind(plan.model, spec_kind(spec), "generative")  # before an embedding model or reranker loads
         check_token_cap(plan.max_tokens, spec.max_tokens_cap, plan.params.max_tokens)
-        async with self._registry.use(plan.model) as engine:
+        async with self._registry.use(plan.model, self._priority) as engine:
             require_kind(plan.model, info_kind(engine.info), "generative")
             yield engine, tools.plan(plan.tools, plan.params, engine.info.tool_dialect)
 
@@ -198,6 +198,8 @@ class GenerationPipeline:
                 param=where,
             )
         sampling = self._sampling(plan, engine.info.n_vocab)
+        if self._priority == "batch":
+            engine.check_batch_room(plan.n)  # again: from here to the last `generate` nothing else runs
         streams: list[AsyncIterator[GenerationDelta]] = []
         try:
             # n choices are n requests with the same prompt: the engine's prefix cache evaluates it once.

@@ -13,41 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
-from server.config import HubSource, ModelSpec, NotPulledError, Settings
+from server.config import HubSource, ModelSpec, NotPulledError
 from server.engine import Engine
-from server.engine.liveness import WorkerDeadlines
-from server.errors import ModelNotFoundError, ModelNotPulledError, ModelUnavailableError, ShuttingDownError
+from server.engine.base import Priority
+from server.errors import (
+    ModelNotFoundError,
+    ModelNotPulledError,
+    ModelUnavailableError,
+    NoRoomForBatch,
+    ShuttingDownError,
+)
 from server.models import sources
+from server.models.loaders import Loader, worker_process_loader
 from server.models.residency import Budget, CrashHistory, footprint, load_with_errors_named, resident_size
 
 logger = logging.getLogger(__name__)
 
-Loader = Callable[[ModelSpec], Engine]
 SWEEP_INTERVAL_S = 1.0
+# Batch work loads its model only into memory interactive work leaves: it may evict a model no request has used
+# for this long, never one used more recently.
+BATCH_EVICTS_AFTER_IDLE_S = 300.0
 CLOSE_LOAD_WAIT_S = 30.0  # how long close() waits for loads in progress, to close their workers too
-
-
-def worker_process_loader(spec: ModelSpec, deadlines: WorkerDeadlines | None = None) -> Engine:
-    """The production loader: each model in its own worker process, so native crashes stay there."""
-    from server.engine.process import ProcessEngine
-
-    return ProcessEngine.load(spec, deadlines)
-
-
-def worker_loader(settings: Settings) -> Loader:
-    """The production loader, with the settings' deadlines for talking to workers."""
-    deadlines = WorkerDeadlines(
-        call_timeout_s=settings.worker_call_timeout_s,
-        ping_interval_s=settings.worker_ping_interval_s,
-        hang_timeout_s=settings.worker_hang_timeout_s,
-    )
-    return functools.partial(worker_process_loader, deadlines=deadlines)
 
 
 @dataclass(eq=False)
@@ -91,6 +82,7 @@ class ModelRegistry:
         self._reserved: dict[str, int] = {}  # bytes of loads in progress, by model
         self._closed = False
         self._room = asyncio.Condition()
+        self._room_wanted = 0  # loads waiting for memory
         self._set_specs(specs)
 
     # -- names ---------------------------------------------------------------------------------------------
@@ -139,9 +131,12 @@ class ModelRegistry:
 
     # -- use -----------------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def use(self, name: str) -> AsyncIterator[Engine]:
+    async def use(self, name: str, priority: Priority = "interactive") -> AsyncIterator[Engine]:
         """The model's engine, held busy (not evictable) until the block ends. Streams the engine admits in the
-        block keep it busy on their own until they finish."""
+        block keep it busy on their own until they finish. At batch priority, NoRoomForBatch unless
+        `check_batch_room` allows it."""
+        if priority == "batch":
+            await self.check_batch_room(name)
         resident = await self._acquire(name)
         try:
             yield resident.engine
@@ -155,6 +150,33 @@ class ModelRegistry:
         """Load the model if needed (for preload and readiness); the caller does not hold it."""
         async with self.use(name) as engine:
             return engine
+
+    async def check_batch_room(self, name: str) -> None:
+        """Batch work takes only the memory interactive work leaves: none while a load waits for room (the batch
+        lets go of its model between lines, so that load can evict it), and its model loads only where it fits
+        beside the models used in the last BATCH_EVICTS_AFTER_IDLE_S. Otherwise NoRoomForBatch, woken when a
+        request ends or a model unloads."""
+        spec = self.resolve(name)
+        if not self._room_wanted:
+            if self._live(spec.name) is not None or spec.name in self._loading:
+                return
+            size = await asyncio.to_thread(footprint, spec)
+            self._budget.check_fits_alone(spec.name, size)  # never fits: the 503 the live endpoint answers
+            now = self._clock()
+            kept = [
+                r.size for r in self._resident.values() if r.busy() or now - r.last_used < BATCH_EVICTS_AFTER_IDLE_S
+            ]
+            if self._budget.fits(size, kept + self._unevictable()):
+                return
+        raise NoRoomForBatch(self._room_changed)
+
+    async def _room_changed(self) -> None:
+        async with self._room:
+            await self._room.wait()
+
+    def _unevictable(self) -> list[int]:
+        """Retired engines still serving and loads in progress take memory too, and cannot be evicted."""
+        return [r.size for r in self._retired if r.engine.alive] + list(self._reserved.values())
 
     async def _acquire(self, name: str) -> _Resident:
         while True:
@@ -228,9 +250,7 @@ class ModelRegistry:
         while True:
             await self._unload_retired()
             residents = list(self._resident.values())
-            # Retired engines still serving and loads in progress take memory too, and cannot be evicted.
-            others = [r.size for r in self._retired if r.engine.alive] + list(self._reserved.values())
-            loaded_sizes = [r.size for r in residents] + others
+            loaded_sizes = [r.size for r in residents] + self._unevictable()
             if self._budget.fits(size, loaded_sizes):
                 return
             idle = sorted((r for r in residents if not r.busy()), key=lambda r: r.last_used)
@@ -247,10 +267,14 @@ class ModelRegistry:
                     f"beside them ({self._budget.describe(loaded_sizes, size)}). Retry shortly.",
                     retry_after=5,
                 )
-            async with self._room:
-                with contextlib.suppress(TimeoutError):
-                    # Woken when a request ends; streams end inside the engine, so look again every second too.
-                    await asyncio.wait_for(self._room.wait(), min(remaining, SWEEP_INTERVAL_S))
+            self._room_wanted += 1  # batch work lets go of its models meanwhile
+            try:
+                async with self._room:
+                    with contextlib.suppress(TimeoutError):
+                        # Woken when a request ends; streams end inside the engine, so look again every second too.
+                        await asyncio.wait_for(self._room.wait(), min(remaining, SWEEP_INTERVAL_S))
+            finally:
+                self._room_wanted -= 1
 
     async def sweep(self) -> None:
         """Unload models idle for longer than their keep_alive, and retired engines once idle."""

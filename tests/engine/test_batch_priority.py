@@ -63,6 +63,18 @@ def batch(max_tokens: int = 4) -> GenerationRequest:
     return GenerationRequest(prompt_tokens=[1, 2], max_tokens=max_tokens, priority="batch")
 
 
+def admit(engine: Any, request: GenerationRequest | None = None) -> Any:
+    """As the pipeline starts a batch request: room asked, then generate, with nothing between."""
+    engine.check_batch_room()
+    return engine.generate(request or batch())
+
+
+def admit_choices(engine: Any, n: int) -> list[Any]:
+    """A batch request of n choices: room asked for all of them, then n generations."""
+    engine.check_batch_room(n)
+    return [engine.generate(batch()) for _ in range(n)]
+
+
 def interactive() -> GenerationRequest:
     return GenerationRequest(prompt_tokens=[1, 2], max_tokens=4)
 
@@ -80,15 +92,15 @@ def test_batch_requests_take_only_free_sequences_and_wait_for_a_release_without_
     engine, _ = start(parallel=2, max_queue=5)
 
     async def scenario() -> None:
-        first, second = engine.generate(batch()), engine.generate(batch())
+        first, second = admit(engine), admit(engine)
         assert engine.in_flight == 2
         with pytest.raises(NoRoomForBatch) as refused:
-            engine.generate(batch())
+            admit(engine)
         waiter = asyncio.ensure_future(refused.value.wait())
         assert await still_waiting(waiter)
         await first.aclose()
         await asyncio.wait_for(waiter, WAIT_S)
-        third = engine.generate(batch())  # the freed sequence
+        third = admit(engine)  # the freed sequence
         assert engine.in_flight == 2
         await second.aclose()
         await third.aclose()
@@ -98,18 +110,47 @@ def test_batch_requests_take_only_free_sequences_and_wait_for_a_release_without_
     engine.close()
 
 
+def test_a_batch_request_asks_room_for_all_its_choices_and_never_more_than_can_come():
+    engine, _ = start(parallel=4, max_queue=0)
+
+    async def scenario() -> None:
+        streams = [admit(engine), admit(engine)]
+        with pytest.raises(NoRoomForBatch):
+            engine.check_batch_room(3)  # 2 of 4 sequences free
+        engine.check_batch_room(2)
+        for stream in streams:
+            await stream.aclose()
+        # More choices than batch work may ever hold: it starts once its whole share is free, not never.
+        streams = admit_choices(engine, 8)
+        with pytest.raises(NoRoomForBatch):
+            engine.check_batch_room(1)
+        for stream in streams:
+            await stream.aclose()
+        running = engine.generate(interactive())
+        # Beside interactive work the share is BATCH_SEQUENCES_BESIDE_INTERACTIVE (1): a request of 3 choices
+        # starts when that one is free.
+        streams = admit_choices(engine, 3)
+        with pytest.raises(NoRoomForBatch):
+            engine.check_batch_room(1)
+        for stream in [*streams, running]:
+            await stream.aclose()
+
+    asyncio.run(scenario())
+    engine.close()
+
+
 def test_batch_requests_never_make_an_interactive_request_429():
     engine, _ = start(parallel=2, max_queue=0)
 
     async def scenario() -> None:
-        streams = [engine.generate(batch()), engine.generate(batch())]
+        streams = [admit(engine), admit(engine)]
         streams += [engine.generate(interactive()), engine.generate(interactive())]  # they preempt in the worker
         assert engine.in_flight == 4
         with pytest.raises(OverloadedError) as refused:
             engine.generate(interactive())  # interactive ones alone fill parallel + max_queue
         assert refused.value.status_code == 429
         with pytest.raises(NoRoomForBatch):
-            engine.generate(batch())
+            admit(engine)
         for stream in streams:
             await stream.aclose()
 
@@ -123,9 +164,9 @@ def test_interactive_requests_in_every_sequence_leave_no_room_for_batch():
     async def scenario() -> None:
         first, second = engine.generate(interactive()), engine.generate(interactive())
         with pytest.raises(NoRoomForBatch):
-            engine.generate(batch())
+            admit(engine)
         await first.aclose()
-        admitted = engine.generate(batch())
+        admitted = admit(engine)
         for stream in (second, admitted):
             await stream.aclose()
 
@@ -140,7 +181,7 @@ def test_a_batch_request_gives_back_its_own_admission(how):
     engine, _ = start(parallel=1, max_queue=0)
 
     async def scenario() -> None:
-        stream = engine.generate(batch())
+        stream = admit(engine)
         if how == "read to its end":
             assert "".join([delta.text async for delta in stream]) == "Hello, world!"
         del stream
@@ -159,7 +200,7 @@ def test_the_priority_reaches_the_worker_and_a_preemption_comes_back_as_preempte
     engine, fake = start(parallel=2, max_queue=0, script=script)
 
     async def scenario() -> PreemptedError:
-        stream = engine.generate(batch(max_tokens=50))
+        stream = admit(engine, batch(max_tokens=50))
         first = await anext(stream)
         assert first.text == "Hello"
         with pytest.raises(PreemptedError) as preempted:
@@ -184,13 +225,13 @@ def test_a_dead_worker_wakes_batch_requests_waiting_for_room(called_before):
             assert await engine.tokenize("ab") == [97, 98]
         running = engine.generate(interactive())
         with pytest.raises(NoRoomForBatch) as refused:
-            engine.generate(batch())
+            admit(engine)
         waiter = asyncio.ensure_future(refused.value.wait())
         assert await still_waiting(waiter)
         engine._process.kill()
         await asyncio.wait_for(waiter, WAIT_S)
         with pytest.raises(ModelCrashedError):
-            engine.generate(batch())
+            admit(engine)
         await asyncio.wait_for(engine.room_freed(), WAIT_S)  # a dead engine has nothing to wait for
         await running.aclose()
 
@@ -221,16 +262,16 @@ def test_the_fake_engine_refuses_batch_requests_while_its_sequences_are_busy():
     fake = FakeEngine(FakeScript(pieces=("a", "b", "c"), parallel=1))
 
     async def scenario() -> None:
-        running = fake.generate(batch(max_tokens=10))
+        running = admit(fake, batch(max_tokens=10))
         assert (await anext(running)).text == "a"
         with pytest.raises(NoRoomForBatch) as refused:
-            fake.generate(batch())
+            admit(fake)
         fake.generate(interactive())  # interactive requests are never refused for room
         waiter = asyncio.ensure_future(refused.value.wait())
         assert await still_waiting(waiter)
         await running.aclose()
         await asyncio.wait_for(waiter, WAIT_S)
-        assert [delta.text async for delta in fake.generate(batch())] == ["a", "b", "c", ""]
+        assert [delta.text async for delta in admit(fake)] == ["a", "b", "c", ""]
 
     asyncio.run(scenario())
 
@@ -239,9 +280,9 @@ def test_the_fake_engine_without_parallel_admits_every_batch_request():
     fake = FakeEngine(FakeScript(pieces=("a",)))
 
     async def scenario() -> None:
-        running = fake.generate(batch())
+        running = admit(fake)
         await anext(running)
-        assert [delta.text async for delta in fake.generate(batch())] == ["a", ""]
+        assert [delta.text async for delta in admit(fake)] == ["a", ""]
         await running.aclose()
 
     asyncio.run(scenario())

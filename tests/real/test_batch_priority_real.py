@@ -78,6 +78,12 @@ class Reader:
             await self.task
 
 
+def admitted(engine: ProcessEngine) -> Any:
+    """A batch request as the pipeline starts one: room asked, then generate, with nothing between."""
+    engine.check_batch_room()
+    return engine.generate(request("batch"))
+
+
 async def still_waiting(waiter: asyncio.Future[Any]) -> bool:
     done, _ = await asyncio.wait({waiter}, timeout=NOT_YET_S)
     return not done
@@ -95,17 +101,17 @@ def test_batch_fills_free_sequences_and_an_interactive_request_preempts_the_leas
 
     async def scenario() -> None:
         log: list[tuple[str, str]] = []
-        first = Reader("b1", engine.generate(request("batch")), log)
-        second = Reader("b2", engine.generate(request("batch")), log)
+        first = Reader("b1", admitted(engine), log)
+        second = Reader("b2", admitted(engine), log)
         await first.started()
         await second.started()
         with pytest.raises(NoRoomForBatch) as refused:
-            engine.generate(request("batch"))
+            admitted(engine)
         waiter = asyncio.ensure_future(refused.value.wait())
         assert await still_waiting(waiter)
         await second.close()
         await asyncio.wait_for(waiter, WAIT_S)
-        third = Reader("b3", engine.generate(request("batch")), log)  # in the sequence the second one left
+        third = Reader("b3", admitted(engine), log)  # in the sequence the second one left
         await third.started()
         assert engine.in_flight == 2
 

@@ -16,7 +16,7 @@ from server.api.openai.embeddings import EmbeddingRequest, embedding_list, embed
 from server.api.openai.plans import off_loop
 from server.api.openai.responses import ResponsesRequest
 from server.api.openai.schemas import ChatCompletionRequest, CompletionRequest
-from server.batch.runner import LineOutcome
+from server.batch.slice import LineOutcome
 from server.errors import (
     APIError,
     InternalError,
@@ -43,7 +43,7 @@ BODIES: dict[str, type[BaseModel]] = {
 class BatchLines:
     def __init__(self, pipeline: GenerationPipeline, embedder: Embedder) -> None:
         self._pipeline = pipeline.with_priority("batch")
-        self._embedder = embedder
+        self._embedder = embedder.with_priority("batch")
 
     async def __call__(self, endpoint: str, body: Any) -> LineOutcome:
         request_id = f"req_{secrets.token_hex(12)}"

@@ -17,9 +17,10 @@ from server.api.openai.batch_schemas import (
     batch_list,
     batch_object,
 )
-from server.api.openai.files import StoreDep, owned, owned_file
-from server.batch.store import BatchRow, BatchStore
-from server.errors import InvalidRequestError, TooManyOpenBatchesError
+from server.api.openai.files import StoreDep, not_found, owned, owned_file
+from server.batch.rows import BatchRow
+from server.batch.store import BatchStore
+from server.errors import InvalidRequestError
 from server.http.deps import OwnerDep, json_body, request_body_doc, require_api_key
 
 batches = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -33,12 +34,9 @@ async def _owned(store: BatchStore, owner: str, batch_id: str) -> BatchRow:
 
 @batches.post("/batches", openapi_extra=request_body_doc(CreateBatchRequest))
 async def create_batch(request: Request, body: CreateBody, owner: OwnerDep, store: StoreDep) -> JSONResponse:
-    source = await owned_file(store, owner, body.input_file_id)
+    source = await owned_file(store, owner, body.input_file_id, "input_file_id")
     if source.purpose != "batch":
         raise InvalidRequestError("The input file must have been uploaded with purpose 'batch'.", param="input_file_id")
-    limit = request.app.state.settings.max_open_batches
-    if len(await asyncio.to_thread(store.open_batches, owner)) >= limit:
-        raise TooManyOpenBatchesError(limit)
     now = store.now()
     batch_id = f"batch_{secrets.token_hex(12)}"
     fields = {
@@ -51,7 +49,9 @@ async def create_batch(request: Request, body: CreateBody, owner: OwnerDep, stor
         "metadata": body.metadata,
         "output_expires_after_s": None if body.output_expires_after is None else body.output_expires_after.seconds,
     }
-    await asyncio.to_thread(store.add_batch, batch_id, owner, fields)
+    limit = request.app.state.settings.max_open_batches
+    if not await asyncio.to_thread(store.add_batch, batch_id, owner, fields, max_open=limit):
+        raise not_found("File", source.id, "input_file_id")  # deleted (or expired) since it was looked up
     request.app.state.batch_runner.notify()
     return JSONResponse(batch_object(await _owned(store, owner, batch_id)))
 

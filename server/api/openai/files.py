@@ -16,8 +16,9 @@ from starlette.datastructures import UploadFile
 
 from server.api.openai.batch_schemas import MAX_EXPIRY_S, MIN_EXPIRY_S, FileDeleted, FileList, FileObject
 from server.batch.blobs import CHUNK_BYTES
-from server.batch.store import BatchStore, FileRow
-from server.errors import InvalidRequestError, NotFoundError, StorageLimitError
+from server.batch.rows import FileRow
+from server.batch.store import BatchStore
+from server.errors import InvalidRequestError, NotFoundError
 from server.http.deps import OwnerDep, require_api_key
 
 files = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -26,6 +27,7 @@ T = TypeVar("T")
 MAX_FILENAME_CHARS = 255
 MAX_FORM_FIELDS = 8
 MAX_FORM_FIELD_BYTES = 4096
+DEFAULT_BATCH_FILE_EXPIRY_S = 30 * 24 * 3600
 
 
 def store_of(request: Request) -> BatchStore:
@@ -35,22 +37,24 @@ def store_of(request: Request) -> BatchStore:
 StoreDep = Annotated[BatchStore, Depends(store_of)]
 
 
-def not_found(kind: str, object_id: str) -> NotFoundError:
+def not_found(kind: str, object_id: str, param: str | None = None) -> NotFoundError:
     """The same 404 for an object that does not exist and for one another API key owns."""
-    param = f"{kind.lower()}_id"
+    param = param or f"{kind.lower()}_id"
     return NotFoundError(f"No such {kind} object: {object_id[:64]}", param=param, code=f"{kind.lower()}_not_found")
 
 
-async def owned(lookup: Callable[[str, str], T | None], kind: str, owner: str, object_id: str) -> T:
-    """`lookup(object_id, owner)` off the event loop, or the 404."""
+async def owned(
+    lookup: Callable[[str, str], T | None], kind: str, owner: str, object_id: str, param: str | None = None
+) -> T:
+    """`lookup(object_id, owner)` off the event loop, or the 404 (naming `param`, by default `<kind>_id`)."""
     row = await asyncio.to_thread(lookup, object_id, owner)
     if row is None:
-        raise not_found(kind, object_id)
+        raise not_found(kind, object_id, param)
     return row
 
 
-async def owned_file(store: BatchStore, owner: str, file_id: str) -> FileRow:
-    return await owned(store.file, "File", owner, file_id)
+async def owned_file(store: BatchStore, owner: str, file_id: str, param: str | None = None) -> FileRow:
+    return await owned(store.file, "File", owner, file_id, param)
 
 
 @files.post("/files")
@@ -71,19 +75,18 @@ async def upload_file(request: Request, owner: OwnerDep, store: StoreDep) -> JSO
             raise InvalidRequestError("Missing required parameter: 'file' (a file part).", param="file")
         expires_s = _expires_after(form.get("expires_after[anchor]"), form.get("expires_after[seconds]"))
         file_id = f"file-{secrets.token_hex(12)}"
-        size, lines = await store.blobs.write_stream(
+        spooled, size, lines = await store.blobs.receive(
             file_id, _chunks(upload), settings.max_file_bytes, settings.batch_max_lines
         )
         now = store.now()
         name = PurePosixPath((upload.filename or "upload.jsonl").replace("\\", "/")).name[:MAX_FILENAME_CHARS]
-        row = FileRow(file_id, owner, "batch", name, size, lines, now, None if expires_s is None else now + expires_s)
+        row = FileRow(file_id, owner, "batch", name, size, lines, now, now + expires_s)
         try:
-            if await asyncio.to_thread(store.stored_bytes, owner) + size > settings.max_stored_bytes:
-                raise StorageLimitError(settings.max_stored_bytes)
-            await asyncio.to_thread(store.add_file, row)
-        except BaseException:
-            store.blobs.remove(file_id)
-            raise
+            # One thread call checks the quota, moves the blob into place and records it: a client that leaves
+            # meanwhile leaves the file whole (or not there at all), never a row without its blob.
+            await asyncio.to_thread(store.add_file, row, blob=spooled, max_stored_bytes=settings.max_stored_bytes)
+        finally:
+            spooled.unlink(missing_ok=True)  # still there only when it was not placed
     finally:
         await form.close()  # the spooled upload's temporary file
     return JSONResponse(FileObject.of(row).model_dump(mode="json"))
@@ -125,21 +128,23 @@ async def file_content(file_id: str, owner: OwnerDep, store: StoreDep) -> FileRe
 @files.delete("/files/{file_id}")
 async def delete_file(file_id: str, owner: OwnerDep, store: StoreDep) -> JSONResponse:
     await owned_file(store, owner, file_id)
-    if file_id in await asyncio.to_thread(store.open_inputs):
+    deleted = await asyncio.to_thread(store.delete_file, owner, file_id)
+    if deleted == "in_use":
         raise InvalidRequestError(
             "The file is the input of a batch that has not ended; cancel the batch first.",
             param="file_id",
             code="file_in_use",
         )
-    if not await asyncio.to_thread(store.delete_file, owner, file_id):
+    if deleted == "missing":
         raise not_found("File", file_id)
     return JSONResponse(FileDeleted(id=file_id).model_dump(mode="json"))
 
 
-def _expires_after(anchor: object, seconds: object) -> int | None:
-    """`expires_after[anchor]` and `expires_after[seconds]`, as the openai SDK sends them in a form."""
+def _expires_after(anchor: object, seconds: object) -> int:
+    """`expires_after[anchor]` and `expires_after[seconds]`, as the openai SDK sends them in a form; without
+    them, OpenAI's default for batch files: 30 days."""
     if anchor is None and seconds is None:
-        return None
+        return DEFAULT_BATCH_FILE_EXPIRY_S
     if anchor != "created_at":
         raise InvalidRequestError("'expires_after.anchor' must be 'created_at'.", param="expires_after.anchor")
     try:

@@ -266,7 +266,8 @@ def test_rerank_requests_beyond_the_models_bound_get_a_429(tmp_path):
 
 def test_a_rerank_request_past_the_timeout_is_a_504_and_stops_the_engine(tmp_path):
     loader = BlockingLoader()
-    with single_slot_client(tmp_path, loader, request_timeout_s=0.05) as client:
+    # The timeout must leave time to reach the engine (which blocks until released) on a loaded machine.
+    with single_slot_client(tmp_path, loader, request_timeout_s=0.5) as client:
         body = {"model": "r", "query": "q", "documents": ["a"]}
         assert_openai_error(client.post(RERANK, json=body), 504, code="timeout")
         assert loader.engine.cancelled.wait(WAIT_S)

@@ -157,7 +157,8 @@ def test_embedding_requests_beyond_the_models_bound_get_a_429_with_retry_after(t
 
 def test_an_embedding_request_past_the_timeout_is_a_504_and_stops_the_engine(tmp_path):
     loader = BlockingLoader()
-    with single_slot_client(tmp_path, loader, request_timeout_s=0.05) as client:
+    # The timeout must leave time to reach the engine (which blocks until released) on a loaded machine.
+    with single_slot_client(tmp_path, loader, request_timeout_s=0.5) as client:
         assert_openai_error(client.post(EMB, json={"model": "e", "input": "a"}), 504, code="timeout")
         assert loader.embedder.cancelled.wait(WAIT_S)
         loader.embedder.release.set()

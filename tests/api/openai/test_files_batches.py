@@ -78,7 +78,8 @@ def run_batch(client: TestClient, content: bytes, endpoint: str = "/v1/chat/comp
 
 
 def settle(client: TestClient) -> None:
-    client.portal.call(client.app.state.batch_runner.settled)
+    """Until no batch is open (a batch that never ends fails the test, not hangs it)."""
+    client.portal.call(asyncio.wait_for, client.app.state.batch_runner.settled(), 60)
 
 
 def lines_of(client: TestClient, file_id: str | None, key=None) -> list[dict]:
@@ -267,7 +268,7 @@ def test_unknown_ids_are_404(client):
     created = client.post(
         "/v1/batches", json={"input_file_id": "file-x", "endpoint": "/v1/chat/completions", "completion_window": "24h"}
     )
-    assert created.status_code == 404 and created.json()["error"]["param"] == "file_id"
+    assert created.status_code == 404 and created.json()["error"]["param"] == "input_file_id"
 
 
 def test_open_batches_per_key_are_bounded_and_cancel_before_running(make_client):
@@ -310,3 +311,25 @@ def test_a_line_without_room_is_handed_back_to_the_runner_not_failed(registry, l
         assert outcome.tokens[1] == 4
 
     asyncio.run(scenario())
+
+
+def test_an_upload_without_an_expiry_gets_openais_thirty_days(client):
+    uploaded = upload(client, jsonl(line("a")))
+    assert uploaded["expires_at"] == uploaded["created_at"] + 30 * 24 * 3600
+    expiry = {"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"}
+    chosen = upload(client, jsonl(line("a")), **expiry)
+    assert chosen["expires_at"] == chosen["created_at"] + 3600
+
+
+def test_a_line_longer_than_a_request_body_may_be_fails_the_file_naming_the_line(make_client):
+    client = make_client(max_body_bytes=1024)
+    batch = run_batch(client, jsonl(line("a"), line("b", content="x" * 2000)))
+    assert batch["status"] == "failed"
+    assert [(e["code"], e["line"]) for e in batch["errors"]["data"]] == [("line_too_large", 2)]
+
+
+def test_a_line_with_more_choices_than_sequences_runs(registry, loader, make_client):
+    loader.scripts["fake-model"] = FakeScript(parallel=1)
+    batch = run_batch(make_client(), jsonl(line("a", n=3)))
+    assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 1
+    assert [r.priority for r in loader.engines["fake-model"].requests] == ["batch"] * 3

@@ -1,0 +1,29 @@
+"""How the registry loads a model in production: each in its own worker process."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from server.config import ModelSpec, Settings
+from server.engine import Engine
+from server.engine.liveness import WorkerDeadlines
+
+Loader = Callable[[ModelSpec], Engine]
+
+
+def worker_process_loader(spec: ModelSpec, deadlines: WorkerDeadlines | None = None) -> Engine:
+    """The production loader: each model in its own worker process, so native crashes stay there."""
+    from server.engine.process import ProcessEngine
+
+    return ProcessEngine.load(spec, deadlines)
+
+
+def worker_loader(settings: Settings) -> Loader:
+    """The production loader, with the settings' deadlines for talking to workers."""
+    deadlines = WorkerDeadlines(
+        call_timeout_s=settings.worker_call_timeout_s,
+        ping_interval_s=settings.worker_ping_interval_s,
+        hang_timeout_s=settings.worker_hang_timeout_s,
+    )
+    return functools.partial(worker_process_loader, deadlines=deadlines)
