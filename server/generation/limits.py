@@ -36,7 +36,8 @@ def check_plan(plan: GenerationPlan, limits: RequestLimits) -> None:
             param=names.prompt,
         )
     chars = len(plan.prompt or "") + sum(
-        len(turn.content) + sum(len(c.arguments) + len(c.name) for c in turn.tool_calls) for turn in plan.turns
+        len(turn.content) + len(turn.reasoning) + sum(len(c.arguments) + len(c.name) for c in turn.tool_calls)
+        for turn in plan.turns
     )
     if chars > limits.max_prompt_chars:
         raise InvalidRequestError(

@@ -89,7 +89,10 @@ class GenerationPipeline:
             behind = None if thinking is None or start is None else functools.partial(thinking.grammar, start=start)
             grammar = await self._grammar(engine, plan, tool_plan, behind)
             budget = None if thinking is None or start is None else thinking.budget(start)
-            streams = await self._admit(engine, plan, tokens, grammar, budget, tools.shown_tokens(tool_plan))
+            shown = tools.shown_tokens(tool_plan)
+            if thinking is not None:  # markers that are control tokens must come out as text to be split off
+                shown = (*shown, thinking.format.start, thinking.format.end)
+            streams = await self._admit(engine, plan, tokens, grammar, budget, shown)
         self._metrics.observe_prompt(record, len(tokens))
         split = None if thinking is None or start is None else (thinking.format, start)
         reader = ReplyReader(None if tool_plan is None else tool_plan.calls, plan.n, split)

@@ -31,6 +31,7 @@ class Turn:
     content: str = ""
     tool_calls: tuple[ToolCallRecord, ...] = ()
     tool_call_id: str | None = None  # on a tool result: the call it answers
+    reasoning: str = ""  # on an assistant turn: its thinking, sent back (templates that show it get it)
 
 
 @dataclass(frozen=True)

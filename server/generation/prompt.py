@@ -15,7 +15,15 @@ def conversation(
     (tool_dialects/): the tools given to the template or described in the system message, earlier calls and
     their results as that template shows them. Without, earlier calls are shown as generic JSON text."""
     dialect = tool_dialects.dialect(None if tool_plan is None else tool_plan.calls.dialect)
-    messages = [message for turn in turns for message in dialect.messages(turn)]
+    messages = [message for turn in turns for message in _with_reasoning(dialect.messages(turn), turn)]
     if tool_plan is None:
         return messages, None
     return tools.with_instructions(messages, tool_plan), tool_plan.template_tools
+
+
+def _with_reasoning(messages: list[dict[str, Any]], turn: Turn) -> list[dict[str, Any]]:
+    """An assistant turn's thinking as `reasoning_content`, the field templates that show earlier thinking read
+    (Qwen3's, after the last user message); other templates ignore it."""
+    if not turn.reasoning:
+        return messages
+    return [{**m, "reasoning_content": turn.reasoning} if m.get("role") == "assistant" else m for m in messages]

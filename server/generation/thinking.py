@@ -100,6 +100,7 @@ class ThinkingSplitter:
         self._start, self._end = fmt.start, fmt.end
         self._phase: Literal["before", "inside", "answer-lead", "answer"] = start
         self._held = ""
+        self._blanks: list[str] = []  # the reply's first pieces while they are only blanks
         self._thought = False  # some thinking text has been given out
         self.opened = start == "inside"
         self.closed = False
@@ -107,12 +108,19 @@ class ThinkingSplitter:
     def push(self, text: str) -> list[tuple[bool, str]]:
         """(is thinking, text) pieces, in order."""
         out: list[tuple[bool, str]] = []
-        self._feed(self._held + text, out)
+        if self._phase == "before" and not self._held and not text.strip():
+            self._blanks.append(text)  # nothing but blanks yet: kept as pieces, so a long run costs linear time
+            return out
+        self._feed(self._take_blanks() + self._held + text, out)
         return out
+
+    def _take_blanks(self) -> str:
+        blanks, self._blanks = "".join(self._blanks), []
+        return blanks
 
     def finish(self) -> list[tuple[bool, str]]:
         """What is still held, once the reply has ended: a block never closed was all thinking."""
-        held, self._held = self._held, ""
+        held, self._held = self._take_blanks() + self._held, ""
         if self._phase == "before":
             return [(False, held)] if held else []
         if self._phase == "inside":

@@ -141,3 +141,11 @@ def test_raw_prompts_are_not_split(pipeline, loader):
     script(loader, THOUGHT)
     generation, events = events_of(pipeline, GenerationPlan(model="m", prompt="Hi"))
     assert not generation.thinking and texts(events, TextPiece) == "".join(THOUGHT)
+
+
+def test_thinking_markers_are_shown_as_text_so_control_token_markers_can_be_split_off(pipeline, loader):
+    command = ReasoningFormat("<|START_THINKING|>", "<|END_THINKING|>", 64, None)  # control tokens in its vocabulary
+    script(loader, ("<|START_THINKING|>", "hm", "<|END_THINKING|>", "Hi"), command)
+    _, events = events_of(pipeline, GenerationPlan(model="m", turns=HELLO))
+    assert set(loader.engines["m"].requests[-1].shown_tokens) >= {"<|START_THINKING|>", "<|END_THINKING|>"}
+    assert (texts(events, ReasoningPiece), texts(events, TextPiece)) == ("hm", "Hi")

@@ -151,3 +151,40 @@ def test_how_many_calls_a_choice_allows(dialect_name, choice, parallel, most):
         assert f"{{0,{most - 1}}}" in root
     calls = next(line for line in grammar.splitlines() if line.startswith("call ::= "))
     assert ("get_time" in calls) is (choice != "get_weather")  # a named choice allows that function only
+
+
+BAD_CALLS = {
+    "hermes": ('<tool_call>{{"name": {name}, "arguments": {arguments}}}</tool_call>'),
+    "generic": '{{"tool_calls": [{{"name": {name}, "arguments": {arguments}}}]}}',
+    "llama3": '{{"name": {name}, "parameters": {arguments}}}',
+    "mistral": '[TOOL_CALLS][{{"name": {name}, "arguments": {arguments}}}]',
+    "phi4mini": '<|tool_call|>[{{"name": {name}, "arguments": {arguments}}}]<|/tool_call|>',
+    "deepseek": (
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>{bare}\n```json\n{arguments}\n```"  # noqa: RUF001
+        "<｜tool▁call▁end｜><｜tool▁calls▁end｜>"  # noqa: RUF001
+    ),
+}
+
+
+@pytest.mark.parametrize("family", sorted(BAD_CALLS))
+@pytest.mark.parametrize(
+    ("name", "arguments", "is_call"),
+    [
+        ('"get_weather"', '{"city": "Paris"}', True),
+        ('"get_weather"', "null", True),  # no arguments: {}
+        ('["get_weather"]', "{}", False),  # a name that is not a string (it once raised: unhashable)
+        ('{"n": 1}', "{}", False),
+        ('"get_weather"', '"Paris"', False),  # arguments that are not an object no client can read
+        ('"get_weather"', "[1, 2]", False),
+        ('"get_weather"', "3", False),
+        ('"get_weather"', '"{\\"city\\": \\"Paris\\"}"', True),  # an object quoted as JSON text: the object
+    ],
+)
+def test_a_call_is_a_string_name_of_a_function_with_an_object_of_arguments(family, name, arguments, is_call):
+    if family == "deepseek" and not name.startswith('"'):
+        pytest.skip("DeepSeek writes the name as bare text: it is always a string")
+    text = BAD_CALLS[family].format(name=name, arguments=arguments, bare=json.loads(name))
+    found = parse_calls(text, CallFormat(FUNCTIONS, family))
+    assert (found is not None) == is_call, found
+    if found:
+        assert isinstance(json.loads(found[0].arguments), dict)

@@ -14,6 +14,7 @@ from server.api.anthropic.schemas import (
     MessagesRequest,
     ServerToolParam,
     TextBlockParam,
+    ThinkingBlockParam,
     ThinkingDisabled,
     ThinkingEnabled,
     ToolChoiceAny,
@@ -112,7 +113,8 @@ def _assistant_turn(message: AssistantMessageParam) -> Turn:
         for block in message.content
         if isinstance(block, ToolUseBlockParam)
     )
-    return Turn(role="assistant", content=BLOCK_SEPARATOR.join(texts), tool_calls=calls)
+    thinking = "".join(block.thinking for block in message.content if isinstance(block, ThinkingBlockParam))
+    return Turn(role="assistant", content=BLOCK_SEPARATOR.join(texts), tool_calls=calls, reasoning=thinking)
 
 
 def _user_turns(message: UserMessageParam, path: str) -> Iterator[Turn]:

@@ -94,8 +94,8 @@ class ToolResultBlockParam(StrictObject):
 
 
 class ThinkingBlockParam(StrictObject):
-    """An earlier reply's thinking, sent back as Anthropic asks clients to: accepted, and left out of the prompt
-    (chat templates drop earlier thinking)."""
+    """An earlier reply's thinking, sent back as Anthropic asks clients to: given to the template as the turn's
+    `reasoning_content` (templates that show earlier thinking, such as Qwen3's, read it; others drop it)."""
 
     type: Literal["thinking"]
     thinking: str

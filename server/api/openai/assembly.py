@@ -120,15 +120,21 @@ class ChatStreamState:
         self._meta = meta
         self._usage = _UsageTally(meta, n=n, include_usage=include_usage)
         self._started: set[int] = set()
+        self._with_content: set[int] = set()  # choices whose content has been sent (if only as "")
         self._logprobs = logprobs
 
     def push(self, event: ReplyEvent) -> Iterator[ChatCompletionChunk]:
         index = event.choice
         if index not in self._started:
             self._started.add(index)
-            # A reply that is only tool calls has no content (null, as non-streamed); any other begins with "".
-            yield self._chunk(index, ChatDelta(role="assistant", content=None if isinstance(event, ToolCalls) else ""))
+            # Content as the response not streamed has it: null for a reply of tool calls, else a string. A
+            # reasoning model's reply may still turn out either way: its content waits.
+            content = None if isinstance(event, ToolCalls | ReasoningPiece) else ""
+            if content is not None:
+                self._with_content.add(index)
+            yield self._chunk(index, ChatDelta(role="assistant", content=content))
         if isinstance(event, TextPiece):
+            self._with_content.add(index)
             logprobs = chat_logprobs(event.logprobs) if self._logprobs and event.logprobs else None
             yield self._chunk(index, ChatDelta(content=event.text), logprobs=logprobs)
         elif isinstance(event, ReasoningPiece):
@@ -137,7 +143,9 @@ class ChatStreamState:
             yield self._chunk(index, ChatDelta(tool_calls=tool_call_deltas(event.calls)))
         else:
             logprobs = chat_logprobs(event.logprobs) if self._logprobs and event.logprobs else None
-            yield self._chunk(index, ChatDelta(), finish_reason=event.reason, logprobs=logprobs)
+            # A reply that ended with no text and no calls (cut off while thinking) has "" content, as non-streamed.
+            empty = "" if event.reason != "tool_calls" and index not in self._with_content else None
+            yield self._chunk(index, ChatDelta(content=empty), finish_reason=event.reason, logprobs=logprobs)
             usage = self._usage.finish(event)
             if usage is not None:
                 yield ChatCompletionChunk(

@@ -107,6 +107,7 @@ def turn(message: MessageParam) -> Turn:
         content=message.text(),
         tool_calls=tuple(ToolCallRecord(c.id, c.function.name, c.function.arguments) for c in calls or ()),
         tool_call_id=message.tool_call_id if isinstance(message, ToolMessageParam) else None,
+        reasoning=(message.reasoning_content or "") if isinstance(message, AssistantMessageParam) else "",
     )
 
 

@@ -112,6 +112,8 @@ class AssistantMessageParam(MessageParam):
     refusal: str | None = None
     name: ShortText | None = None
     tool_calls: Annotated[list[ToolCallParam], Field(max_length=MAX_TOOL_CALLS)] | None = None
+    # An earlier reply's thinking, sent back as DeepSeek's, vLLM's and llama.cpp's clients do (not OpenAI's field).
+    reasoning_content: str | None = None
 
 
 class ToolMessageParam(MessageParam):

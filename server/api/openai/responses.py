@@ -64,9 +64,11 @@ def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
     if body.instructions:
         messages.append({"role": "system", "content": body.instructions})
     items = [InputMessage(role="user", content=body.input)] if isinstance(body.input, str) else body.input
+    thinking = ""  # of a reasoning item: it goes with the assistant item after it
     for item in items:
         if isinstance(item, ReasoningInputItem):
-            continue  # earlier thinking: chat templates leave it out of the conversation
+            thinking += "".join(part.text for part in item.content or item.summary)
+            continue
         if isinstance(item, InputMessage):
             messages.append({"role": item.role, "content": item.text()})
         elif isinstance(item, FunctionCallItem):
@@ -79,6 +81,8 @@ def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
         else:
             output = item.output if isinstance(item.output, str) else "".join(part.text for part in item.output)
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+        if thinking and messages[-1]["role"] == "assistant":
+            messages[-1]["reasoning_content"], thinking = thinking, ""
     chat: dict[str, Any] = {
         "model": body.model,
         "messages": messages,
@@ -259,6 +263,10 @@ async def _events(body: ResponsesRequest, generation: Generation) -> AsyncIterat
                 yield {**_part(item_id, at), "type": "response.content_part.added", "part": _text_part("")}
             text += event.text
             yield {**_part(item_id, at), "type": "response.output_text.delta", "delta": event.text, "logprobs": []}
+    if at is None and not calls:  # no text and no calls: an empty message, as the response not streamed has
+        at = len(output)
+        yield _item_added(item_id, at)
+        yield {**_part(item_id, at), "type": "response.content_part.added", "part": _text_part("")}
     if at is not None:
         yield {**_part(item_id, at), "type": "response.output_text.done", "text": text, "logprobs": []}
         yield {**_part(item_id, at), "type": "response.content_part.done", "part": _text_part(text)}

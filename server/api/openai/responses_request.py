@@ -65,8 +65,8 @@ class ReasoningTextPart(StrictObject):
 
 
 class ReasoningInputItem(StrictObject):
-    """An earlier reply's `reasoning` item, sent back as clients that keep the conversation themselves do: accepted,
-    and left out of the prompt (chat templates drop earlier thinking)."""
+    """An earlier reply's `reasoning` item, sent back as clients that keep the conversation themselves do: its text
+    goes with the assistant item after it as that turn's thinking (templates that show earlier thinking read it)."""
 
     type: Literal["reasoning"]
     id: ShortText | None = None

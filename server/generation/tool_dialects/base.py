@@ -123,22 +123,25 @@ def read_call(
     item: Any, calls: CallFormat, keys: tuple[str, ...] = ("arguments",), call_id: str | None = None
 ) -> ToolCall | None:
     """A call written as a JSON object with its name and its arguments under one of `keys`; None if it is not a
-    call of one of the functions."""
-    if not isinstance(item, dict) or item.get("name") not in calls.functions:
+    call of one of the functions (a name that is not one of theirs, or not even a string; arguments that are not
+    an object)."""
+    if not isinstance(item, dict) or not isinstance(name := item.get("name"), str) or name not in calls.functions:
         return None
-    arguments = next((item[key] for key in keys if key in item), {})
-    return ToolCall(call_id or new_call_id(), item["name"], arguments_text(arguments))
+    text = arguments_text(next((item[key] for key in keys if key in item), {}))
+    return None if text is None else ToolCall(call_id or new_call_id(), name, text)
 
 
-def arguments_text(arguments: Any) -> str:
-    """Arguments as the JSON text OpenAI gives: an object as written, or JSON text that a model quoted."""
+def arguments_text(arguments: Any) -> str | None:
+    """Arguments as the JSON text OpenAI gives: an object as written, or JSON text of one that a model quoted
+    (null: none); None for anything else, which no client could read as a call's arguments."""
     if isinstance(arguments, str):
         try:
-            parsed = JSON.decode(arguments)
+            arguments = JSON.decode(arguments)
         except (ValueError, RecursionError):
-            return json.dumps(arguments)
-        arguments = parsed if isinstance(parsed, dict) else arguments
-    return json.dumps(arguments)
+            return None
+    if arguments is None:
+        arguments = {}
+    return json.dumps(arguments) if isinstance(arguments, dict) else None
 
 
 def read_calls(items: Any, calls: CallFormat, keys: tuple[str, ...] = ("arguments",)) -> list[ToolCall] | None:

@@ -16,32 +16,40 @@ class CallSpotter:
     def __init__(self, dialect: Dialect) -> None:
         self._opening = dialect.opening
         self._json = dialect.json_at_start
-        self._pending = ""  # text not shown yet
-        self._blank = 0  # leading blanks of the pending text, in the "start" phase
+        # Text not shown yet, kept as pieces where it may grow without bound (blanks before anything else, the
+        # calls), so each push costs the length of its own text; `_pending`: the short rest, looked at each time.
+        self._pieces: list[str] = []
+        self._pending = ""
         self._phase = "start"  # "start": nothing but blanks yet; "text": shown, watching for the opening; "calls"
 
     def push(self, text: str) -> str:
         """The reply's next text; returns the text that can be shown now."""
-        self._pending += text
-        if self._phase == "start":
-            begun = self._pending[self._blank :].lstrip()
-            self._blank = len(self._pending) - len(begun)
-            if not begun:
-                return ""
-            opening = self._opening or ""
-            if (self._json and begun.startswith("{")) or (opening and begun.startswith(opening)):
-                self._phase = "calls"
-            elif opening and opening.startswith(begun):
-                return ""
-            else:
-                self._phase = "text"
         if self._phase == "calls":
+            self._pieces.append(text)
             return ""
+        if self._phase == "start":
+            if not self._pending:  # blanks so far: they wait as pieces
+                begun = text.lstrip()
+                self._pieces.append(text[: len(text) - len(begun)])
+                text = begun
+                if not text:
+                    return ""
+            self._pending += text  # what began, no longer than the opening while this phase lasts
+            begun, opening = self._pending, self._opening or ""
+            if (self._json and begun.startswith("{")) or (opening and begun.startswith(opening)):
+                self._phase, self._pieces, self._pending = "calls", [*self._pieces, begun], ""
+                return ""
+            if opening and opening.startswith(begun):
+                return ""
+            self._phase, self._pending, self._pieces = "text", "".join(self._pieces) + begun, []
+            return self._release()
+        self._pending += text  # at most MAX_HELD held from before, and this text
         return self._release()
 
     def finish(self) -> tuple[str, str | None]:
         """At the reply's end: the text still to show, and the text to read as calls (None: none began)."""
-        held, self._pending = self._pending, ""
+        held = "".join(self._pieces) + self._pending
+        self._pieces, self._pending = [], ""
         return ("", held) if self._phase == "calls" else (held, None)
 
     def _release(self) -> str:
@@ -51,8 +59,9 @@ class CallSpotter:
         else:
             at = pending.find(opening)
             if at >= 0:
-                self._phase = "calls"
                 cut = len(pending[:at].rstrip())  # the blanks before the calls go with them
+                self._phase, self._pieces, self._pending = "calls", [pending[cut:]], ""
+                return pending[:cut]
             else:  # a tail that may begin the opening waits, and blanks before it (they go with calls if any)
                 cut = len(pending[: len(pending) - _partial(pending, opening)].rstrip())
                 cut = max(cut, len(pending) - MAX_HELD)  # a long run of blanks is shown, not held

@@ -63,7 +63,7 @@ def test_thinking_maps_to_the_switch_and_the_budget(client, loader, qwen3):
     assert [block["type"] for block in body["content"]] == ["text"]
 
 
-def test_earlier_thinking_blocks_are_accepted_and_left_out(client, loader, qwen3):
+def test_earlier_thinking_blocks_go_to_the_template_as_reasoning_content(client, loader, qwen3):
     history = [
         {"role": "user", "content": "Hi"},
         {
@@ -77,7 +77,11 @@ def test_earlier_thinking_blocks_are_accepted_and_left_out(client, loader, qwen3
         {"role": "user", "content": "Again"},
     ]
     assert client.post(MESSAGES, json={**HELLO, "messages": history}).status_code == 200
-    assert loader.engines["fake-model"].rendered[-1][1] == {"role": "assistant", "content": "Hello!"}
+    assert loader.engines["fake-model"].rendered[-1][1] == {
+        "role": "assistant",
+        "content": "Hello!",
+        "reasoning_content": "hm",  # the redacted block is left out
+    }
 
 
 @pytest.mark.parametrize(

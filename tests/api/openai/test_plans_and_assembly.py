@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk as SDKChunk
 
 from server.api.openai.assembly import ChatStreamState, ResponseMeta, chat_completion
 from server.api.openai.plans import chat_plan, completion_plan
 from server.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from server.errors import InvalidRequestError, UnsupportedParameterError
-from server.generation.reply import ChoiceEnd, FinishedChoice, TextPiece, ToolCall, ToolCalls
+from server.generation.reply import ChoiceEnd, FinishedChoice, ReasoningPiece, TextPiece, ToolCall, ToolCalls
 
 CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
@@ -114,3 +116,29 @@ def test_tool_calls_become_one_delta_and_a_message_without_content():
     message = done.choices[0].message
     assert message.content is None and message.tool_calls[0].id == "call_1"
     assert done.choices[0].finish_reason == "tool_calls" and done.usage.completion_tokens == 3
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        (ReasoningPiece(0, "think"), ToolCalls(0, (ToolCall("call_1", "f", "{}"),)), ChoiceEnd(0, "tool_calls", 3)),
+        (ReasoningPiece(0, "think"), ChoiceEnd(0, "length", 3)),  # cut off while thinking
+        (ReasoningPiece(0, "think"), TextPiece(0, "Hi"), ChoiceEnd(0, "stop", 3)),
+        (ToolCalls(0, (ToolCall("call_1", "f", "{}"),)), ChoiceEnd(0, "tool_calls", 3)),
+        (ChoiceEnd(0, "stop", 0),),  # an empty reply
+    ],
+)
+def test_the_openai_sdk_assembles_the_stream_into_the_response_not_streamed(events):
+    meta = ResponseMeta("m", 5, "chatcmpl")
+    state = ChatStreamState(meta, include_usage=False)
+    assembled = ChatCompletionStreamState()
+    for event in events:
+        for chunk in state.push(event):
+            assembled.handle_chunk(SDKChunk.model_validate(chunk.model_dump(mode="json")))
+    streamed = assembled.current_completion_snapshot.choices[0].message
+    text = "".join(e.text for e in events if isinstance(e, TextPiece))
+    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningPiece))
+    calls = next((e.calls for e in events if isinstance(e, ToolCalls)), ())
+    whole = chat_completion(meta, [FinishedChoice(text, calls, events[-1], (), reasoning)], False).choices[0].message
+    assert streamed.content == whole.content
+    assert [c.function.name for c in streamed.tool_calls or ()] == [c.function.name for c in whole.tool_calls or ()]

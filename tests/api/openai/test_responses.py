@@ -83,3 +83,12 @@ def test_previous_response_id_is_refused_clearly(client):
     assert "does not store responses" in error["message"]
     assert_openai_error(client.post("/v1/responses", json={"model": "fake-model"}), 400, param="input")
     assert_openai_error(client.post("/v1/responses", json={"model": "nope", "input": "x"}), 404)
+
+
+@pytest.mark.parametrize("pieces", [(), ("Hi",)])
+def test_an_empty_reply_has_the_same_output_streamed_or_not(api, loader, pieces):
+    loader.scripts["fake-model"] = FakeScript(pieces=pieces, n_ctx=4096)
+    whole = api.responses.create(model="fake-model", input="Hi")
+    streamed = [e for e in api.responses.create(model="fake-model", input="Hi", stream=True)][-1].response
+    assert [(o.type, o.content[0].text) for o in streamed.output] == [(o.type, o.content[0].text) for o in whole.output]
+    assert [o.type for o in whole.output] == ["message"]
