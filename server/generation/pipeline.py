@@ -107,7 +107,8 @@ class GenerationPipeline:
             if plan.prompt is not None:
                 return plan.prompt
             thinking = thinking_of(plan, engine.info.reasoning)
-            return await engine.render_chat(*conversation(plan.turns, tool_plan), _template_vars(thinking))
+            shown = conversation(plan.turns, tool_plan, engine.info.tool_dialect)
+            return await engine.render_chat(*shown, _template_vars(thinking))
 
     async def count_tokens(self, plan: GenerationPlan, record: RequestRecord) -> int:
         """How many tokens the plan's prompt is for its model, tools included."""
@@ -137,7 +138,8 @@ class GenerationPipeline:
     ) -> list[int]:
         if plan.prompt is not None:
             return await engine.tokenize(plan.prompt)
-        return await engine.tokenize_chat(*conversation(plan.turns, tool_plan), _template_vars(thinking))
+        shown = conversation(plan.turns, tool_plan, engine.info.tool_dialect)
+        return await engine.tokenize_chat(*shown, _template_vars(thinking))
 
     async def _grammar(
         self,

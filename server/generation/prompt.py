@@ -9,12 +9,14 @@ from server.generation.plan import Turn
 
 
 def conversation(
-    turns: tuple[Turn, ...], tool_plan: tools.ToolPlan | None
+    turns: tuple[Turn, ...], tool_plan: tools.ToolPlan | None, native: str | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The messages and tools for the chat template. With tools, in the call syntax of the model's template
     (tool_dialects/): the tools given to the template or described in the system message, earlier calls and
-    their results as that template shows them. Without, earlier calls are shown as generic JSON text."""
-    dialect = tool_dialects.dialect(None if tool_plan is None else tool_plan.calls.dialect)
+    their results as that template shows them. Without tools, earlier calls are still shown in the template's
+    own syntax (`native`, the model's dialect, when it has one; else as generic JSON text): a model shown another
+    syntax may copy it."""
+    dialect = tool_dialects.dialect(native if tool_plan is None else tool_plan.calls.dialect)
     messages = [message for turn in turns for message in _with_reasoning(dialect.messages(turn), turn)]
     if tool_plan is None:
         return messages, None

@@ -233,3 +233,16 @@ def test_arguments_that_are_not_json_make_no_call(name):
         "phi4mini": '<|tool_call|>[{"name": "get_time", "arguments": {"x": NaN}}]',
     }[name]
     assert parse_calls(reply, calls_of(name)) is None
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_without_tools_earlier_calls_are_shown_in_the_familys_own_syntax(name):
+    """With no tools now (or tool_choice none), a conversation's earlier calls still reach the template as its
+    structured calls (or, for Phi-4-mini, its syntax in the content), never as another syntax the model could copy."""
+    [call] = parse_calls(FAMILIES[name][1], calls_of(name))
+    turn = Turn("assistant", "", tool_calls=(ToolCallRecord(call.id, call.name, call.arguments),))
+    messages, template_tools = conversation((ASKED, turn, Turn("tool", "18C", tool_call_id=call.id)), None, name)
+    source = (TEMPLATES / FAMILIES[name][0]).read_text(encoding="utf-8")
+    prompt = ChatTemplate(source, bos_token="<s>", eos_token="</s>").render(messages, tools=template_tools)
+    assert template_tools is None and '{"tool_calls"' not in prompt
+    assert FAMILIES[name][1] in prompt
