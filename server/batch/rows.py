@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,20 @@ class BatchRow:
     failed: int
     input_tokens: int
     output_tokens: int
+
+    def expired(self, now: int) -> bool:
+        """Past its completion window."""
+        return now >= self.body["expires_at"]
+
+
+def error_record(custom_id: str | None, code: str, message: str) -> dict[str, Any]:
+    """An output line for a request that got no response (not run, or unreadable)."""
+    return {
+        "id": f"batch_req_{secrets.token_hex(12)}",
+        "custom_id": custom_id,
+        "response": None,
+        "error": {"code": code, "message": message},
+    }
 
 
 def batch_row(row: tuple[Any, ...]) -> BatchRow:

@@ -14,17 +14,18 @@ import functools
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from server.batch import input_file
-from server.batch.rows import BatchRow, FileRow
+from server.batch.rows import BatchRow, FileRow, error_record
 from server.batch.slice import BatchSlice, LineExecutor
 from server.batch.store import BatchStore
+from server.batch.threads import ThreadWork
 from server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 SWEEP_INTERVAL_S = 60.0  # how often expired files are removed (and expiry looked at) while nothing wakes the runner
 TURN_S = 30.0  # how long one owner's batch runs before another owner's waiting batch gets a turn
@@ -59,7 +60,7 @@ class BatchRunner:
         self._last_turn: dict[str, int] = {}  # owner -> the number of the last turn it had
         self._slice: BatchSlice | None = None
         self._running: asyncio.Task[bool] | None = None
-        self._threads: set[asyncio.Future[Any]] = set()
+        self._threads = ThreadWork()
 
     def notify(self) -> None:
         """A batch was created or asked to cancel."""
@@ -73,7 +74,7 @@ class BatchRunner:
     async def prepare(self) -> None:
         """Before the server takes requests: remove the blobs a killed process wrote but never recorded (an
         upload in progress could not be told from one)."""
-        await self._thread(self._store.remove_orphan_blobs)
+        await self._threads.run(self._store.remove_orphan_blobs)
 
     async def run(self) -> None:
         try:
@@ -96,7 +97,7 @@ class BatchRunner:
             self._running.cancel()
             await asyncio.wait([self._running])
             await self._slice.committed()
-        await asyncio.gather(*self._threads, return_exceptions=True)
+        await self._threads.finished()
 
     async def _rest(self, timeout_s: float) -> None:
         """Until notified, the running slice ends, or `timeout_s` passes."""
@@ -111,10 +112,10 @@ class BatchRunner:
         if self._running is not None and self._running.done():
             await self._slice_ended()
         try:
-            await self._thread(self._sweep)
+            await self._threads.run(self._sweep)
         except Exception:  # batches go on without it; it runs again next round
             logger.exception("batch runner: removing expired files failed")
-        batches = await self._thread(self._store.open_batches)
+        batches = await self._threads.run(self._store.open_batches)
         self._metrics.batch_queue_depth.set(sum(max(b.total - b.completed - b.failed, 0) for b in batches))
         if not batches and self._running is None:
             self._idle.set()
@@ -125,7 +126,7 @@ class BatchRunner:
                 if batch.status != "in_progress" or self._expired(batch):
                     self._slice.stop.set()  # cancelled or expired: the slice ends, then the close
                 continue
-            changed |= await self._guarded(batch, self._settle(batch))
+            changed |= await self._guarded(batch)
         if changed:
             self._wake.set()  # states moved on: look again at once
             return
@@ -135,43 +136,33 @@ class BatchRunner:
         else:
             self._slice.contended = any(b.owner != self._slice.batch.owner for b in running)
 
-    def _settle(self, batch: BatchRow) -> Awaitable[bool]:
+    async def _settle(self, batch: BatchRow) -> bool:
         """Move a batch that is not running lines on by a state; False when there is nothing to do."""
         if batch.status == "validating":
-            return self._validate(batch)
-        if batch.status == "cancelling":
-            return self._off_loop(self._close, batch, "cancelled", "batch_cancelled", CANCELLED)
-        if batch.status == "finalizing":
-            return self._off_loop(self._finalize, batch, "completed")
-        if batch.status == "in_progress" and self._expired(batch):
-            return self._off_loop(self._close, batch, "expired", "batch_expired", EXPIRED)
-        return _nothing()
+            await self._validate(batch)
+        elif batch.status == "cancelling":
+            await self._threads.run(self._close, batch, "cancelled", "batch_cancelled", CANCELLED)
+        elif batch.status == "finalizing":
+            await self._threads.run(self._finalize, batch, "completed")
+        elif batch.status == "in_progress" and self._expired(batch):
+            await self._threads.run(self._close, batch, "expired", "batch_expired", EXPIRED)
+        else:
+            return False
+        return True
 
-    async def _guarded(self, batch: BatchRow, work: Awaitable[bool]) -> bool:
-        """`work` on one batch; what it raises fails that batch, not the round. False when even that failed
+    async def _guarded(self, batch: BatchRow) -> bool:
+        """`_settle` one batch; what it raises fails that batch, not the round. False when even that failed
         (the batch is looked at again next round; the others are moved on meanwhile)."""
         try:
-            return await work
+            return await self._settle(batch)
         except Exception:
             logger.exception("batch %s: failed", batch.id)
         try:
-            await self._thread(self._fail, batch)
+            await self._threads.run(self._fail, batch)
         except Exception:
             logger.exception("batch %s: could not be recorded as failed", batch.id)
             return False
         return True
-
-    async def _off_loop(self, work: Callable[..., None], *args: Any) -> bool:
-        await self._thread(work, *args)
-        return True
-
-    async def _thread(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """`work` in a thread; a cancel (shutdown) does not abandon it: `_wind_down` waits for it before the
-        store closes."""
-        future = asyncio.ensure_future(asyncio.to_thread(work, *args, **kwargs))
-        self._threads.add(future)
-        future.add_done_callback(self._threads.discard)
-        return await asyncio.shield(future)
 
     async def _start(self, running: list[BatchRow]) -> None:
         """Give the next turn to the owner who had one least recently (its oldest batch)."""
@@ -184,7 +175,7 @@ class BatchRunner:
         owner = min(oldest, key=lambda name: self._last_turn.get(name, -1))
         self._last_turn[owner] = next(self._turns)
         batch = oldest[owner]
-        done = await self._thread(self._store.done_lines, batch.id)
+        done = await self._threads.run(self._store.done_lines, batch.id)
         feed = input_file.LineFeed(self._input(batch), self._max_line_bytes, done)
         width = max(1, self._capacity(batch.body["endpoint"], batch.body.get("model")))
         self._slice = BatchSlice(
@@ -207,44 +198,45 @@ class BatchRunner:
             all_run = task.result()
         except Exception:
             logger.exception("batch %s: failed while running its lines", batch.id)
-            await self._thread(self._fail, batch)
+            await self._threads.run(self._fail, batch)
             return
         if all_run:
-            await self._thread(self._store.update_batch, batch.id, "finalizing", only_from=("in_progress",))
+            await self._threads.run(self._store.update_batch, batch.id, "finalizing", only_from=("in_progress",))
 
     def _sweep(self) -> None:
         for file_id in self._store.remove_expired_files():
             logger.info("file %s expired and was removed", file_id)
 
-    def _input(self, batch: BatchRow) -> Any:
+    def _input(self, batch: BatchRow) -> Path:
         return self._store.blobs.path(batch.body["input_file_id"])
 
     def _expired(self, batch: BatchRow) -> bool:
-        return self._store.now() >= batch.body["expires_at"]
+        return batch.expired(self._store.now())
 
-    async def _validate(self, batch: BatchRow) -> bool:
+    async def _validate(self, batch: BatchRow) -> None:
         store = self._store
         try:
-            result = await self._thread(
+            result = await self._threads.run(
                 input_file.validate, self._input(batch), batch.body["endpoint"], self._max_line_bytes
             )
         except FileNotFoundError:
-            await self._thread(self._fail, batch, "file_not_found", "The input file was deleted.")
-            return True
+            await self._threads.run(self._fail, batch, "file_not_found", "The input file was deleted.")
+            return
         if result.problems:
             errors = {"object": "list", "data": [problem.as_error() for problem in result.problems]}
-            await self._thread(store.update_batch, batch.id, "failed", errors=errors, only_from=("validating",))
-            return True
+            await self._threads.run(store.update_batch, batch.id, "failed", errors=errors, only_from=("validating",))
+            return
         started = functools.partial(store.update_batch, total=result.total, model=result.model)
-        await self._thread(started, batch.id, "in_progress", only_from=("validating",))
-        return True
+        await self._threads.run(started, batch.id, "in_progress", only_from=("validating",))
 
     def _close(self, batch: BatchRow, status: str, code: str, message: str, **fields: Any) -> None:
         """End a batch early: each line that did not run gets an error line saying why; then the output."""
         store = self._store
         try:
             lines = input_file.requests(self._input(batch), self._max_line_bytes, store.done_lines(batch.id))
-            unrun = [(line.line, _unrun(line.custom_id, code, message)) for line in (lines if batch.total else ())]
+            unrun = [
+                (line.line, error_record(line.custom_id, code, message)) for line in (lines if batch.total else ())
+            ]
         except OSError:  # the input file cannot be read: no line to name
             logger.exception("batch %s: its input could not be read to close it", batch.id)
             unrun = []
@@ -273,16 +265,3 @@ class BatchRunner:
         """End a batch as failed, keeping what its lines answered: the output files hold every line."""
         errors = {"object": "list", "data": [{"code": code, "message": message, "param": None, "line": None}]}
         self._close(batch, "failed", "batch_failed", "The batch failed before this line ran.", errors=errors)
-
-
-def _unrun(custom_id: str | None, code: str, message: str) -> dict[str, Any]:
-    return {
-        "id": f"batch_req_{secrets.token_hex(12)}",
-        "custom_id": custom_id,
-        "response": None,
-        "error": {"code": code, "message": message},
-    }
-
-
-async def _nothing() -> bool:
-    return False

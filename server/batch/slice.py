@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.batch.input_file import InputLine, LineFeed
-from server.batch.rows import BatchRow
+from server.batch.rows import BatchRow, error_record
 from server.batch.store import BatchStore
+from server.batch.threads import ThreadWork
 from server.errors import NoRoomForBatch, PreemptedError
 from server.metrics import Metrics
 
@@ -60,7 +61,7 @@ class BatchSlice:
         self.stop = asyncio.Event()  # cancelled or expired: abandon what is in flight
         self.contended = False  # another owner's batch waits for its turn
         self._unfinished = False  # a line was left without an outcome: for a later turn, or the close
-        self._commits: set[asyncio.Future[bool]] = set()
+        self._commits = ThreadWork()
         self._store = store
         self._execute = execute
         self._metrics = metrics
@@ -92,7 +93,7 @@ class BatchSlice:
 
     async def committed(self) -> None:
         """Returns once every outcome being committed is (a stopped slice's commits run on in their threads)."""
-        await asyncio.gather(*self._commits, return_exceptions=True)
+        await self._commits.finished()
 
     async def _worker(self) -> None:
         while not (self.stop.is_set() or self._expired()):
@@ -107,11 +108,12 @@ class BatchSlice:
         return self.contended and asyncio.get_running_loop().time() >= self._turn_ends
 
     def _expired(self) -> bool:
-        return self._store.now() >= self.batch.body["expires_at"]
+        return self.batch.expired(self._store.now())
 
     async def _line(self, line: InputLine) -> None:
-        if line.custom_id is None:
-            await self._commit(line, False, _unreadable(line), (0, 0))
+        if line.custom_id is None:  # validated, but no longer a request: the server's body bound was lowered since
+            message = f"Line {line.line} can no longer be read as a request."
+            await self._commit(line, False, error_record(None, "invalid_line", message), (0, 0))
             return
         endpoint, tries, waited = self.batch.body["endpoint"], 0, False
         while True:
@@ -157,11 +159,7 @@ class BatchSlice:
 
     async def _commit(self, line: InputLine, ok: bool, record: dict[str, Any], tokens: tuple[int, int]) -> None:
         # Shielded: once the outcome is known it is committed (and counted), even when the slice stops meanwhile.
-        commit = asyncio.ensure_future(
-            asyncio.to_thread(self._store.add_result, self.batch.id, line.line, ok, record, tokens)
-        )
-        self._commits.add(commit)
-        commit.add_done_callback(self._commits.discard)
+        commit = self._commits.start(self._store.add_result, self.batch.id, line.line, ok, record, tokens)
         commit.add_done_callback(lambda done: self._counted(done, ok))
         await asyncio.shield(commit)
 
@@ -169,16 +167,6 @@ class BatchSlice:
         if not commit.cancelled() and commit.exception() is None and commit.result():
             self._metrics.batch_lines.labels("done" if ok else "failed").inc()
             self._metrics.batch_queue_depth.dec()
-
-
-def _unreadable(line: InputLine) -> dict[str, Any]:
-    """A line validation accepted that no longer reads as a request: the server's body bound was lowered since."""
-    return {
-        "id": f"batch_req_{secrets.token_hex(12)}",
-        "custom_id": None,
-        "response": None,
-        "error": {"code": "invalid_line", "message": f"Line {line.line} can no longer be read as a request."},
-    }
 
 
 def _cancelling() -> bool:

@@ -33,6 +33,15 @@ class Admission:
     def limit(self) -> int:
         return self.parallel + self.max_queue
 
+    def batch_share(self, interactive: bool) -> int:
+        """The sequences batch requests may hold in all: every one, or beside interactive work (`interactive`:
+        in flight or recent) BATCH_SEQUENCES_BESIDE_INTERACTIVE."""
+        return BATCH_SEQUENCES_BESIDE_INTERACTIVE if interactive else self.parallel
+
+    def batch_room(self, in_use: int, batch_in_use: int, interactive: bool) -> int:
+        """How many more sequences a batch request may take now: free ones, within the batch share."""
+        return min(self.parallel - in_use, self.batch_share(interactive) - batch_in_use)
+
     def check(self, in_use: int) -> None:
         """Raise the 429 when `in_use` requests (running and waiting) already fill the model."""
         if in_use >= self.limit:

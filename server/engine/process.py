@@ -21,7 +21,7 @@ from queue import SimpleQueue
 from typing import Any
 
 from server.config import ModelSpec
-from server.engine.admission import BATCH_SEQUENCES_BESIDE_INTERACTIVE, INTERACTIVE_GRACE_S, Admission
+from server.engine.admission import INTERACTIVE_GRACE_S, Admission
 from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
 from server.engine.delta_buffer import MAX_BUFFERED_DELTAS, DeltaBuffer
 from server.engine.delta_stream import DeltaStream
@@ -167,11 +167,12 @@ class ProcessEngine:
         behind interactive requests), so it never waits for room that cannot come."""
         if not self._alive:
             raise self._failure()
-        share = self._spec.parallel
-        if self._admitted > self._batch_admitted or time.monotonic() - self._interactive_at < INTERACTIVE_GRACE_S:
-            share = BATCH_SEQUENCES_BESIDE_INTERACTIVE
-        room = min(self._spec.parallel - self._admitted, share - self._batch_admitted)
-        if room < min(sequences, share):
+        admission = Admission.of(self._spec)
+        interactive = (
+            self._admitted > self._batch_admitted or time.monotonic() - self._interactive_at < INTERACTIVE_GRACE_S
+        )
+        room = admission.batch_room(self._admitted, self._batch_admitted, interactive)
+        if room < min(sequences, admission.batch_share(interactive)):
             raise NoRoomForBatch(self.room_freed)
 
     async def room_freed(self) -> None:

@@ -9,15 +9,16 @@ import asyncio
 import contextlib
 import copy
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Self, TypeVar
 
 from server.config import ModelSpec
 from server.engine import Engine, EngineInfo
-from server.engine.admission import BATCH_SEQUENCES_BESIDE_INTERACTIVE, Admission
+from server.engine.admission import Admission
 from server.engine.base import Priority
 from server.engine.kinds import info_kind, require_kind, spec_kind
+from server.engine.room import RoomSignal
 from server.errors import ContextLengthExceededError, InvalidRequestError, NoRoomForBatch, RequestTimeoutError
 from server.generation.limits import RequestLimits
 from server.metrics import RequestRecord
@@ -146,18 +147,18 @@ class EmbeddingAdmission:
     def __init__(self) -> None:
         self._running: dict[str, int] = {}
         self._batch: dict[str, int] = {}
-        self._released = asyncio.Event()
+        self._released = RoomSignal()
 
     @contextlib.contextmanager
     def admit(self, spec: ModelSpec, priority: Priority = "interactive") -> Iterator[None]:
         name, batch = spec.name, priority == "batch"
         running, batch_running = self._running.get(name, 0), self._batch.get(name, 0)
+        admission = Admission.of(spec)  # the same rules as generation requests
         if batch:
-            share = spec.parallel if running == batch_running else BATCH_SEQUENCES_BESIDE_INTERACTIVE
-            if running >= spec.parallel or batch_running >= share:
-                raise NoRoomForBatch(self._released_wait())
+            if admission.batch_room(running, batch_running, interactive=running > batch_running) < 1:
+                raise NoRoomForBatch(self._released.wait)
         else:
-            Admission.of(spec).check(running - batch_running)  # the same rule as generation requests
+            admission.check(running - batch_running)
         self._running[name] = running + 1
         self._batch[name] = batch_running + batch
         try:
@@ -167,13 +168,4 @@ class EmbeddingAdmission:
             self._batch[name] -= batch
             if not self._running[name]:
                 del self._running[name], self._batch[name]
-            self._released.set()
-            self._released = asyncio.Event()
-
-    def _released_wait(self) -> Callable[[], Awaitable[None]]:
-        released = self._released
-
-        async def wait() -> None:
-            await released.wait()
-
-        return wait
+            self._released.notify()

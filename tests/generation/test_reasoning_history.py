@@ -14,7 +14,8 @@ from server.api.openai.plans import chat_plan
 from server.api.openai.responses import ResponsesRequest
 from server.api.openai.schemas import ChatCompletionRequest
 from server.engine.template import ChatTemplate
-from server.errors import from_validation_errors
+from server.errors import InvalidRequestError, from_validation_errors
+from server.generation.limits import RequestLimits, check_plan
 from server.generation.prompt import conversation
 from tests.seed_models import QWEN3_TEMPLATE
 
@@ -88,3 +89,15 @@ def test_an_anthropic_thinking_block_is_the_turns_reasoning():
         }
     )
     assert anthropic_adapter.to_plan(body).turns[-1].reasoning == "Call it."
+
+
+def test_reasoning_content_counts_toward_the_prompt_bound():
+    plan = chat_plan(ChatCompletionRequest.model_validate({"model": "m", "messages": CHAT}))
+    check_plan(plan, RequestLimits(max_prompt_chars=80))  # with its short thinking, within the bound
+    long = [*CHAT[:1], {**CHAT[1], "reasoning_content": "x" * 100}, CHAT[2]]
+    with pytest.raises(InvalidRequestError) as refused:
+        check_plan(
+            chat_plan(ChatCompletionRequest.model_validate({"model": "m", "messages": long})),
+            RequestLimits(max_prompt_chars=80),
+        )
+    assert refused.value.param == "messages"
