@@ -267,6 +267,11 @@ class ReasoningSpec(BaseModel):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="'auto': `enable_thinking` where the template mentions it; null: the template has no switch.",
     )
+    implicit_start: bool | Literal["auto"] = Field(
+        default="auto",
+        description="The block is open from the reply's first token though no prompt writes `start`; 'auto': where "
+        "the template mentions `end` but not `start` (DeepSeek-R1's first templates).",
+    )
 
     @model_validator(mode="after")
     def _distinct_markers(self) -> ReasoningSpec:

@@ -7,7 +7,7 @@ whose <think> and </think> are added tokens written out as text."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gguf
@@ -54,6 +54,10 @@ QWEN3_TEMPLATE = (TEMPLATES / "qwen3.jinja").read_text(encoding="utf-8")
 # vendored by llama.cpp (ggml-org/llama.cpp@20bdc4f, models/templates/deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja;
 # the 1.5B's is the same). The generation prompt opens the <think> block; there is no switch to turn thinking off.
 DEEPSEEK_R1_DISTILL_TEMPLATE = (TEMPLATES / "deepseek-r1-distill-qwen.jinja").read_text(encoding="utf-8")
+# The form DeepSeek first uploaded (January 2025): derived from the one above by removing the `<think>\n` its
+# generation prompt ends with, so the template mentions only </think>; the model begins thinking without writing
+# <think> (the block opens implicitly).
+DEEPSEEK_R1_DISTILL_EARLY_TEMPLATE = (TEMPLATES / "deepseek-r1-distill-qwen-early.jinja").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -245,6 +249,7 @@ FAMILIES = {
         user_defined=THINK_TOKENS,
     ),
 }
+FAMILIES["r1distill-early"] = replace(FAMILIES["r1distill"], template=DEEPSEEK_R1_DISTILL_EARLY_TEMPLATE)
 
 
 def write_seed_model(path: Path, family_name: str, seed: int = 0) -> Path:

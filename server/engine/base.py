@@ -39,6 +39,9 @@ class ReasoningFormat:
     """Tokens of thinking after which the end marker is forced, at the default effort."""
     switch: str | None = None
     """The chat template's variable that turns thinking on and off (`enable_thinking`); None: it has none."""
+    implicit_start: bool = False
+    """The block is open from the reply's first token, though no prompt writes `start` (the first DeepSeek-R1
+    templates mention only `</think>`): a `start` the model writes first anyway is dropped, not thinking."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,10 @@ class ThinkingBudget:
     end: str
     tokens: int
     inside: bool = False
-    """The prompt opened the block: the reply begins inside it (else it may open one as it begins)."""
+    """The reply begins inside the block: the prompt opened it, or it opens implicitly (else the reply may open one
+    as it begins)."""
+    implicit_start: bool = False
+    """With `inside`: no start marker opened the block, so one the reply writes first is dropped, not thinking."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from server.engine.grammar_cache import GrammarCache
 from server.engine.kinds import wrong_kind
 from server.engine.native import NativeModel
 from server.engine.reasoning import ThinkingLimit, reasoning_format
-from server.engine.template import ChatTemplate
+from server.engine.template import ChatTemplate, MarkedContent
 from server.errors import InvalidRequestError, ModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -156,6 +156,8 @@ class LlamaCppEngine:
         return [self._native.piece(token, special=True) for token in tokens]
 
     def _holds_control_text(self, value: Any) -> bool:
+        if isinstance(value, MarkedContent):  # the dialect's own markers are control text by design
+            return any(self._holds_control_text(piece) for piece, is_text in value.pieces if is_text)
         if isinstance(value, str):
             tokenize = self._native.tokenize
             return tokenize(value, add_special=False) != tokenize(value, add_special=False, parse_special=False)

@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jinja2
@@ -28,6 +28,37 @@ CHATML_TEMPLATE = (
 
 
 _OWN_VARIABLES = frozenset({"messages", "add_generation_prompt", "bos_token", "eos_token", "tools"})
+
+
+TEXT, MARKER = True, False  # a piece of a MarkedContent: text (tokenized as text) or one of the syntax's markers
+
+
+class MarkedContent(str):
+    """A message content a tool dialect writes with its own syntax in it (Phi-4-mini's template prints earlier
+    calls only inside the content): pieces of text (the turn's own content, the calls' JSON: the client's) between
+    markers the dialect inserted itself (its control tokens' text). It renders as its whole text; `render_segments`
+    keeps the markers out of the content segments, so they become the control tokens the model was trained on,
+    while control-token text inside the client's pieces stays text."""
+
+    pieces: tuple[tuple[str, bool], ...]  # (text, TEXT or MARKER), empty pieces left out
+
+    def __new__(cls, pieces: Iterable[tuple[str, bool]]) -> MarkedContent:
+        kept = tuple((piece, bool(is_text)) for piece, is_text in pieces if piece)
+        content = super().__new__(cls, "".join(piece for piece, _ in kept))
+        content.pieces = kept
+        return content
+
+    def __reduce__(self) -> tuple[type[MarkedContent], tuple[tuple[tuple[str, bool], ...]]]:
+        return MarkedContent, (self.pieces,)  # to the model's worker process, pieces and all
+
+
+def join_contents(*parts: str) -> str:
+    """Contents one after the other, a MarkedContent's markers kept as markers (any other string is text)."""
+    if not any(isinstance(part, MarkedContent) for part in parts):
+        return "".join(parts)
+    return MarkedContent(
+        piece for part in parts for piece in (part.pieces if isinstance(part, MarkedContent) else ((part, TEXT),))
+    )
 
 
 class ChatTemplateError(InvalidRequestError):
@@ -82,7 +113,8 @@ class ChatTemplate:
         """The prompt, and its pieces marked True where they are a message's content (to be tokenized as plain
         text: a user who writes a control token's text must not get the control token). The pieces are found by
         rendering the conversation again with a unique mark in place of each content; None when the template
-        changes contents in a way other than trimming them (their place cannot then be known)."""
+        changes contents in a way other than trimming them (their place cannot then be known). A MarkedContent's
+        markers are pieces of their own, marked False (they are the template's syntax, not the client's text)."""
         text = self.render(messages, add_generation_prompt=add_generation_prompt, tools=tools, variables=variables)
         nonce = secrets.token_hex(8)
         contents: dict[str, str] = {}
@@ -103,10 +135,14 @@ class ChatTemplate:
         except ChatTemplateError:
             return text, None
         pieces = re.split(f"(\ue000{nonce}\\.\\d+\ue001)", skeleton)
-        for fill in (lambda c: c, str.strip):
-            segments = [(contents[p] and fill(contents[p]), True) if p in contents else (p, False) for p in pieces]
+        for trimmed in (False, True):
+            segments = [
+                segment
+                for p in pieces
+                for segment in (_content_segments(contents[p], trimmed) if p in contents else [(p, False)])
+            ]
             if "".join(piece for piece, _ in segments) == text:
-                return text, [(piece, is_content) for piece, is_content in segments if piece]
+                return text, _merged(segments)
         return text, None
 
     def render(
@@ -133,3 +169,30 @@ class ChatTemplate:
             raise
         except jinja2.TemplateError as exc:
             raise ChatTemplateError(f"the model's chat template failed: {exc}") from exc
+
+
+def _content_segments(content: str, trimmed: bool) -> list[tuple[str, bool]]:
+    """A content's segments (True: text; a MarkedContent's markers False), whole or as the template's `trim`
+    leaves it: blanks cut from its two ends, across its pieces."""
+    pieces = content.pieces if isinstance(content, MarkedContent) else ((content, TEXT),)
+    start, end = (len(content) - len(content.lstrip()), len(content.rstrip())) if trimmed else (0, len(content))
+    segments, at = [], 0
+    for piece, is_text in pieces:
+        kept = piece[max(start - at, 0) : max(end - at, 0)]
+        if kept:
+            segments.append((kept, is_text))
+        at += len(piece)
+    return segments
+
+
+def _merged(segments: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """The segments, empty ones left out and neighbours of a kind joined (tokenized as the one text they are)."""
+    merged: list[tuple[str, bool]] = []
+    for piece, is_content in segments:
+        if not piece:
+            continue
+        if merged and merged[-1][1] == is_content:
+            merged[-1] = (merged[-1][0] + piece, is_content)
+        else:
+            merged.append((piece, is_content))
+    return merged

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 HERMES, LLAMA3, MISTRAL, DEEPSEEK, PHI4_MINI = "hermes", "llama3", "mistral", "deepseek", "phi4mini"
+DEEPSEEK_V31 = "deepseek_v31"
 
 
 def tool_dialect(source: str) -> str | None:
@@ -20,6 +21,8 @@ def tool_dialect(source: str) -> str | None:
         return MISTRAL  # Mistral Nemo / 7B v0.3: `[TOOL_CALLS][{...}]` (not the later `[TOOL_CALLS]name[ARGS]{...}`)
     if "tool▁calls▁begin" in source and "```json" in source:
         return DEEPSEEK  # DeepSeek V2.5/V3 and R1: `function`, a separator, the name, then the arguments in a fence
+    if "tool▁calls▁begin" in source and "tool▁sep" in source:
+        return DEEPSEEK_V31  # DeepSeek V3.1: the name, the separator, then the arguments as they are
     if "<|tool|>" in source and "<|/tool|>" in source:
         return PHI4_MINI
     if "<|start_header_id|>" in source and '"parameters": ' in source and "tools" in source:

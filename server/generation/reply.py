@@ -37,11 +37,21 @@ class ReasoningPiece:
 
 
 @dataclass(frozen=True)
-class ToolCalls:
-    """The choice's reply was tool calls (all of them, parsed whole at the end of the choice)."""
+class ToolCallStart:
+    """A tool call begins: its id and the function's name (its arguments follow). Once a choice's calls begin,
+    only calls follow until its end."""
 
     choice: int
-    calls: tuple[ToolCall, ...]
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ToolCallArguments:
+    """More of the arguments (JSON text) of the choice's last call begun; every piece is final."""
+
+    choice: int
+    text: str
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,12 @@ class ChoiceEnd:
     reasoning_tokens: int = 0  # of completion_tokens, those of the thinking block
 
 
-ReplyEvent = TextPiece | ReasoningPiece | ToolCalls | ChoiceEnd
+def call_events(choice: int, call: ToolCall) -> tuple[ToolCallStart, ToolCallArguments]:
+    """A call read whole, as the events that give it out."""
+    return ToolCallStart(choice, call.id, call.name), ToolCallArguments(choice, call.arguments)
+
+
+ReplyEvent = TextPiece | ReasoningPiece | ToolCallStart | ToolCallArguments | ChoiceEnd
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,7 @@ async def finished(events: AsyncIterator[ReplyEvent], choices: int) -> list[Fini
     """Every choice of a generation, collected."""
     texts: list[list[str]] = [[] for _ in range(choices)]
     logprobs: list[list[TokenLogprob]] = [[] for _ in range(choices)]
-    calls: list[tuple[ToolCall, ...]] = [() for _ in range(choices)]
+    calls: list[list[tuple[str, str, list[str]]]] = [[] for _ in range(choices)]  # id, name, arguments
     thoughts: list[list[str]] = [[] for _ in range(choices)]
     ends: list[ChoiceEnd | None] = [None] * choices
     async with contextlib.aclosing(events):  # type: ignore[type-var]
@@ -82,8 +97,10 @@ async def finished(events: AsyncIterator[ReplyEvent], choices: int) -> list[Fini
                 logprobs[event.choice].extend(event.logprobs)
             elif isinstance(event, ReasoningPiece):
                 thoughts[event.choice].append(event.text)
-            elif isinstance(event, ToolCalls):
-                calls[event.choice] = event.calls
+            elif isinstance(event, ToolCallStart):
+                calls[event.choice].append((event.id, event.name, []))
+            elif isinstance(event, ToolCallArguments):
+                calls[event.choice][-1][2].append(event.text)
             else:
                 ends[event.choice] = event
                 logprobs[event.choice].extend(event.logprobs)
@@ -91,5 +108,6 @@ async def finished(events: AsyncIterator[ReplyEvent], choices: int) -> list[Fini
     for text, tokens, choice_calls, end, thought in zip(texts, logprobs, calls, ends, thoughts, strict=True):
         if end is None:
             raise RuntimeError("a generation ended without finishing one of its choices")
-        out.append(FinishedChoice("".join(text), choice_calls, end, tuple(tokens), "".join(thought)))
+        whole = tuple(ToolCall(id, name, "".join(arguments)) for id, name, arguments in choice_calls)
+        out.append(FinishedChoice("".join(text), whole, end, tuple(tokens), "".join(thought)))
     return out

@@ -4,7 +4,9 @@ and its text split into thinking and answer as it streams.
 A reasoning model writes `<think>...</think>` (its configured markers) before its answer. Whether the reply begins
 inside the block is read from the rendered prompt's end: a DeepSeek-R1 template opens the block itself (the prompt
 ends with `<think>`), a Qwen3 template with thinking off closes an empty one (the prompt ends with `</think>`), and
-otherwise the model may open one as its reply begins.
+otherwise the model may open one as its reply begins. A model whose block opens implicitly (DeepSeek-R1's first
+templates: no `<think>` in the prompt, yet the model thinks until `</think>`) begins inside it unless the prompt
+closed it, and a `<think>` it writes first anyway is dropped.
 """
 
 from __future__ import annotations
@@ -34,21 +36,22 @@ class Thinking:
     def start(self, prompt_tail: str) -> Start | None:
         """Where the reply begins, from the end of its prompt: inside the block, before one, or None when the
         prompt closed the block (thinking is off)."""
-        tail = prompt_tail.rstrip()
-        if tail.endswith(self.format.end):
+        tail, fmt = prompt_tail.rstrip(), self.format
+        if tail.endswith(fmt.end):
             return None
-        return "inside" if tail.endswith(self.format.start) else "before"
+        return "inside" if fmt.implicit_start or tail.endswith(fmt.start) else "before"
 
     def budget(self, start: Start) -> ThinkingBudget | None:
         if self.budget_tokens is None:
             return None
-        return ThinkingBudget(self.format.start, self.format.end, self.budget_tokens, inside=start == "inside")
+        fmt = self.format
+        return ThinkingBudget(fmt.start, fmt.end, self.budget_tokens, start == "inside", fmt.implicit_start)
 
     def grammar(self, grammar: str, start: Start) -> str:
         """The output grammar behind the thinking block: required when the request asked for thinking."""
-        return with_thinking(
-            grammar, self.format.start, self.format.end, opened=start == "inside", required=self.requested
-        )
+        fmt, opened = self.format, start == "inside"
+        implicit = opened and fmt.implicit_start
+        return with_thinking(grammar, fmt.start, fmt.end, opened=opened, required=self.requested, implicit=implicit)
 
 
 def thinking_of(plan: GenerationPlan, reasoning: ReasoningFormat | None) -> Thinking | None:
@@ -94,11 +97,14 @@ async def reply_start(engine: Engine, prompt: Sequence[int], thinking: Thinking)
 class ThinkingSplitter:
     """One reply's text, split as it streams into thinking and answer. Only what may still be the start of a
     marker (and blanks that may end the thinking) is held back; blanks around the thinking and before the answer
-    are left out, as reasoning parsers do."""
+    are left out, as reasoning parsers do. Where the block opens implicitly, the reply begins inside it, and a start
+    marker it writes first anyway is dropped."""
 
     def __init__(self, fmt: ReasoningFormat, start: Start) -> None:
         self._start, self._end = fmt.start, fmt.end
-        self._phase: Literal["before", "inside", "answer-lead", "answer"] = start
+        self._phase: Literal["before", "opening", "inside", "answer-lead", "answer"] = (
+            "opening" if start == "inside" and fmt.implicit_start else start
+        )
         self._held = ""
         self._blanks: list[str] = []  # the reply's first pieces while they are only blanks
         self._thought = False  # some thinking text has been given out
@@ -108,7 +114,7 @@ class ThinkingSplitter:
     def push(self, text: str) -> list[tuple[bool, str]]:
         """(is thinking, text) pieces, in order."""
         out: list[tuple[bool, str]] = []
-        if self._phase == "before" and not self._held and not text.strip():
+        if self._phase in ("before", "opening") and not self._held and not text.strip():
             self._blanks.append(text)  # nothing but blanks yet: kept as pieces, so a long run costs linear time
             return out
         self._feed(self._take_blanks() + self._held + text, out)
@@ -123,6 +129,9 @@ class ThinkingSplitter:
         held, self._held = self._take_blanks() + self._held, ""
         if self._phase == "before":
             return [(False, held)] if held else []
+        if self._phase == "opening":  # blanks, or the beginning of a start marker: thinking never closed
+            held = held.strip()
+            return [(True, held)] if held else []
         if self._phase == "inside":
             held = held.rstrip()
             return [(True, held)] if held else []
@@ -140,6 +149,14 @@ class ThinkingSplitter:
                 return
             else:
                 self._phase = "answer"
+        elif self._phase == "opening":
+            lead = text.lstrip()
+            if self._start.startswith(lead) and lead != self._start:
+                self._held = lead  # leading blanks are no thinking: only what may still become the marker is held
+                return
+            self._phase = "inside"
+            if lead.startswith(self._start):
+                text = lead[len(self._start) :]
         if self._phase == "inside":
             text = self._thinking(text, out)
         if self._phase == "answer-lead":

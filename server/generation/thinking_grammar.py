@@ -20,14 +20,18 @@ BLANKS = r"[ \x09\x0A\x0D]{0,8}"  # between the end marker and the answer, as mo
 _WORD = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def with_thinking(grammar: str, start: str, end: str, *, opened: bool, required: bool) -> str:
-    """`grammar` as the answer after a thinking block. `opened`: the prompt opened the block, so the reply begins
-    inside it; else the block opens with `start`, and is optional unless `required`."""
+def with_thinking(grammar: str, start: str, end: str, *, opened: bool, required: bool, implicit: bool = False) -> str:
+    """`grammar` as the answer after a thinking block. `opened`: the reply begins inside the block (the prompt opened
+    it, or with `implicit` it opens implicitly, and the reply may still write `start` first, after blanks); else the
+    block opens with `start`, and is optional unless `required`."""
     prefix = _unused_prefix(grammar)
     answer = f"{prefix}-answer"
     rules = [_renamed(grammar, ROOT, answer).rstrip("\n")]
     text = _until(end, prefix, rules)
-    if opened:
+    if opened and implicit:
+        # The block's text already takes a leading `start`; the optional one says so (llama.cpp merges the two ways).
+        head = f"({BLANKS} {gbnf_literal(start)})? {text} {BLANKS}"
+    elif opened:
         head = f"{text} {BLANKS}"
     elif required:
         head = f"{gbnf_literal(start)} {text} {BLANKS}"

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from server.engine.template import join_contents
 from server.errors import InvalidRequestError
 from server.generation import tool_dialects
 from server.generation.json_schema_grammar import arguments_grammar, check_schema
@@ -121,7 +122,9 @@ def with_instructions(messages: list[dict[str, Any]], tool_plan: ToolPlan) -> li
     there is none), and anything more the template needs on its messages to show them."""
     if tool_plan.system_prompt is not None:
         if messages and messages[0]["role"] == "system":
-            first = {**messages[0], "content": f"{messages[0]['content']}\n\n{tool_plan.system_prompt}"}
+            said = messages[0]["content"]
+            content = join_contents(said if isinstance(said, str) else f"{said}", "\n\n", tool_plan.system_prompt)
+            first = {**messages[0], "content": content}
             messages = [first, *messages[1:]]
         else:
             messages = [{"role": "system", "content": tool_plan.system_prompt}, *messages]

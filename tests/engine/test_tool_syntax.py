@@ -11,6 +11,7 @@ from server.engine.template import ChatTemplate
 from server.engine.tool_syntax import JSONArguments, tool_dialect
 
 TEMPLATES = Path(__file__).parents[1] / "templates"
+V31_CALL = 'get_weather<｜tool▁sep｜>{"city": "Paris", "n": [1, 2]}<｜tool▁call▁end｜>'  # noqa: RUF001
 
 
 @pytest.mark.parametrize(
@@ -21,6 +22,7 @@ TEMPLATES = Path(__file__).parents[1] / "templates"
         ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "mistral"),
         ("deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja", "deepseek"),
         ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", "deepseek"),
+        ("deepseek-ai-DeepSeek-V3.1.jinja", "deepseek_v31"),
         ("Qwen-Qwen2.5-7B-Instruct.jinja", "hermes"),
         ("NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja", "hermes"),
         ("microsoft-Phi-4-mini-instruct.jinja", "phi4mini"),
@@ -38,12 +40,18 @@ def test_each_familys_template_is_recognised(template, dialect):
         # syntaxes we do not read are not taken for one we do (the generic syntax is used for them):
         "{% if tools %}<tool_call>\n<function={{ tool_call.name }}>\n<parameter=x>{% endif %}",  # Qwen3-Coder's XML
         "{{ '[AVAILABLE_TOOLS]' + tools|tojson }}{{ '[TOOL_CALLS]' + name + '[ARGS]' + arguments }}",  # Mistral v11
-        "{{'<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + name + '<｜tool▁sep｜>' + arguments}}",  # noqa: RUF001
         "<|start_header_id|>user<|end_header_id|>{{ content }}<|eot_id|>",  # Llama 3 without tools
     ],
 )
 def test_templates_without_a_syntax_we_read_have_none(source):
     assert tool_dialect(source) is None
+
+
+def test_deepseek_v31s_form_is_told_from_v3s_by_the_fence():
+    v31 = "{{'<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + name + '<｜tool▁sep｜>' + arguments}}"  # noqa: RUF001
+    assert tool_dialect(v31) == "deepseek_v31"
+    v3 = "{{'<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>' + name + '\\n```json\\n'}}"  # noqa: RUF001
+    assert tool_dialect(v3) == "deepseek"
 
 
 def test_a_templates_own_syntax_is_what_chat_template_reports():
@@ -58,6 +66,8 @@ def test_a_templates_own_syntax_is_what_chat_template_reports():
         ("deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja", '```json\n{"city": "Paris", "n": [1, 2]}\n```'),
         # prints them with tojson: `tool['function']['arguments'] | tojson`
         ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", '```json\n{"city": "Paris", "n": [1, 2]}\n```'),
+        # V3.1's prints the name, the separator, then `tool['function']['arguments'] | tojson`
+        ("deepseek-ai-DeepSeek-V3.1.jinja", V31_CALL),
         ("Qwen-Qwen2.5-7B-Instruct.jinja", '"arguments": {"city": "Paris", "n": [1, 2]}}'),
         ("mistralai-Mistral-Nemo-Instruct-2407.jinja", '{"city": "Paris", "n": [1, 2]}, "id": "abcdefghi"}'),
     ],

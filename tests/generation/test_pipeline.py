@@ -10,7 +10,7 @@ import pytest
 from server.errors import ContextLengthExceededError, InvalidRequestError
 from server.generation.pipeline import GenerationPipeline
 from server.generation.plan import FunctionSpec, GenerationPlan, ParamNames, Sampling, ToolRequest, Turn
-from server.generation.reply import ChoiceEnd, TextPiece, ToolCalls, finished
+from server.generation.reply import ChoiceEnd, TextPiece, ToolCallArguments, ToolCallStart, finished
 from server.metrics import RequestRecord
 from server.models.registry import ModelRegistry
 from tests.conftest import FakeLoader
@@ -77,8 +77,9 @@ def test_a_forced_tool_call_is_compiled_before_admission_and_read_back(pipeline,
     _, events = collect(pipeline, plan)
     engine = loader.engines["m"]
     assert engine.grammars == [engine.requests[-1].grammar]  # compiled first, then generated with
-    calls = next(e for e in events if isinstance(e, ToolCalls)).calls
-    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Oslo"})]
+    [start] = [e for e in events if isinstance(e, ToolCallStart)]
+    arguments = "".join(e.text for e in events if isinstance(e, ToolCallArguments))
+    assert (start.name, json.loads(arguments)) == ("get_weather", {"city": "Oslo"})
     assert events[-1].reason == "tool_calls"
 
 

@@ -11,7 +11,7 @@ import pytest
 from server.engine.base import ReasoningFormat
 from server.generation.pipeline import GenerationPipeline
 from server.generation.plan import FunctionSpec, GenerationPlan, ReasoningRequest, ToolRequest, Turn
-from server.generation.reply import ChoiceEnd, ReasoningPiece, TextPiece, ToolCalls, finished
+from server.generation.reply import ChoiceEnd, ReasoningPiece, TextPiece, ToolCallArguments, ToolCallStart, finished
 from server.metrics import RequestRecord
 from server.models.registry import ModelRegistry
 from tests.conftest import FakeLoader
@@ -118,8 +118,9 @@ def test_tool_calls_are_read_from_the_answer_after_the_thinking(pipeline, loader
     script(loader, ("<think>", "I need the weather.", "</think>", "\n", call))
     _, events = events_of(pipeline, GenerationPlan(model="m", turns=HELLO, tools=ToolRequest((WEATHER,))))
     assert texts(events, ReasoningPiece) == "I need the weather."
-    calls = next(event for event in events if isinstance(event, ToolCalls)).calls
-    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Oslo"})]
+    [start] = [e for e in events if isinstance(e, ToolCallStart)]
+    arguments = "".join(e.text for e in events if isinstance(e, ToolCallArguments))
+    assert (start.name, json.loads(arguments)) == ("get_weather", {"city": "Oslo"})
     assert events[-1].reason == "tool_calls" and events[-1].reasoning_tokens == 3
     forced = GenerationPlan(model="m", turns=HELLO, tools=ToolRequest((WEATHER,), "required"))
     events_of(pipeline, forced)
@@ -149,3 +150,48 @@ def test_thinking_markers_are_shown_as_text_so_control_token_markers_can_be_spli
     _, events = events_of(pipeline, GenerationPlan(model="m", turns=HELLO))
     assert set(loader.engines["m"].requests[-1].shown_tokens) >= {"<|START_THINKING|>", "<|END_THINKING|>"}
     assert (texts(events, ReasoningPiece), texts(events, TextPiece)) == ("hm", "Hi")
+
+
+EARLY_R1 = ReasoningFormat("<think>", "</think>", 64, None, implicit_start=True)  # no <think> in its template at all
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        ("I th", "ink..", ".</", "think", ">The ", "answer"),
+        ("\n", "<th", "ink>", "\nI think...", "</think>", "\n\nThe answer"),  # <think> written anyway: dropped
+    ],
+)
+def test_an_implicit_block_is_thinking_from_the_first_token(pipeline, loader, pieces):
+    script(loader, pieces, EARLY_R1)
+    generation, events = events_of(pipeline, GenerationPlan(model="m", turns=HELLO))
+    assert generation.thinking
+    assert (texts(events, ReasoningPiece), texts(events, TextPiece)) == ("I think...", "The answer")
+    thinking = loader.engines["m"].requests[-1].thinking
+    assert thinking.inside and thinking.implicit_start
+    assert events[-1].reasoning_tokens == 5  # through the piece that closed the block
+
+
+def test_an_implicit_block_never_closed_is_all_thinking(pipeline, loader):
+    script(loader, ("<think>", "going", " on"), EARLY_R1)
+    _, events = events_of(pipeline, GenerationPlan(model="m", turns=HELLO))
+    assert (texts(events, ReasoningPiece), texts(events, TextPiece)) == ("going on", "")
+    assert events[-1] == ChoiceEnd(0, "stop", 3, reasoning_tokens=3)
+
+
+@pytest.mark.parametrize(("pieces", "thought"), [(("a", "b", "c", "d"), "ab"), (("<think>", "a", "b", "c"), "a")])
+def test_the_budget_of_an_implicit_block_counts_from_the_first_token(pipeline, loader, pieces, thought):
+    script(loader, pieces, EARLY_R1)
+    plan = GenerationPlan(model="m", turns=HELLO, reasoning=ReasoningRequest(enabled=True, budget_tokens=2))
+    _, events = events_of(pipeline, plan)
+    assert texts(events, ReasoningPiece) == thought  # two tokens, then "</think>" was forced
+    assert texts(events, TextPiece) == "".join(pieces[2:])
+    assert events[-1].reasoning_tokens == 3
+
+
+def test_json_after_an_implicit_block_may_follow_a_start_marker_or_none(pipeline, loader):
+    script(loader, ("<think>", "an object", "</think>", '{"a": 1}'), EARLY_R1)
+    plan = GenerationPlan(model="m", turns=HELLO, json_schema="{}", reasoning=ReasoningRequest(enabled=True))
+    _, events = events_of(pipeline, plan)
+    assert 'root ::= ([ \\x09\\x0A\\x0D]{0,8} "<think>")? thinking-0 ' in loader.engines["m"].requests[-1].grammar
+    assert texts(events, ReasoningPiece) == "an object" and json.loads(texts(events, TextPiece)) == {"a": 1}

@@ -12,6 +12,7 @@ from server.errors import InvalidRequestError
 from server.generation.plan import GenerationPlan, ParamNames, ReasoningRequest, Turn
 from server.generation.thinking import ThinkingSplitter, thinking_of
 from server.generation.thinking_grammar import _until, with_thinking
+from tests.generation.test_constraint_grammars import python_regex
 
 THINK = ReasoningFormat("<think>", "</think>", 100, "enable_thinking")
 NO_SWITCH = ReasoningFormat("<think>", "</think>", 100, None)
@@ -140,3 +141,77 @@ def test_the_answer_grammar_goes_behind_the_block_with_its_root_renamed():
     assert "root ::= thinking-0 " in with_thinking(answer, "<think>", "</think>", opened=True, required=False)
     clash = with_thinking("root ::= thinking-0\nthinking-0 ::= [0-9]\n", "<a>", "</a>", opened=True, required=False)
     assert "thinking1-answer ::= thinking-0\n" in clash and "root ::= thinking1-0 " in clash
+
+
+# -- a block opened implicitly (DeepSeek-R1's first templates: no <think> in the prompt) --------------------------
+EARLY = ReasoningFormat("<think>", "</think>", 100, None, implicit_start=True)
+EARLY_REPLY = "I think...</think>The answer"
+
+
+def split_early(pieces: list[str]) -> tuple[str, str]:
+    splitter = ThinkingSplitter(EARLY, "inside")
+    out = [piece for text in pieces for piece in splitter.push(text)] + splitter.finish()
+    return "".join(t for is_thinking, t in out if is_thinking), "".join(t for is_thinking, t in out if not is_thinking)
+
+
+def chunked(text: str, *sizes: int) -> list[str]:
+    """`text` cut into pieces of these sizes in turn (odd splits: markers fall across pieces)."""
+    pieces, at, turn = [], 0, 0
+    while at < len(text):
+        size = sizes[turn % len(sizes)]
+        pieces.append(text[at : at + size])
+        at, turn = at + size, turn + 1
+    return pieces
+
+
+@pytest.mark.parametrize("sizes", [(1,), (2,), (3,), (5, 1), (4, 7), (len(EARLY_REPLY),)])
+@pytest.mark.parametrize("lead", ["", "\n", "<think>", "\n<think>\n\n", "  <think>"])
+def test_an_implicit_block_splits_at_its_end_marker_a_start_marker_written_anyway_dropped(sizes, lead):
+    assert split_early(chunked(lead + EARLY_REPLY, *sizes)) == ("I think...", "The answer")
+
+
+def test_an_implicit_block_never_closed_is_all_thinking():
+    assert split_early(["I think", " on and on"]) == ("I think on and on", "")
+    assert split_early(["<think>", "\nstill"]) == ("still", "")
+    assert split_early(["\n", "<thi"]) == ("<thi", "")  # what might have become <think>, then the reply ended
+    assert split_early(["\n", "  ", "<think>", "\n"]) == ("", "")
+    assert split_early(["</think>", "At once."]) == ("", "At once.")
+
+
+def test_only_a_leading_start_marker_of_an_implicit_block_is_dropped():
+    assert split_early(["Hm <think> is", " a tag</think>Yes"]) == ("Hm <think> is a tag", "Yes")
+    assert split_early(["<think><think>x</think>y"]) == ("<think>x", "y")
+    assert split_early(["<thinking", " aloud</think>ok"]) == ("<thinking aloud", "ok")
+
+
+def test_an_implicit_block_begins_inside_unless_the_prompt_closed_it():
+    thinking = thinking_of(plan(None), EARLY)
+    assert thinking.start("<｜User｜>Hi<｜Assistant｜>") == "inside"  # noqa: RUF001
+    assert thinking.start("<｜Assistant｜><think>\n") == "inside"  # noqa: RUF001
+    assert thinking.start("<|im_start|>assistant\n<think>\n\n</think>\n\n") is None
+    budget = thinking.budget("inside")
+    assert budget is not None and budget.inside and budget.implicit_start and budget.tokens == 100
+    with pytest.raises(InvalidRequestError) as caught:  # no switch: it cannot stop thinking
+        thinking_of(plan(ReasoningRequest(enabled=False), params=ParamNames(reasoning="reasoning_effort")), EARLY)
+    assert caught.value.param == "reasoning_effort" and "always thinks" in str(caught.value)
+
+
+def _admits(grammar: str, text: str) -> bool:
+    """Whether `text` is in the language of a grammar `with_thinking` wrote: its block's rules (right-recursive,
+    which the regex oracle cannot follow) are read as "any text up to the first </think>"."""
+    lines = [line for line in grammar.splitlines() if not re.match(r"thinking-\d+ ::= ", line)]
+    lines.append('thinking-0 ::= "\x01"')
+    block = "(?:(?!</think>)[\\s\\S])*</think>"
+    return re.fullmatch(python_regex("\n".join(lines)).replace("(?:\x01)", block), text) is not None
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_an_implicit_block_grammar_takes_a_start_marker_or_none_then_the_block_then_the_answer(required):
+    grammar = with_thinking('root ::= "{}"\n', "<think>", "</think>", opened=True, required=required, implicit=True)
+    assert 'root ::= ([ \\x09\\x0A\\x0D]{0,8} "<think>")? thinking-0 ' in grammar
+    for text in ["I think</think>{}", "<think>I think</think>\n\n{}", "\n<think>\n</think>{}", "</think>{}"]:
+        assert _admits(grammar, text), text
+    for text in ["I think{}", "<think>I think", "I think</think>x", "{}"]:
+        assert not _admits(grammar, text), text
+    explicit = with_thinking('root ::= "{}"\n', "<think>", "</think>", opened=False, required=True)
+    assert _admits(explicit, "<think>a</think>{}") and not _admits(explicit, "a</think>{}")  # the oracle reads both

@@ -39,6 +39,10 @@ FAMILIES = {  # dialect: (template, a reply that calls get_weather(city="Paris")
         "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n"  # noqa: RUF001
         '{"city": "Paris"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>',  # noqa: RUF001
     ),
+    "deepseek_v31": (
+        "deepseek-ai-DeepSeek-V3.1.jinja",
+        f'{DS_BEGIN}{DS_CALL}get_weather{DS_SEP}{{"city": "Paris"}}{DS_END}<｜tool▁calls▁end｜>',  # noqa: RUF001
+    ),
     "phi4mini": (
         "microsoft-Phi-4-mini-instruct.jinja",
         '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}]<|/tool_call|>',
@@ -106,6 +110,36 @@ def test_deepseek_templates_that_dump_the_arguments_show_them_the_same():
     assert FAMILIES["deepseek"][1].removesuffix("<｜tool▁calls▁end｜>") in eight_b  # noqa: RUF001
 
 
+def test_deepseek_v31_describes_the_tools_as_its_model_card_does_and_shows_calls_in_its_form():
+    two = ToolCallRecord("call_2", "get_time", "{}")
+    turn = Turn("assistant", "Checking.", tool_calls=(*CALLED.tool_calls, two))
+    answered = (ANSWERED, Turn("tool", "12:00", tool_call_id="call_2"), Turn("assistant", "Mild."), ASKED)
+    prompt = render("deepseek_v31", (Turn("system", "Be brief."), ASKED, turn, *answered), choice="required")
+    system = prompt.split("<｜User｜>")[0]  # noqa: RUF001
+    assert system.startswith("<s>Be brief.\n\n## Tools\nYou have access to the following tools:\n\n### get_weather\n")
+    assert "Parameters: " + json.dumps(WEATHER.parameters) in system
+    assert f"{DS_BEGIN}{DS_CALL}tool_call_name{DS_SEP}tool_call_arguments{DS_END}" in system  # V3.1's form
+    assert "function" + DS_SEP not in system and "```" not in system  # not V3's
+    assert system.endswith("You must call at least one function.")
+    assert (
+        f'<｜Assistant｜><think></think>Checking.{DS_BEGIN}{DS_CALL}get_weather{DS_SEP}{{"city": "Paris"}}{DS_END}'  # noqa: RUF001
+        f"{DS_CALL}get_time{DS_SEP}{{}}{DS_END}<｜tool▁calls▁end｜><｜end▁of▁sentence｜>"  # noqa: RUF001
+        "<｜tool▁output▁begin｜>18C<｜tool▁output▁end｜><｜tool▁output▁begin｜>12:00<｜tool▁output▁end｜>"  # noqa: RUF001
+        "Mild.<｜end▁of▁sentence｜><｜User｜>Weather in Paris?<｜Assistant｜><think></think>"  # noqa: RUF001
+    ) in prompt
+    assert prompt.endswith("<｜Assistant｜><think></think>")  # the template's default: no thinking  # noqa: RUF001
+
+
+def test_deepseek_v31_forces_calls_in_its_own_form_one_right_after_the_other():
+    tool_plan = tools.plan(ToolRequest((WEATHER,), "required"), ParamNames(), "deepseek_v31")
+    grammar = tools.forced_grammar(tool_plan)
+    rules = dict(line.split(" ::= ", 1) for line in grammar.splitlines() if " ::= " in line)
+    assert rules["root"] == f'"{DS_BEGIN}" call (call){{0,{MAX_CALLS - 1}}} "<｜tool▁calls▁end｜>"'  # noqa: RUF001
+    assert rules["call"].startswith(f'"{DS_CALL}get_weather{DS_SEP}" ') and rules["call"].endswith(f' "{DS_END}"')
+    v3 = tools.forced_grammar(tools.plan(ToolRequest((WEATHER,), "required"), ParamNames(), "deepseek"))
+    assert f"function{DS_SEP}get_weather" in v3 and "function" not in rules["call"]
+
+
 def test_phi4_mini_lists_the_tools_on_the_system_message_and_writes_calls_in_the_content():
     prompt = render("phi4mini", (ASKED, CALLED, ANSWERED))
     assert prompt.startswith("<|system|><|tool|>" + json.dumps([WEATHER.described()]) + "<|/tool|><|end|>")
@@ -143,6 +177,9 @@ def test_a_call_read_from_a_reply_shows_in_the_history_as_it_was_written(name):
         ("mistral", '[TOOL_CALLS] [{"name": "get_time", "arguments": {}}]', ["get_time"]),  # no id (7B v0.3)
         ("mistral", '[TOOL_CALLS]{"name": "get_time", "arguments": "{}"}', ["get_time"]),
         ("deepseek", f"{DS_BEGIN}{DS_CALL}get_time{DS_SEP}{{}}{DS_END}", ["get_time"]),  # V3.1's way
+        ("deepseek_v31", f"{DS_BEGIN}{DS_CALL}get_time{DS_SEP}{{}}{DS_END}{DS_CALL}get_weather{DS_SEP}{{}}{DS_END}",
+         ["get_time", "get_weather"]),  # chained, unclosed
+        ("deepseek_v31", f"{DS_BEGIN}{DS_CALL}function{DS_SEP}get_time\n```json\n{{}}\n```{DS_END}", ["get_time"]),
         ("phi4mini", '<|tool_call|>[{"name": "get_time", "arguments": {}}]', ["get_time"]),  # left unclosed
         ("phi4mini", '<|tool_call|>{"name": "get_time", "arguments": {}}, {"name": "get_time", "arguments": {}}',
          ["get_time", "get_time"]),  # bare calls, not in a list
@@ -185,6 +222,9 @@ DEEP = "[" * 100_000 + "]" * 100_000
         ("deepseek", "<｜tool▁calls▁begin｜>" + " " * 1_000_000),  # noqa: RUF001
         ("deepseek", "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function get_weather<｜tool▁call▁end｜>"),  # noqa: RUF001
         ("deepseek", f"{DS_BEGIN}{DS_CALL}function{DS_SEP}get_weather\n```json\n{DEEP}\n```{DS_END}"),
+        ("deepseek_v31", f"{DS_BEGIN}{DS_CALL}get_weather{DS_SEP}{DEEP}{DS_END}"),
+        ("deepseek_v31", f"{DS_BEGIN}{DS_CALL}get_weather{DS_SEP}not json{DS_END}"),
+        ("deepseek_v31", f"{DS_BEGIN}{DS_CALL}nope{DS_SEP}{{}}{DS_END}"),
         ("phi4mini", "<|tool_call|>" + DEEP),
         ("phi4mini", "<|tool_call|><|/tool_call|>"),
         ("phi4mini", '<|tool_call|>[{"name": "get_time", "arguments": {}}, 7]<|/tool_call|>'),
@@ -200,6 +240,7 @@ def test_malformed_calls_are_text(name, reply):
         ("llama3", '{"name": "get_time", "parameters": {}} ' * 10_000),
         ("mistral", "[TOOL_CALLS][" + ", ".join(['{"name": "get_time", "arguments": {}}'] * 10_000) + "]"),
         ("deepseek", DS_BEGIN + f"{DS_CALL}function{DS_SEP}get_time\n```json\n{{}}\n```{DS_END}" * 10_000),
+        ("deepseek_v31", DS_BEGIN + f"{DS_CALL}get_time{DS_SEP}{{}}{DS_END}" * 10_000),
         ("phi4mini", "<|tool_call|>[" + ", ".join(['{"name": "get_time", "arguments": {}}'] * 10_000) + "]"),
     ],
 )  # fmt: skip
@@ -216,13 +257,13 @@ def test_the_syntaxs_control_tokens_are_shown_in_replies_only_with_tools():
 
 
 @pytest.mark.parametrize("name", [tool_syntax.HERMES, tool_syntax.LLAMA3, tool_syntax.MISTRAL, tool_syntax.DEEPSEEK,
-                                  tool_syntax.PHI4_MINI])  # fmt: skip
+                                  tool_syntax.DEEPSEEK_V31, tool_syntax.PHI4_MINI])  # fmt: skip
 def test_every_syntax_the_engine_recognises_has_its_dialect(name):
     assert dialect(name).name == name
     assert dialect(None).name == dialect("a later version's").name == "generic"
 
 
-@pytest.mark.parametrize("name", ["hermes", "generic", "llama3", "mistral", "deepseek", "phi4mini"])
+@pytest.mark.parametrize("name", ["hermes", "generic", "llama3", "mistral", "deepseek", "deepseek_v31", "phi4mini"])
 def test_arguments_that_are_not_json_make_no_call(name):
     reply = {
         "hermes": '<tool_call>{"name": "get_time", "arguments": {"x": NaN}}</tool_call>',
@@ -230,6 +271,7 @@ def test_arguments_that_are_not_json_make_no_call(name):
         "llama3": '{"name": "get_time", "parameters": {"x": -Infinity}}',
         "mistral": '[TOOL_CALLS][{"name": "get_time", "arguments": {"x": NaN}}]',
         "deepseek": f'{DS_BEGIN}{DS_CALL}function{DS_SEP}get_time\n```json\n{{"x": NaN}}\n```{DS_END}',
+        "deepseek_v31": f'{DS_BEGIN}{DS_CALL}get_time{DS_SEP}{{"x": NaN}}{DS_END}',
         "phi4mini": '<|tool_call|>[{"name": "get_time", "arguments": {"x": NaN}}]',
     }[name]
     assert parse_calls(reply, calls_of(name)) is None

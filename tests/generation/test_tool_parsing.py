@@ -121,7 +121,7 @@ NAMED = {"get_weather": {"type": "object", "properties": {"city": {"type": "stri
 SPECS = tuple(FunctionSpec(name, parameters=schema) for name, schema in NAMED.items())
 
 
-@pytest.mark.parametrize("dialect_name", [GENERIC, HERMES, "llama3", "mistral", "deepseek", "phi4mini"])
+@pytest.mark.parametrize("dialect_name", [GENERIC, HERMES, "llama3", "mistral", "deepseek", "deepseek_v31", "phi4mini"])
 @pytest.mark.parametrize(
     ("choice", "parallel", "most"),
     [
@@ -163,6 +163,9 @@ BAD_CALLS = {
         "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>{bare}\n```json\n{arguments}\n```"  # noqa: RUF001
         "<｜tool▁call▁end｜><｜tool▁calls▁end｜>"  # noqa: RUF001
     ),
+    "deepseek_v31": (
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>{bare}<｜tool▁sep｜>{arguments}<｜tool▁call▁end｜><｜tool▁calls▁end｜>"  # noqa: RUF001
+    ),
 }
 
 
@@ -184,7 +187,7 @@ SHAPES = [  # (name, arguments, is it a call)
         (family, *shape)
         for family in sorted(BAD_CALLS)
         for shape in SHAPES
-        if family != "deepseek" or shape[0].startswith('"')  # DeepSeek writes the name as bare text
+        if not family.startswith("deepseek") or shape[0].startswith('"')  # DeepSeek writes the name as bare text
     ],
 )
 def test_a_call_is_a_string_name_of_a_function_with_an_object_of_arguments(family, name, arguments, is_call):

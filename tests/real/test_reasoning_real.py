@@ -1,6 +1,7 @@
 """Reasoning models for real: tiny random-weight GGUFs with Qwen3's and DeepSeek-R1-Distill's published chat
 templates, served like any registry entry. The templates render exactly (the switch included), a grammar forces a
-thinking block and then JSON or a tool call through llama.cpp, and the budget forces the end marker."""
+thinking block and then JSON or a tool call through llama.cpp, and the budget forces the end marker. DeepSeek-R1's
+first template (only </think> in it) opens the block implicitly: the reply is thinking from its first token."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ R1_PROMPT = (
     f"{DEEPSEEK_BOS}You are terse.<｜User｜>Hi there<｜Assistant｜>Hello.{DEEPSEEK_EOS}"  # noqa: RUF001
     "<｜User｜>Name a colour<｜Assistant｜><think>\n"  # noqa: RUF001
 )
+EARLY_R1_PROMPT = R1_PROMPT.removesuffix("<think>\n")  # DeepSeek's first template: no <think> in the prompt
 BUDGET = 6  # thinking tokens at the default effort ("medium")
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"], "additionalProperties": False}
 WEATHER = {
@@ -60,6 +62,13 @@ def reasoning_server(tmp_path_factory) -> ServerProcess:
             "name": "tiny-r1",
             "source": {"path": str(write_seed_model(folder / "r1.gguf", "r1distill"))},
             "reasoning": {"budget_tokens": BUDGET},  # markers and switch ("auto": none here) from the template
+            "n_ctx": 512,
+            "n_threads": 1,
+        },
+        {
+            "name": "tiny-r1-early",
+            "source": {"path": str(write_seed_model(folder / "r1-early.gguf", "r1distill-early"))},
+            "reasoning": {"budget_tokens": BUDGET},  # the implicit start ("auto") from the template
             "n_ctx": 512,
             "n_threads": 1,
         },
@@ -119,7 +128,7 @@ def test_the_budget_forces_the_end_marker(reasoning_server):
     assert "".join(d.get("content") or "" for d in deltas) == message["content"]
 
 
-@pytest.mark.parametrize("model", ["tiny-qwen3", "tiny-r1"])
+@pytest.mark.parametrize("model", ["tiny-qwen3", "tiny-r1", "tiny-r1-early"])
 def test_a_grammar_forces_a_thinking_block_then_json(reasoning_server, model):
     response_format = {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}
     body = chat(reasoning_server, model, max_tokens=120, response_format=response_format, reasoning_effort="medium")
@@ -131,6 +140,34 @@ def test_a_grammar_forces_a_thinking_block_then_json(reasoning_server, model):
     # The budget, then the forced </think>; where the budget ends inside a character written byte by byte, the
     # grammar refuses the marker until the character is whole (at most 3 more bytes).
     assert 0 < thought <= BUDGET + 1 + 3
+
+
+def test_an_early_r1_template_opens_the_block_implicitly(reasoning_server):
+    rendered = post(reasoning_server, "/apply-template", model="tiny-r1-early", messages=CONVERSATION)
+    assert rendered.status_code == 200 and rendered.json()["prompt"] == EARLY_R1_PROMPT
+    refused = post(
+        reasoning_server, "/apply-template", model="tiny-r1-early", messages=CONVERSATION, reasoning_effort="none"
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "reasoning_effort"  # always thinks
+    cut = chat(reasoning_server, "tiny-r1-early", max_tokens=40)
+    assert cut["usage"]["completion_tokens_details"]["reasoning_tokens"] == BUDGET + 1  # from the first token
+    assert cut["choices"][0]["message"]["reasoning_content"]
+    # <think> written anyway (its token favoured throughout): dropped, the block goes on to the forced </think>, and
+    # the grammar behind the block takes it, then JSON (which <think> cannot be part of).
+    [think] = post(reasoning_server, "/tokenize", model="tiny-r1-early", content="<think>").json()["tokens"]
+    response_format = {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}
+    body = chat(
+        reasoning_server,
+        "tiny-r1-early",
+        max_tokens=120,
+        logit_bias={str(think): 100},
+        response_format=response_format,
+        reasoning_effort="medium",
+    )
+    message = body["choices"][0]["message"]
+    assert message["reasoning_content"] == "<think>" * (BUDGET - 1)
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == BUDGET + 1
+    assert isinstance(json.loads(message["content"])["a"], int)
 
 
 def test_a_forced_tool_call_after_thinking(reasoning_server):

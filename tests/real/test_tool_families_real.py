@@ -6,6 +6,7 @@ as OpenAI tool_calls with stable ids, and the openai SDK's stream helper assembl
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,10 @@ import openai
 import pytest
 import yaml
 
+from server.config import ModelSpec, PathSource
+from server.engine.llama import LlamaCppEngine
+from server.generation.plan import ToolCallRecord, Turn
+from server.generation.prompt import conversation
 from tests.gguf_factory import write_tiny_llama
 from tests.real.conftest import ServerProcess
 from tests.real.test_native_tools_real import QUESTION, WEATHER
@@ -121,6 +126,20 @@ FAMILIES = {
         user_defined=("<think>", "</think>", *DEEPSEEK_TOOL_TOKENS),
         entry={"reasoning": False},  # its thinking is the reasoning tests' matter: here the call comes at once
     ),
+    "deepseek_v31": Family(
+        "deepseek-ai-DeepSeek-V3.1.jinja",
+        DEEPSEEK_MARKERS,
+        bos=DEEPSEEK_MARKERS[0],
+        eos=DEEPSEEK_MARKERS[1],
+        listed="## Tools\nYou have access to the following tools:\n\n### get_weather\nDescription: Current weather",
+        history=(
+            "<｜Assistant｜><think></think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>"  # noqa: RUF001
+            '{"city": "Paris", "unit": "celsius"}<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>',  # noqa: RUF001
+            "<｜tool▁output▁begin｜>18 degrees<｜tool▁output▁end｜>",  # noqa: RUF001
+        ),
+        user_defined=("<think>", "</think>", *DEEPSEEK_TOOL_TOKENS),
+        # its thinking is left to the template: off unless asked for (the prompt closes an empty block)
+    ),
     "phi4mini": Family(
         "microsoft-Phi-4-mini-instruct.jinja",
         (
@@ -176,21 +195,25 @@ HISTORY = [
 ]
 
 
+def _write_family(path: Path, family: Family) -> Path:
+    return write_tiny_llama(
+        path,
+        chat_template=(TEMPLATES / family.template).read_text(encoding="utf-8"),
+        context_length=4096,
+        quant="Q4_1",  # a sequence's logits do not depend on its batch: seeded replies repeat exactly
+        specials=family.specials,
+        bos=family.bos,
+        eos=family.eos,
+        user_defined=family.user_defined,
+    )
+
+
 @pytest.fixture(scope="module")
 def families_server(tmp_path_factory) -> ServerProcess:
     folder = tmp_path_factory.mktemp("families")
     entries = []
     for name, family in FAMILIES.items():
-        path = write_tiny_llama(
-            folder / f"{name}.gguf",
-            chat_template=(TEMPLATES / family.template).read_text(encoding="utf-8"),
-            context_length=4096,
-            quant="Q4_1",  # a sequence's logits do not depend on its batch: seeded replies repeat exactly
-            specials=family.specials,
-            bos=family.bos,
-            eos=family.eos,
-            user_defined=family.user_defined,
-        )
+        path = _write_family(folder / f"{name}.gguf", family)
         entry = {"name": f"tiny-{name}", "source": {"path": str(path)}, "n_ctx": 4096, "n_threads": 1}
         entries.append({**entry, **family.entry})
     (folder / "models.yaml").write_text(yaml.safe_dump({"models": entries}, allow_unicode=True))
@@ -245,11 +268,15 @@ def test_a_familys_own_syntax_end_to_end(families_server, name):
         (c.function.name, c.function.arguments) for c in whole.message.tool_calls
     ]
     assert whole.message.content is None and streamed.message.content is None
-    ids = [d.id for chunk in chunks for d in (chunk.choices[0].delta.tool_calls or []) if chunk.choices]
+    deltas = [d for chunk in chunks for d in (chunk.choices[0].delta.tool_calls or []) if chunk.choices]
+    ids = [d.id for d in deltas if d.id is not None]
     assert ids == [c.id for c in streamed.message.tool_calls] and len(set(ids)) == len(ids)  # stable, once each
-    if name == "mistral":  # the model's own ids, nine letters and digits
-        assert all(len(c.id) == 9 and c.id.isalnum() for c in whole.message.tool_calls)
-        assert [c.id for c in whole.message.tool_calls] == [c.id for c in streamed.message.tool_calls]
+    # The arguments stream: a call's first delta has its name and no arguments, the rest come in pieces.
+    assert all(d.function.arguments == "" for d in deltas if d.id is not None)
+    assert len(deltas) > 2 * len(ids)
+    if name == "mistral":  # ids as Mistral's are: nine letters and digits
+        for choice in (whole, streamed):
+            assert all(len(c.id) == 9 and c.id.isalnum() for c in choice.message.tool_calls)
 
 
 @pytest.mark.parametrize("name", [n for n, family in FAMILIES.items() if family.marker is not None])
@@ -269,3 +296,45 @@ def test_the_syntaxs_control_token_is_read_as_text_only_when_tools_may_be_called
     _assert_valid_calls(reply.choices[0].message.tool_calls)
     plain = api.chat.completions.create(model=model, messages=QUESTION, logit_bias=bias, seed=4, max_tokens=5)
     assert family.marker not in (plain.choices[0].message.content or "")  # no tools: control tokens show nothing
+
+
+def test_phi4_minis_earlier_calls_reach_it_as_its_control_tokens(families_server, tmp_path):
+    """Its template prints earlier calls only inside the assistant's content: the markers the dialect writes there
+    are the model's control tokens, while the same text from the client (a message, an argument) stays text."""
+    opening, closing = "<|tool_call|>", "<|/tool_call|>"
+    # Through the server (the messages cross to the model's worker process): the prompt it counts is the rendered
+    # prompt with every marker as one control token, not the markers' spelling.
+    prompt = _prompt(families_server, "tiny-phi4mini", HISTORY)
+    tokenized = httpx.post(
+        families_server.url + "/tokenize",
+        json={"model": "tiny-phi4mini", "content": prompt, "add_special": True},
+        timeout=120,
+    ).json()["tokens"]
+    api = openai.OpenAI(base_url=families_server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    reply = api.chat.completions.create(model="tiny-phi4mini", messages=HISTORY, tools=[WEATHER], max_tokens=1)
+    assert reply.usage.prompt_tokens == len(tokenized)
+
+    spec = ModelSpec(
+        name="phi4", source=PathSource(path=_write_family(tmp_path / "phi4.gguf", FAMILIES["phi4mini"])), n_threads=1,
+        parallel=1,
+    )  # fmt: skip
+    engine = LlamaCppEngine.load(spec)
+    try:
+        [open_id], [close_id] = (asyncio.run(engine.tokenize(m, add_special=False)) for m in (opening, closing))
+        arguments = json.dumps({"city": f"{opening}Paris{closing}", "unit": "celsius"})
+        turns = (
+            Turn("user", f"Weather? {opening}"),
+            Turn("assistant", "", tool_calls=(ToolCallRecord("call_1", "get_weather", arguments),)),
+            Turn("tool", f"{closing}18 degrees", tool_call_id="call_1"),
+        )
+        messages, _ = conversation(turns, None, "phi4mini")
+        tokens = asyncio.run(engine.tokenize_chat(messages))
+        # One control token each, for the call the dialect wrote; the client's spellings of them are text.
+        assert tokens.count(open_id) == 1 and tokens.count(close_id) == 1
+        inside = tokens[tokens.index(open_id) + 1 : tokens.index(close_id)]
+        written = b"".join(asyncio.run(engine.detokenize(inside))).decode()
+        assert json.loads(written) == [{"name": "get_weather", "arguments": json.loads(arguments)}]
+        text = b"".join(asyncio.run(engine.detokenize(tokens))).decode()
+        assert f"Weather? {opening}" in text and f"{closing}18 degrees" in text
+    finally:
+        engine.close()

@@ -2,15 +2,17 @@
 (event name, data) pairs. Pure: no I/O.
 
 A stream is message_start, ping, then per content block content_block_start, its deltas and content_block_stop
-(a reasoning model's thinking first, then the text, then each tool call), then message_delta (stop reason, output
-tokens) and message_stop. With `thinking.display` "omitted" the thinking blocks are there, empty.
+(a reasoning model's thinking first, then the text, then each tool call, its input as JSON text a piece at a
+time), then message_delta (stop reason, output tokens) and message_stop. With `thinking.display` "omitted" the
+thinking blocks are there, empty.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
+
+import pydantic_core
 
 from server.api.anthropic.schemas import Message, StopReason, TextBlock, ThinkingBlock, ToolUseBlock, Usage
 from server.generation.reply import (
@@ -20,7 +22,8 @@ from server.generation.reply import (
     ReplyEvent,
     TextPiece,
     ToolCall,
-    ToolCalls,
+    ToolCallArguments,
+    ToolCallStart,
 )
 
 Event = tuple[str, dict[str, Any]]
@@ -42,10 +45,17 @@ def stop_of(end: ChoiceEnd) -> tuple[StopReason, str | None]:
 def tool_use_block(call: ToolCall) -> ToolUseBlock:
     # Anthropic's ids read `toolu_...`; the call's own id stays recognizable in it.
     call_id = call.id if call.id.startswith("toolu_") else f"toolu_{call.id.removeprefix('call_')}"
-    arguments = json.loads(call.arguments) if call.arguments.strip() else {}
-    if not isinstance(arguments, dict):  # tool input schemas are objects, and the grammar enforces them
-        raise ValueError(f"the arguments of tool call {call.id!r} are not a JSON object")
-    return ToolUseBlock(id=call_id, name=call.name, input=arguments)
+    return ToolUseBlock(id=call_id, name=call.name, input=tool_input(call.arguments))
+
+
+def tool_input(arguments: str) -> dict[str, Any]:
+    """A call's input as the `anthropic` SDK reads it from a stream's pieces: JSON read in partial mode, so the
+    arguments of a call cut short by the token limit give what they hold so far."""
+    try:
+        value = pydantic_core.from_json(arguments, allow_partial=True) if arguments.strip() else {}
+    except ValueError:
+        value = {}
+    return value if isinstance(value, dict) else {}
 
 
 def build_message(
@@ -81,7 +91,7 @@ class MessageStream:
         usage = Usage(input_tokens=input_tokens, output_tokens=0)
         self._head = Message(id=message_id, content=[], model=model, stop_reason=None, usage=usage)
         self._blocks = 0  # content blocks started so far: the next one's index
-        self._open: str | None = None  # the kind of the block open now: "text" or "thinking"
+        self._open: str | None = None  # the kind of the block open now: "text", "thinking", "tool_use"
         self._show_thinking = show_thinking
         self.done = False  # message_stop was produced
 
@@ -95,11 +105,15 @@ class MessageStream:
             return self._piece("text", event.text)
         if isinstance(event, ReasoningPiece):
             return self._piece("thinking", event.text)
-        if isinstance(event, ToolCalls):
+        if isinstance(event, ToolCallStart):
+            block = tool_use_block(ToolCall(event.id, event.name, ""))
             out = self._close_block()
-            for call in event.calls:
-                out += self._tool_use(tool_use_block(call))
+            out.append(_event("content_block_start", index=self._blocks, content_block=block.model_dump(mode="json")))
+            self._open = "tool_use"
             return out
+        if isinstance(event, ToolCallArguments):
+            delta = {"type": "input_json_delta", "partial_json": event.text}
+            return [_event("content_block_delta", index=self._blocks, delta=delta)]
         return self._end(event)
 
     def _piece(self, kind: str, text: str) -> list[Event]:
@@ -125,17 +139,6 @@ class MessageStream:
         self._open = None
         self._blocks += 1
         return [_event("content_block_stop", index=self._blocks - 1)]
-
-    def _tool_use(self, block: ToolUseBlock) -> list[Event]:
-        index = self._blocks
-        self._blocks += 1
-        start = {**block.model_dump(mode="json"), "input": {}}
-        partial = json.dumps(block.input, ensure_ascii=False)  # the whole input in one delta
-        return [
-            _event("content_block_start", index=index, content_block=start),
-            _event("content_block_delta", index=index, delta={"type": "input_json_delta", "partial_json": partial}),
-            _event("content_block_stop", index=index),
-        ]
 
     def _end(self, end: ChoiceEnd) -> list[Event]:
         reason, sequence = stop_of(end)

@@ -6,7 +6,6 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from server.api.openai.schemas import (
     AssistantMessage,
@@ -33,8 +32,8 @@ from server.generation.reply import (
     ReasoningPiece,
     ReplyEvent,
     TextPiece,
-    ToolCall,
-    ToolCalls,
+    ToolCallArguments,
+    ToolCallStart,
 )
 
 
@@ -113,14 +112,16 @@ class _UsageTally:
 
 
 class ChatStreamState:
-    """Reply events to chat chunks: the role once first, content deltas, tool calls whole, an empty delta with
-    the finish reason; when asked, a usage chunk with no choices after the last choice has finished."""
+    """Reply events to chat chunks: the role once first, content deltas, tool calls as they stream (a call's id,
+    type and name in its first delta, then its arguments a piece at a time), an empty delta with the finish reason;
+    when asked, a usage chunk with no choices after the last choice has finished."""
 
     def __init__(self, meta: ResponseMeta, *, include_usage: bool, n: int = 1, logprobs: bool = False) -> None:
         self._meta = meta
         self._usage = _UsageTally(meta, n=n, include_usage=include_usage)
         self._started: set[int] = set()
         self._with_content: set[int] = set()  # choices whose content has been sent (if only as "")
+        self._calls: dict[int, int] = {}  # per choice, the calls begun so far
         self._logprobs = logprobs
 
     def push(self, event: ReplyEvent) -> Iterator[ChatCompletionChunk]:
@@ -129,7 +130,7 @@ class ChatStreamState:
             self._started.add(index)
             # Content as the response not streamed has it: null for a reply of tool calls, else a string. A
             # reasoning model's reply may still turn out either way: its content waits.
-            content = None if isinstance(event, ToolCalls | ReasoningPiece) else ""
+            content = None if isinstance(event, ToolCallStart | ReasoningPiece) else ""
             if content is not None:
                 self._with_content.add(index)
             yield self._chunk(index, ChatDelta(role="assistant", content=content))
@@ -139,12 +140,18 @@ class ChatStreamState:
             yield self._chunk(index, ChatDelta(content=event.text), logprobs=logprobs)
         elif isinstance(event, ReasoningPiece):
             yield self._chunk(index, ChatDelta(reasoning_content=event.text))
-        elif isinstance(event, ToolCalls):
-            yield self._chunk(index, ChatDelta(tool_calls=tool_call_deltas(event.calls)))
+        elif isinstance(event, ToolCallStart):
+            position = self._calls[index] = self._calls.get(index, -1) + 1
+            function = {"name": event.name, "arguments": ""}
+            call = {"index": position, "id": event.id, "type": "function", "function": function}
+            yield self._chunk(index, ChatDelta(tool_calls=[call]))
+        elif isinstance(event, ToolCallArguments):
+            call = {"index": self._calls[index], "function": {"arguments": event.text}}
+            yield self._chunk(index, ChatDelta(tool_calls=[call]))
         else:
             logprobs = chat_logprobs(event.logprobs) if self._logprobs and event.logprobs else None
             # A reply that ended with no text and no calls (cut off while thinking) has "" content, as non-streamed.
-            empty = "" if event.reason != "tool_calls" and index not in self._with_content else None
+            empty = "" if index not in self._with_content and index not in self._calls else None
             yield self._chunk(index, ChatDelta(content=empty), finish_reason=event.reason, logprobs=logprobs)
             usage = self._usage.finish(event)
             if usage is not None:
@@ -171,7 +178,7 @@ class CompletionStreamState:
         self._offsets: dict[int, int] = {}
 
     def push(self, event: ReplyEvent) -> Iterator[Completion]:
-        if isinstance(event, ToolCalls | ReasoningPiece):  # no tools, and no chat template, on legacy completions
+        if isinstance(event, ToolCallStart | ToolCallArguments | ReasoningPiece):  # no tools nor chat template here
             return
         index = event.choice
         text = event.text if isinstance(event, TextPiece) else ""
@@ -193,14 +200,6 @@ class CompletionStreamState:
     ) -> Completion:
         choice = CompletionChoice(index=index, text=text, finish_reason=finish_reason, logprobs=logprobs)  # type: ignore[arg-type]
         return Completion(id=self._meta.id, created=self._meta.created, model=self._meta.model, choices=[choice])
-
-
-def tool_call_deltas(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
-    """Each call whole in one delta: id, type and name once, the arguments as one fragment."""
-    return [
-        {"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-        for i, c in enumerate(calls)
-    ]
 
 
 def chat_completion(meta: ResponseMeta, finished: list[FinishedChoice], logprobs: bool) -> ChatCompletion:

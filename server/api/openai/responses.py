@@ -1,23 +1,22 @@
 """The Responses API (`POST /v1/responses`) as a translation onto chat completions, both ways.
 
-Requests become a `ChatCompletionRequest`; a chat completion becomes a Response object; a stream of chat chunks
-becomes the documented event sequence. Responses are not stored: `previous_response_id` is refused with a 400.
+Requests become a `ChatCompletionRequest`; a whole reply becomes a Response object (a streamed one, the documented
+event sequence: server/api/openai/responses_stream.py). Responses are not stored: `previous_response_id` is
+refused with a 400.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from server.api.openai.plans import chat_plan
 from server.api.openai.request_parts import OtherToolParam, ToolChoiceMode
-from server.api.openai.responses_reasoning import ReasoningOutput, new_reasoning_id, reasoning_item
+from server.api.openai.responses_reasoning import new_reasoning_id, reasoning_item
 from server.api.openai.responses_request import (
     FunctionCallItem,
     FunctionTool,
@@ -29,9 +28,8 @@ from server.api.openai.responses_request import (
 )
 from server.api.openai.schemas import ChatCompletionRequest
 from server.errors import InvalidRequestError, UnsupportedParameterError, from_validation_errors
-from server.generation.pipeline import Generation
 from server.generation.plan import GenerationPlan, ParamNames
-from server.generation.reply import ChoiceEnd, FinishedChoice, ReasoningPiece, ToolCall, ToolCalls
+from server.generation.reply import ChoiceEnd, FinishedChoice, ToolCall
 
 
 def to_plan(body: ResponsesRequest) -> GenerationPlan:
@@ -159,7 +157,7 @@ def _echo_tool(tool: BaseModel) -> Any:
     return echoed
 
 
-def _usage(prompt: int, end: ChoiceEnd) -> dict[str, Any]:
+def usage_of(prompt: int, end: ChoiceEnd) -> dict[str, Any]:
     completion = end.completion_tokens
     return {
         "input_tokens": prompt,
@@ -170,7 +168,7 @@ def _usage(prompt: int, end: ChoiceEnd) -> dict[str, Any]:
     }
 
 
-def _envelope(response_id: str, body: ResponsesRequest, status: str, output: list[Any], **extra: Any) -> dict[str, Any]:
+def envelope(response_id: str, body: ResponsesRequest, status: str, output: list[Any], **extra: Any) -> dict[str, Any]:
     return {
         "id": response_id,
         "object": "response",
@@ -195,12 +193,12 @@ def _envelope(response_id: str, body: ResponsesRequest, status: str, output: lis
     }
 
 
-def _message(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    content = [_text_part(text)]
+def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    content = [text_part(text)]
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
 
 
-def _function_call(call: ToolCall) -> dict[str, Any]:
+def function_call_item(call: ToolCall) -> dict[str, Any]:
     return {
         "type": "function_call",
         "id": f"fc_{uuid.uuid4().hex[:24]}",
@@ -215,98 +213,20 @@ def from_finished(body: ResponsesRequest, choice: FinishedChoice, prompt_tokens:
     """The Response object of a whole (not streamed) reply."""
     output = [reasoning_item(new_reasoning_id(), choice.reasoning)] if choice.reasoning else []
     if choice.text or not choice.calls:  # the text, also when the model wrote some before its calls
-        output.append(_message(f"msg_{uuid.uuid4().hex[:24]}", choice.text))
-    output += [_function_call(call) for call in choice.calls]
+        output.append(message_item(f"msg_{uuid.uuid4().hex[:24]}", choice.text))
     incomplete = choice.end.reason == "length"
-    return _envelope(
+    output += [function_call_item(call) for call in choice.calls]
+    if incomplete and choice.calls:  # the token limit cut the last call short
+        output[-1]["status"] = "incomplete"
+    return envelope(
         f"resp_{uuid.uuid4().hex}",
         body,
         "incomplete" if incomplete else "completed",
         output,
         incomplete_details={"reason": "max_output_tokens"} if incomplete else None,
-        usage=_usage(prompt_tokens, choice.end),
+        usage=usage_of(prompt_tokens, choice.end),
     )
 
 
-async def events(body: ResponsesRequest, generation: Generation) -> AsyncIterator[dict[str, Any]]:
-    """The documented streaming event sequence, from the generation's reply events (one choice). The SSE encoder
-    numbers them (`sequence_number`); closing this closes the generation."""
-    async with contextlib.aclosing(generation.events), contextlib.aclosing(_events(body, generation)) as events:  # type: ignore[type-var]
-        async for event in events:
-            yield event
-
-
-async def _events(body: ResponsesRequest, generation: Generation) -> AsyncIterator[dict[str, Any]]:
-    response_id, item_id = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex[:24]}"
-    yield {"type": "response.created", "response": _envelope(response_id, body, "in_progress", [])}
-    yield {"type": "response.in_progress", "response": _envelope(response_id, body, "in_progress", [])}
-    text, calls, end = "", (), None
-    output: list[Any] = []
-    thought, at = ReasoningOutput(), None  # at: the message's index in the output, once it opens
-    async for event in generation.events:
-        if isinstance(event, ReasoningPiece):
-            for item in thought.piece(event.text, len(output)):
-                yield item
-            continue
-        if thought.open:  # the thinking is over
-            for item in thought.close():
-                yield item
-            output.append(thought.item())
-        if isinstance(event, ToolCalls):
-            calls = event.calls
-        elif isinstance(event, ChoiceEnd):
-            end = event
-        else:
-            if at is None:
-                at = len(output)
-                yield _item_added(item_id, at)
-                yield {**_part(item_id, at), "type": "response.content_part.added", "part": _text_part("")}
-            text += event.text
-            yield {**_part(item_id, at), "type": "response.output_text.delta", "delta": event.text, "logprobs": []}
-    if at is None and not calls:  # no text and no calls: an empty message, as the response not streamed has
-        at = len(output)
-        yield _item_added(item_id, at)
-        yield {**_part(item_id, at), "type": "response.content_part.added", "part": _text_part("")}
-    if at is not None:
-        yield {**_part(item_id, at), "type": "response.output_text.done", "text": text, "logprobs": []}
-        yield {**_part(item_id, at), "type": "response.content_part.done", "part": _text_part(text)}
-        output.append(_message(item_id, text))
-        yield {"type": "response.output_item.done", "output_index": at, "item": output[-1]}
-    for call in calls:
-        item = _function_call(call)
-        index = len(output)
-        yield {"type": "response.output_item.added", "output_index": index, "item": {**item, "status": "in_progress"}}
-        yield {
-            "type": "response.function_call_arguments.done",
-            "output_index": index,
-            "item_id": item["id"],
-            "arguments": item["arguments"],
-        }
-        output.append(item)
-        yield {"type": "response.output_item.done", "output_index": index, "item": item}
-    incomplete = end is not None and end.reason == "length"
-    final = _envelope(
-        response_id,
-        body,
-        "incomplete" if incomplete else "completed",
-        output,
-        incomplete_details={"reason": "max_output_tokens"} if incomplete else None,
-        usage=None if end is None else _usage(generation.prompt_tokens, end),
-    )
-    yield {"type": "response.incomplete" if incomplete else "response.completed", "response": final}
-
-
-def _text_part(text: str) -> dict[str, Any]:
+def text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-
-def _item_added(item_id: str, index: int) -> dict[str, Any]:
-    return {
-        "type": "response.output_item.added",
-        "output_index": index,
-        "item": _message(item_id, "", "in_progress") | {"content": []},
-    }
-
-
-def _part(item_id: str, index: int) -> dict[str, Any]:
-    return {"item_id": item_id, "output_index": index, "content_index": 0}

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from server.api.openai import endpoints
+from server.api.openai import endpoints, responses_stream
 from server.api.openai import responses as responses_api
 from server.api.openai.embeddings import EmbeddingRequest, embedding_list, embedding_plan
 from server.api.openai.models import model_card, model_list
@@ -84,7 +84,7 @@ async def completions(request: Request, body: CompletionBody, pipeline: Pipeline
 async def create_response(request: Request, body: ResponsesBody, pipeline: PipelineDep, record: RecordDep) -> Response:
     plan = await off_loop(responses_api.to_plan, body)
     if body.stream:
-        events = responses_api.events(body, await pipeline.start(plan, record))
+        events = responses_stream.events(body, await pipeline.start(plan, record))
         return _events(request, record, sse.encode_events, events)
 
     async def respond() -> dict:

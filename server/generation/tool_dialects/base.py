@@ -4,6 +4,7 @@ and in the grammar that forces a call. Each family's module subclasses `Dialect`
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -25,8 +26,10 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
 
 
-# A model's JSON as RFC 8259 reads it: NaN and Infinity (which Python's parser takes) are not calls' arguments.
-JSON = json.JSONDecoder(parse_constant=_not_json)
+# A model's JSON: NaN and Infinity (which Python's parser takes) are not calls' arguments; raw control characters
+# inside strings (a newline in code a model writes) are read as the characters they are (tool_dialects/json_canon.py
+# reads them the same way as they stream).
+JSON = json.JSONDecoder(parse_constant=_not_json, strict=False)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,12 @@ class Dialect:
     opening: str | None = None  # the text calls begin with, wherever in the reply (text before it is content)
     json_at_start = False  # a reply that begins with "{" may be calls (syntaxes whose calls are bare JSON)
     markers: tuple[str, ...] = ()  # the syntax's control tokens, shown as text in replies when tools may be called
+    # How calls begin as they stream (tool_dialects/preview.py): `first_call` where the calls begin, `next_call`
+    # where the call before ended, each up to the "{" of the call's arguments, with the function's name as the last
+    # group that took part (`streamed_calls`); None: the calls are read whole at the reply's end.
+    first_call: re.Pattern[str] | None = None
+    next_call: re.Pattern[str] | None = None
+    call_is_object = True  # a call is a JSON object that holds its arguments: it ends after them
 
     def instructions(self, functions: Sequence[FunctionSpec], when: str, forced: bool) -> str | None:
         """What the system message says about the tools (None: nothing): the template lists them itself, so
@@ -76,6 +85,10 @@ class Dialect:
         function = {"name": call.name, "arguments": arguments_value(call.arguments)}
         return {"id": self.call_id(call.id), "type": "function", "function": function}
 
+    def fresh_id(self) -> str:
+        """An id for a call the model makes."""
+        return new_call_id()
+
     def call_id(self, client_id: str | None) -> str | None:
         """A call's id as the template is shown it."""
         return client_id
@@ -99,8 +112,10 @@ class Dialect:
 
 
 def repeated(item: str, separator: str, most: int) -> str:
-    """GBNF: `item`, then up to `most - 1` more after `separator` (a literal)."""
-    return item if most <= 1 else f"{item} ({gbnf_literal(separator)} {item}){{0,{most - 1}}}"
+    """GBNF: `item`, then up to `most - 1` more after `separator` (a literal; "": one right after the other)."""
+    if most <= 1:
+        return item
+    return f"{item} ({f'{gbnf_literal(separator)} ' if separator else ''}{item}){{0,{most - 1}}}"
 
 
 def json_call(name: str, arguments: str, *, key: str = "arguments", tail: str = "") -> str:
@@ -108,6 +123,22 @@ def json_call(name: str, arguments: str, *, key: str = "arguments", tail: str = 
     `tail`: GBNF of more members after the arguments."""
     head = [gbnf_literal('{"name": '), gbnf_literal(json.dumps(name)), gbnf_literal(f', "{key}": '), arguments]
     return " ".join([*head, *([tail] if tail else []), gbnf_literal("}")])
+
+
+BLANK = "[ \t\r\n]{0,32}"  # blanks as models write them between tokens (bounded: the patterns' length is)
+NAME = "([A-Za-z0-9_.-]{1,64})"  # a function's name as requests may give it (bounded, no escapes)
+
+
+def json_header(*keys: str) -> str:
+    """How a call written as `{"name": NAME, "<key>": {...}}` begins (name first, as templates print calls)."""
+    key, b = "|".join(re.escape(k) for k in keys), BLANK
+    return rf'\{{{b}"name"{b}:{b}"{NAME}"{b},{b}"(?:{key})"{b}:{b}(?=\{{)'
+
+
+def streamed_calls(lead: str, gap: str, header: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """A dialect's `first_call` and `next_call`: what comes before the first call's header, and between a call's
+    end and the next one's (patterns without groups)."""
+    return re.compile(f"(?:{lead}){header}"), re.compile(f"(?:{gap}){header}")
 
 
 def new_call_id() -> str:
@@ -141,7 +172,12 @@ def arguments_text(arguments: Any) -> str | None:
             return None
     if arguments is None:
         arguments = {}
-    return json.dumps(arguments) if isinstance(arguments, dict) else None
+    if not isinstance(arguments, dict):
+        return None
+    try:  # a number too large for a float (1e400) is no JSON text
+        return json.dumps(arguments, allow_nan=False)
+    except ValueError:
+        return None
 
 
 def read_calls(items: Any, calls: CallFormat, keys: tuple[str, ...] = ("arguments",)) -> list[ToolCall] | None:

@@ -12,13 +12,16 @@ from server.generation.grammar_rules import gbnf_literal
 from server.generation.plan import FunctionSpec, Turn
 from server.generation.reply import ToolCall
 from server.generation.tool_dialects.base import (
+    BLANK,
     JSON,
     CallFormat,
     Dialect,
     arguments_value,
     json_call,
+    json_header,
     read_calls,
     repeated,
+    streamed_calls,
 )
 
 CALL_INSTRUCTIONS = (
@@ -33,6 +36,9 @@ class Generic(Dialect):
     name = "generic"
     template_lists_tools = False
     json_at_start = True
+    first_call, next_call = streamed_calls(
+        rf'{BLANK}\{{{BLANK}"tool_calls"{BLANK}:{BLANK}\[{BLANK}', f"{BLANK},{BLANK}", json_header("arguments")
+    )
 
     def instructions(self, functions: Sequence[FunctionSpec], when: str, forced: bool) -> str | None:
         described = "\n".join(json.dumps(f.described()) for f in functions)

@@ -6,7 +6,17 @@ from __future__ import annotations
 from server.engine import tool_syntax
 from server.generation.grammar_rules import gbnf_literal
 from server.generation.reply import ToolCall
-from server.generation.tool_dialects.base import JSON, CallFormat, Dialect, json_call, read_calls, repeated
+from server.generation.tool_dialects.base import (
+    BLANK,
+    JSON,
+    CallFormat,
+    Dialect,
+    json_call,
+    json_header,
+    read_calls,
+    repeated,
+    streamed_calls,
+)
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
@@ -15,6 +25,9 @@ class Hermes(Dialect):
     name = tool_syntax.HERMES
     opening = OPEN
     markers = (OPEN, CLOSE)
+    first_call, next_call = streamed_calls(
+        f"{BLANK}{OPEN}{BLANK}", f"{BLANK}{CLOSE}{BLANK}{OPEN}{BLANK}", json_header("arguments")
+    )
 
     def parse(self, text: str, calls: CallFormat) -> list[ToolCall] | None:
         stripped = text.strip()

@@ -13,13 +13,16 @@ from server.engine import tool_syntax
 from server.generation.plan import Turn
 from server.generation.reply import ToolCall
 from server.generation.tool_dialects.base import (
+    BLANK,
     JSON,
     CallFormat,
     Dialect,
     json_call,
+    json_header,
     json_values,
     new_call_id,
     read_call,
+    streamed_calls,
 )
 
 PYTHON_TAG = "<|python_tag|>"
@@ -32,6 +35,9 @@ class Llama3(Dialect):
     opening = PYTHON_TAG
     json_at_start = True
     markers = (PYTHON_TAG,)
+    first_call, next_call = streamed_calls(
+        rf"{BLANK}(?:{re.escape(PYTHON_TAG)}{BLANK})?", "[ \t\r\n;,]{0,32}", json_header("parameters", "arguments")
+    )
 
     def messages(self, turn: Turn) -> list[dict[str, Any]]:
         """The templates refuse an assistant message with more than one call: each call is its own message."""

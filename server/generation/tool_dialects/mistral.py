@@ -11,13 +11,16 @@ from server.engine import tool_syntax
 from server.generation.grammar_rules import gbnf_literal
 from server.generation.reply import ToolCall
 from server.generation.tool_dialects.base import (
+    BLANK,
     CallFormat,
     Dialect,
     alphanumeric_id,
     json_call,
+    json_header,
     json_values,
     read_call,
     repeated,
+    streamed_calls,
 )
 
 TOOL_CALLS = "[TOOL_CALLS]"
@@ -30,6 +33,13 @@ class Mistral(Dialect):
     name = tool_syntax.MISTRAL
     opening = TOOL_CALLS
     markers = (TOOL_CALLS,)
+    # An id the model writes after the arguments comes too late for a stream: calls get theirs as they begin.
+    first_call, next_call = streamed_calls(
+        rf"{BLANK}{re.escape(TOOL_CALLS)}{BLANK}\[?{BLANK}", f"{BLANK},{BLANK}", json_header("arguments")
+    )
+
+    def fresh_id(self) -> str:
+        return alphanumeric_id()
 
     def call_id(self, client_id: str | None) -> str | None:
         """A client's call id as nine letters and digits: itself when it is one (an id this model made), else

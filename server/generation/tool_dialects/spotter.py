@@ -1,5 +1,6 @@
-"""Where tool calls begin in a reply that streams: text before them is shown as it comes, the calls are held to
-the end and read whole (so every delta a client gets is final: no call is ever taken back or cut)."""
+"""Where tool calls begin in a reply that streams: text before them is shown as it comes; from where calls may
+begin, the text goes to the calls (given out as they stream by tool_dialects/preview.py, and read whole at the end),
+so every delta a client gets is final: no text is ever taken back as a call."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class CallSpotter:
         self._pieces: list[str] = []
         self._pending = ""
         self._phase = "start"  # "start": nothing but blanks yet; "text": shown, watching for the opening; "calls"
+        self._taken = 0  # of the pieces, once calls began: those `calls_text` gave already
 
     def push(self, text: str) -> str:
         """The reply's next text; returns the text that can be shown now."""
@@ -45,6 +47,13 @@ class CallSpotter:
             return self._release()
         self._pending += text  # at most MAX_HELD held from before, and this text
         return self._release()
+
+    def calls_text(self) -> str:
+        """The text that went to the calls since the last time this was asked."""
+        if self._phase != "calls":
+            return ""
+        new, self._taken = "".join(self._pieces[self._taken :]), len(self._pieces)
+        return new
 
     def finish(self) -> tuple[str, str | None]:
         """At the reply's end: the text still to show, and the text to read as calls (None: none began)."""

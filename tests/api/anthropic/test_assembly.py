@@ -26,7 +26,16 @@ from server.errors import (
     RequestTimeoutError,
     SlowClientError,
 )
-from server.generation.reply import ChoiceEnd, FinishedChoice, ReplyEvent, TextPiece, ToolCall, ToolCalls
+from server.generation.reply import (
+    ChoiceEnd,
+    FinishedChoice,
+    ReplyEvent,
+    TextPiece,
+    ToolCall,
+    ToolCallArguments,
+    ToolCallStart,
+    call_events,
+)
 from tests.contracts.anthropic_contract import (
     assert_error,
     assert_message,
@@ -86,9 +95,10 @@ def test_tool_use_ids_and_empty_arguments():
     assert [(block["id"], block["input"]) for block in body["content"]] == [("toolu_x", {}), ("toolu_7", {})]
 
 
-def test_arguments_that_are_not_an_object_fail():
-    with pytest.raises(ValueError, match="not a JSON object"):
-        message(calls=[ToolCall(id="call_1", name="f", arguments="[1]")], reason="tool_calls")
+def test_arguments_read_as_the_sdk_reads_a_stream_of_them():
+    calls = [ToolCall("c1", "f", "[1]"), ToolCall("c2", "f", '{"a": {"b": "c'), ToolCall("c3", "f", "{]")]
+    body = message(calls=calls, reason="tool_calls")
+    assert [block["input"] for block in body["content"]] == [{}, {"a": {}}, {}]
 
 
 def test_stop_sequence_and_max_tokens():
@@ -157,10 +167,13 @@ def test_text_stream_order_and_content():
     ]
 
 
-def test_tool_use_stream_sends_each_input_whole():
+def test_tool_use_stream_sends_each_input_as_it_comes():
     events = stream_of(
         TextPiece(choice=0, text="Looking."),
-        ToolCalls(choice=0, calls=(WEATHER, TIME)),
+        ToolCallStart(0, WEATHER.id, WEATHER.name),
+        ToolCallArguments(0, '{"city": '),
+        ToolCallArguments(0, '"Paris"}'),
+        *call_events(0, TIME),
         ChoiceEnd(choice=0, reason="tool_calls", completion_tokens=20),
     )
     names = [(name, data.get("index")) for name, data in events]
@@ -172,6 +185,7 @@ def test_tool_use_stream_sends_each_input_whole():
         ("content_block_stop", 0),
         ("content_block_start", 1),
         ("content_block_delta", 1),
+        ("content_block_delta", 1),
         ("content_block_stop", 1),
         ("content_block_start", 2),
         ("content_block_delta", 2),
@@ -179,10 +193,10 @@ def test_tool_use_stream_sends_each_input_whole():
         ("message_delta", None),
         ("message_stop", None),
     ]
-    start, delta = events[5][1], events[6][1]
+    start, deltas = events[5][1], [events[6][1]["delta"], events[7][1]["delta"]]
     assert start["content_block"] == {"type": "tool_use", "id": "toolu_abc", "name": "get_weather", "input": {}}
-    assert delta["delta"]["type"] == "input_json_delta"
-    assert json.loads(delta["delta"]["partial_json"]) == {"city": "Paris"}
+    assert [delta["type"] for delta in deltas] == ["input_json_delta"] * 2
+    assert json.loads("".join(delta["partial_json"] for delta in deltas)) == {"city": "Paris"}
     assert events[-2][1]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
 
 
@@ -194,13 +208,21 @@ def test_tool_use_stream_sends_each_input_whole():
         ("Long", (), ChoiceEnd(choice=0, reason="length", completion_tokens=16)),
         ("", (WEATHER, TIME), ChoiceEnd(choice=0, reason="tool_calls", completion_tokens=9)),
         ("", (), ChoiceEnd(choice=0, reason="stop", completion_tokens=1)),
+        # cut short by the token limit inside the arguments: the input holds what was written, as the SDK reads it
+        (
+            "",
+            (ToolCall("call_1", "f", '{"a": 1, "b": [2, 3'),),
+            ChoiceEnd(choice=0, reason="length", completion_tokens=9),
+        ),
+        ("", (ToolCall("call_1", "f", '{"a": "unfinish'),), ChoiceEnd(choice=0, reason="length", completion_tokens=9)),
     ],
 )
 def test_a_stream_folds_into_the_same_message_as_the_whole_answer(text, calls, end):
     """The SDK's own accumulator (`stream.get_final_message()`) rebuilds the non-streamed Message exactly."""
     replies: list[ReplyEvent] = [TextPiece(choice=0, text=text[:2]), TextPiece(choice=0, text=text[2:])]
-    if calls:
-        replies.append(ToolCalls(choice=0, calls=calls))
+    for call in calls:
+        replies += [ToolCallStart(0, call.id, call.name)]
+        replies += [ToolCallArguments(0, call.arguments[i : i + 3]) for i in range(0, len(call.arguments), 3)]
     events = stream_of(*replies, end)
     whole = message(text, calls, end.reason, end.completion_tokens, end.stop_sequence)
     assert {k: v for k, v in final_message(events).items() if v is not None} == {

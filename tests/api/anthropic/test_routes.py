@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from server.api.anthropic.routes import router
 from server.config import Settings
 from server.errors import APIError, ModelCrashedError, ModelNotFoundError, OverloadedError
-from server.generation.reply import ChoiceEnd, ReplyEvent, TextPiece, ToolCall, ToolCalls
+from server.generation.reply import ChoiceEnd, ReplyEvent, TextPiece, ToolCall, call_events
 from server.http.sse import EventStreamResponse, ShutdownNotice
 from server.metrics import Metrics, RequestRecord
 from tests.contracts.anthropic_contract import assert_error, assert_stream, check_response, parse_sse
@@ -157,7 +157,7 @@ def test_sdk_stream(sdk, pipeline):
 
 def test_sdk_tool_use(sdk, pipeline):
     pipeline.replies = [
-        ToolCalls(choice=0, calls=(ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}'),)),
+        *call_events(0, ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')),
         ChoiceEnd(choice=0, reason="tool_calls", completion_tokens=9),
     ]
     ask = {"model": "fake-model", "max_tokens": 64, "messages": [{"role": "user", "content": "Weather in Paris?"}]}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk as SDKChunk
@@ -10,7 +12,17 @@ from server.api.openai.assembly import ChatStreamState, ResponseMeta, chat_compl
 from server.api.openai.plans import chat_plan, completion_plan
 from server.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from server.errors import InvalidRequestError, UnsupportedParameterError
-from server.generation.reply import ChoiceEnd, FinishedChoice, ReasoningPiece, TextPiece, ToolCall, ToolCalls
+from server.generation.reply import (
+    ChoiceEnd,
+    FinishedChoice,
+    ReasoningPiece,
+    TextPiece,
+    ToolCall,
+    ToolCallArguments,
+    ToolCallStart,
+    call_events,
+    finished,
+)
 
 CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
@@ -107,8 +119,14 @@ def test_chat_chunks_from_reply_events():
 def test_tool_calls_become_one_delta_and_a_message_without_content():
     call = ToolCall("call_1", "f", '{"a": 1}')
     state = ChatStreamState(ResponseMeta("m", 5, "chatcmpl"), include_usage=False)
-    chunks = [c for e in (ToolCalls(0, (call,)), ChoiceEnd(0, "tool_calls", 3)) for c in state.push(e)]
-    assert chunks[1].choices[0].delta.tool_calls[0]["function"] == {"name": "f", "arguments": '{"a": 1}'}
+    chunks = [c for e in (*call_events(0, call), ChoiceEnd(0, "tool_calls", 3)) for c in state.push(e)]
+    assert chunks[1].choices[0].delta.tool_calls[0] == {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "f", "arguments": ""},
+    }
+    assert chunks[2].choices[0].delta.tool_calls[0] == {"index": 0, "function": {"arguments": '{"a": 1}'}}
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     done = chat_completion(
         ResponseMeta("m", 5, "chatcmpl"), [FinishedChoice("", (call,), ChoiceEnd(0, "tool_calls", 3), ())], False
@@ -121,11 +139,21 @@ def test_tool_calls_become_one_delta_and_a_message_without_content():
 @pytest.mark.parametrize(
     "events",
     [
-        (ReasoningPiece(0, "think"), ToolCalls(0, (ToolCall("call_1", "f", "{}"),)), ChoiceEnd(0, "tool_calls", 3)),
+        (ReasoningPiece(0, "think"), *call_events(0, ToolCall("call_1", "f", "{}")), ChoiceEnd(0, "tool_calls", 3)),
         (ReasoningPiece(0, "think"), ChoiceEnd(0, "length", 3)),  # cut off while thinking
         (ReasoningPiece(0, "think"), TextPiece(0, "Hi"), ChoiceEnd(0, "stop", 3)),
-        (ToolCalls(0, (ToolCall("call_1", "f", "{}"),)), ChoiceEnd(0, "tool_calls", 3)),
+        (*call_events(0, ToolCall("call_1", "f", "{}")), ChoiceEnd(0, "tool_calls", 3)),
+        (  # two calls, their arguments in pieces
+            ToolCallStart(0, "call_1", "f"),
+            ToolCallArguments(0, '{"a": "x'),
+            ToolCallArguments(0, '\\u00e9"}'),
+            ToolCallStart(0, "call_2", "g"),
+            ToolCallArguments(0, "{}"),
+            ChoiceEnd(0, "tool_calls", 3),
+        ),
         (ChoiceEnd(0, "stop", 0),),  # an empty reply
+        (ToolCallStart(0, "call_1", "f"), ToolCallArguments(0, '{"a": '), ChoiceEnd(0, "length", 3)),  # cut short
+        (ReasoningPiece(0, "t"), ToolCallStart(0, "call_1", "f"), ToolCallArguments(0, "{"), ChoiceEnd(0, "length", 3)),
     ],
 )
 def test_the_openai_sdk_assembles_the_stream_into_the_response_not_streamed(events):
@@ -136,9 +164,17 @@ def test_the_openai_sdk_assembles_the_stream_into_the_response_not_streamed(even
         for chunk in state.push(event):
             assembled.handle_chunk(SDKChunk.model_validate(chunk.model_dump(mode="json")))
     streamed = assembled.current_completion_snapshot.choices[0].message
-    text = "".join(e.text for e in events if isinstance(e, TextPiece))
-    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningPiece))
-    calls = next((e.calls for e in events if isinstance(e, ToolCalls)), ())
-    whole = chat_completion(meta, [FinishedChoice(text, calls, events[-1], (), reasoning)], False).choices[0].message
+    [choice] = asyncio.run(finished(_aiter(events), 1))
+    whole = chat_completion(meta, [choice], False).choices[0].message
     assert streamed.content == whole.content
-    assert [c.function.name for c in streamed.tool_calls or ()] == [c.function.name for c in whole.tool_calls or ()]
+    assert getattr(streamed, "reasoning_content", None) == whole.reasoning_content
+
+    def calls(message):
+        return [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or ()]
+
+    assert calls(streamed) == calls(whole)
+
+
+async def _aiter(items):
+    for item in items:
+        yield item

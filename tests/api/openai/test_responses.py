@@ -92,3 +92,46 @@ def test_an_empty_reply_has_the_same_output_streamed_or_not(api, loader, pieces)
     streamed = [e for e in api.responses.create(model="fake-model", input="Hi", stream=True)][-1].response
     assert [(o.type, o.content[0].text) for o in streamed.output] == [(o.type, o.content[0].text) for o in whole.output]
     assert [o.type for o in whole.output] == ["message"]
+
+
+TWO_CALLS = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Par\\u00eds"}}, ' + (
+    '{"name": "get_weather", "arguments": {"city": "Oslo"}}]}'
+)
+
+
+def test_calls_stream_as_they_come_and_the_sdk_assembles_the_response_not_streamed(api, loader):
+    loader.scripts["fake-model"] = FakeScript(pieces=tuple(TWO_CALLS), n_ctx=4096)
+    whole = api.responses.create(model="fake-model", input="Weather?", tools=[WEATHER])
+    with api.responses.stream(model="fake-model", input="Weather?", tools=[WEATHER]) as stream:
+        events = list(stream)
+        streamed = stream.get_final_response()
+    deltas = [e for e in events if e.type == "response.function_call_arguments.delta"]
+    assert len(deltas) > 10 and {e.output_index for e in deltas} == {0, 1}
+    kinds = [e.type for e in events if e.type.startswith("response.output_item")]
+    assert kinds == ["response.output_item.added", "response.output_item.done"] * 2
+
+    def calls(response):
+        return [(o.type, o.call_id, o.name, o.arguments, o.status) for o in response.output]
+
+    assert [c[2:] for c in calls(streamed)] == [c[2:] for c in calls(whole)]
+    assert [json.loads(o.arguments) for o in whole.output] == [{"city": "París"}, {"city": "Oslo"}]
+    assert calls(streamed) == calls(events[-1].response)
+
+
+def test_a_call_cut_short_is_incomplete_streamed_or_not(api, loader):
+    cut = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Par'
+    loader.scripts["fake-model"] = FakeScript(pieces=tuple(cut), n_ctx=4096)
+    ask = {"model": "fake-model", "input": "Weather?", "tools": [WEATHER], "max_output_tokens": len(cut)}
+    whole = api.responses.create(**ask)
+    with api.responses.stream(**ask) as stream:
+        events = list(stream)
+    streamed = events[-1].response
+    for response in (whole, streamed):
+        assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
+        [call] = response.output
+        assert (call.type, call.name, call.arguments, call.status) == (
+            "function_call",
+            "get_weather",
+            '{"city": "Par',
+            "incomplete",
+        )

@@ -507,7 +507,9 @@ def test_tool_call_streamed_in_openai_delta_format(client, loader):
     )
     chunks = list(stream)
     calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
-    assert len(calls) == 1 and calls[0].function.name == "get_weather" and calls[0].id
+    # The call's id, type and name first, then its arguments as they came.
+    assert (calls[0].function.name, calls[0].type, calls[0].function.arguments) == ("get_weather", "function", "")
+    assert calls[0].id and all(c.id is None and c.function.name is None and c.index == 0 for c in calls[1:])
     assert "".join(c.function.arguments for c in calls) == '{"city": "Paris"}'
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     assert all(not c.choices[0].delta.content for c in chunks)

@@ -34,6 +34,8 @@ REPLIES = {  # dialect: a reply with text first, then two calls
     "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n%s\n```<｜tool▁call▁end｜>\n"  # noqa: RUF001
     "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n%s\n```<｜tool▁call▁end｜>"  # noqa: RUF001
     "<｜tool▁calls▁end｜>",  # noqa: RUF001
+    "deepseek_v31": "Checking.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>%s<｜tool▁call▁end｜>"  # noqa: RUF001
+    "<｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>%s<｜tool▁call▁end｜><｜tool▁calls▁end｜>",  # noqa: RUF001
     "phi4mini": 'Checking.<|tool_call|>[{"name": "get_weather", "arguments": %s}, '
     '{"name": "get_weather", "arguments": %s}]<|/tool_call|>',
 }
@@ -61,12 +63,21 @@ def test_streamed_calls_assemble_to_the_non_streamed_ones(client, loader, dialec
         calls = choice.message.tool_calls
         assert [c.function.name for c in calls] == ["get_weather", "get_weather"]
         assert [json.loads(c.function.arguments) for c in calls] == [ARGUMENTS, {"city": "Oslo"}]
-    if dialect == "mistral":  # the model's own ids, in both
-        assert [c.id for c in whole.choices[0].message.tool_calls] == ["a1B2c3D4e", "Zz9Yy8Xx7"]
-        assert [c.id for c in streamed.choices[0].message.tool_calls] == ["a1B2c3D4e", "Zz9Yy8Xx7"]
-    # Each call comes once, whole, with its id: nothing a client has is taken back or changed later.
+    if dialect == "mistral":  # ids as Mistral's are (nine letters and digits), given when each call begins
+        for completion in (whole, streamed):
+            assert all(len(c.id) == 9 and c.id.isalnum() for c in completion.choices[0].message.tool_calls)
+    # Each call begins once, with its id and name; then its arguments come in pieces that join into its JSON.
     deltas = [call for chunk in chunks for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices]
-    assert len(deltas) == 2 and all(d.id and json.loads(d.function.arguments) for d in deltas)
+    begun = [d for d in deltas if d.id is not None]
+    assert [(d.index, d.function.name, d.function.arguments) for d in begun] == [
+        (0, "get_weather", ""),
+        (1, "get_weather", ""),
+    ]
+    assert [d.id for d in begun] == [c.id for c in streamed.choices[0].message.tool_calls]
+    for index, arguments in ((0, ARGUMENTS), (1, {"city": "Oslo"})):
+        given = [d.function.arguments for d in deltas if d.index == index and d.id is None]
+        assert json.loads("".join(given)) == arguments
+        assert len(given) > 1 or size == 1000  # a reply that comes in pieces gives its arguments in pieces
     shown = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert shown == (expected_text or "")  # no markup of the call syntax reaches the content
 
