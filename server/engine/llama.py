@@ -33,6 +33,8 @@ native_logger = logging.getLogger("server.engine.llama.native")
 # ggml levels: 1 debug, 2 info (a line per tensor while loading), 3 warn, 4 error, 5 continuation.
 _NATIVE_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
 _NATIVE_LOG_MAX_BYTES = 500
+# models.yaml's `cache_type_k` / `cache_type_v` as ggml types.
+CACHE_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
 
 
 @llama_cpp.llama_log_callback
@@ -79,6 +81,8 @@ class LlamaCppEngine:
         ctx_params.kv_unified = False
         if not spec.flash_attn:
             ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        ctx_params.type_k = CACHE_TYPES[spec.cache_type_k]
+        ctx_params.type_v = CACHE_TYPES[spec.cache_type_v]
         ctx_params.n_batch = ctx_params.n_ubatch = spec.n_batch
         threads = spec.n_threads or os.cpu_count() or 1
         ctx_params.n_threads = ctx_params.n_threads_batch = threads
@@ -94,13 +98,15 @@ class LlamaCppEngine:
             eos_token=native.special_text(llama_cpp.llama_vocab_eos(native.vocab)),
         )
         logger.info(
-            "loaded model %s from %s (n_ctx=%d x %d sequences, threads=%d, extra_bufts=%s)",
+            "loaded model %s from %s (n_ctx=%d x %d sequences, threads=%d, extra_bufts=%s, kv cache K %s V %s)",
             spec.name,
             path,
             spec.n_ctx,
             spec.parallel,
             threads,
             extra_bufts,
+            spec.cache_type_k,
+            spec.cache_type_v,
         )
         return cls(spec, native, template)
 

@@ -1,0 +1,78 @@
+"""The KV cache of a model: its size at each cache type, computed from the GGUF's metadata before anything loads.
+
+It follows llama.cpp's layout for ordinary (multi-head or grouped-query) attention: per layer and cell, K holds
+`head_count_kv * key_length` elements and V `head_count_kv * value_length`, stored at the cache type. Sliding-
+window layers (Gemma 2/3) are counted as full ones and compressed attention (DeepSeek's MLA) as ordinary heads,
+so for those models the figure is an upper bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from server.config import KVCacheType, ModelSpec
+
+# (elements per block, bytes per block) of each cache type, as ggml stores them.
+BLOCK_LAYOUT: dict[str, tuple[int, int]] = {"f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18)}
+# llama.cpp rounds each sequence's context up to a multiple of this (llama_context's n_ctx_seq).
+CONTEXT_PAD = 256
+
+
+@dataclass(frozen=True)
+class KVShape:
+    """Elements one cell of the cache holds, summed over the layers, for the keys and for the values."""
+
+    k_elements: int
+    v_elements: int
+
+
+def kv_shape(path: Path) -> KVShape:
+    """Read from the GGUF header; a file without the attention metadata raises ValueError."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path, "r").fields
+
+    def value(key: str, default: Any = None) -> Any:
+        field = fields.get(key)
+        return default if field is None else field.contents()
+
+    arch = value("general.architecture")
+    layers, width = value(f"{arch}.block_count"), value(f"{arch}.embedding_length")
+    heads = value(f"{arch}.attention.head_count")
+    if not isinstance(layers, int) or not isinstance(width, int) or not heads:
+        raise ValueError(f"{path.name} does not give its layers, width and attention heads ({arch} metadata)")
+    per_layer_heads = _per_layer(heads, layers)
+    if max(per_layer_heads) <= 0:
+        raise ValueError(f"{path.name} has no attention heads")
+    kv_heads = _per_layer(value(f"{arch}.attention.head_count_kv", heads), layers)
+    head_size = width // max(per_layer_heads)
+    key_length = value(f"{arch}.attention.key_length", head_size)
+    value_length = value(f"{arch}.attention.value_length", head_size)
+    return KVShape(k_elements=sum(kv_heads) * key_length, v_elements=sum(kv_heads) * value_length)
+
+
+def _per_layer(count: int | list[int], layers: int) -> list[int]:
+    """Head counts are one number, or one per layer (models whose layers differ; 0 for a layer with no attention)."""
+    return list(count) if isinstance(count, list) else [count] * layers
+
+
+def cache_cells(n_ctx: int, parallel: int) -> int:
+    """Cells llama.cpp allocates for `parallel` sequences of `n_ctx` tokens each (one KV stream per sequence)."""
+    return -(-n_ctx // CONTEXT_PAD) * CONTEXT_PAD * parallel
+
+
+def type_bytes(elements: int, cache_type: KVCacheType | str) -> int:
+    block, size = BLOCK_LAYOUT[cache_type]
+    return elements // block * size
+
+
+def kv_cache_bytes(shape: KVShape, cells: int, type_k: KVCacheType | str, type_v: KVCacheType | str) -> int:
+    return cells * (type_bytes(shape.k_elements, type_k) + type_bytes(shape.v_elements, type_v))
+
+
+def spec_kv_cache_bytes(spec: ModelSpec, path: Path) -> int:
+    """The KV cache bytes a model's entry asks for (`n_ctx` x `parallel` cells at its cache types)."""
+    cells = cache_cells(spec.n_ctx, spec.parallel)
+    return kv_cache_bytes(kv_shape(path), cells, spec.cache_type_k, spec.cache_type_v)
