@@ -31,6 +31,7 @@ class FakeScript:
     opens_thinking: bool = False  # the template ends the prompt inside the thinking block, as DeepSeek-R1's does
     tool_dialect: str | None = None  # the tool-call syntax its template teaches (server/engine/tool_syntax.py)
     parallel: int | None = None  # set: a batch request finds no room (NoRoomForBatch) while this many streams run
+    process_bytes: int | None = None  # the worker's own size, as a worker measures it before its model loads
 
 
 class FakeEngine:
@@ -57,6 +58,7 @@ class FakeEngine:
             reranker=script.reranker,
             reasoning=script.reasoning,
             tool_dialect=script.tool_dialect,
+            process_bytes=script.process_bytes,
         )
 
     @property

@@ -20,6 +20,7 @@ from server.config import (
     load_models_file,
 )
 from server.models.hub import PullError, file_status, pull
+from server.models.residency import memory_estimate
 from server.models.sources import model_file
 
 logger = logging.getLogger(__name__)
@@ -73,20 +74,23 @@ def convert_command(settings: Settings, name: str | None, source: Path | None, o
 
 
 def list_command(settings: Settings, server_url: str | None) -> int:
-    """Every configured model: its source, whether its file is present and its size, and whether it is loaded."""
+    """Every configured model: its source, whether its file is present and its size, the memory its worker is
+    estimated to take once loaded (server/engine/memory.py), and whether it is loaded."""
     specs = load_models_file(settings.models_file).models
     url = server_url or f"http://{_client_host(settings.host)}:{settings.port}"
     loaded = _loaded_models(url, settings)
     statuses = {spec.name: file_status(spec) for spec in specs}
-    rows = [("NAME", "SOURCE", "PRESENT", "SIZE", "LOADED")]
+    rows = [("NAME", "SOURCE", "PRESENT", "SIZE", "MEMORY", "LOADED")]
     for spec in specs:
         status = statuses[spec.name]
+        estimate = memory_estimate(spec) if status.present else None
         rows.append(
             (
                 spec.name,
                 _source_label(spec),
                 "yes" if status.present else "no",
                 _size(status.size) if status.size is not None else "-",
+                _size(estimate.total) if estimate is not None else "-",
                 "?" if loaded is None else ("yes" if spec.name in loaded else "no"),
             )
         )

@@ -116,6 +116,8 @@ class EngineInfo:
     """How the model thinks before it answers, for a reasoning model (from models.yaml or its chat template)."""
     reranker: bool = False
     """A cross-encoder reranker: it scores (query, document) pairs, and serves neither generation nor embeddings."""
+    process_bytes: int | None = None
+    """The resident memory of the engine's worker process before its model loaded (None: not measured)."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from server.config import KVCacheType, ModelSpec
+from server.engine.gguf_header import read_metadata
 
 # (elements per block, bytes per block) of each cache type, as ggml stores them.
 BLOCK_LAYOUT: dict[str, tuple[int, int]] = {"f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18)}
@@ -28,15 +29,13 @@ class KVShape:
     v_elements: int
 
 
-def kv_shape(path: Path) -> KVShape:
-    """Read from the GGUF header; a file without the attention metadata raises ValueError."""
-    from gguf import GGUFReader
-
-    fields = GGUFReader(path, "r").fields
+def kv_shape(path: Path, fields: dict[str, object] | None = None) -> KVShape:
+    """Read from the GGUF header (`fields`, when it was read already); a file without the attention metadata
+    raises ValueError."""
+    fields = read_metadata(path) if fields is None else fields
 
     def value(key: str, default: Any = None) -> Any:
-        field = fields.get(key)
-        return default if field is None else field.contents()
+        return fields.get(key, default)
 
     arch = value("general.architecture")
     layers, width = value(f"{arch}.block_count"), value(f"{arch}.embedding_length")
@@ -72,7 +71,7 @@ def kv_cache_bytes(shape: KVShape, cells: int, type_k: KVCacheType | str, type_v
     return cells * (type_bytes(shape.k_elements, type_k) + type_bytes(shape.v_elements, type_v))
 
 
-def spec_kv_cache_bytes(spec: ModelSpec, path: Path) -> int:
+def spec_kv_cache_bytes(spec: ModelSpec, path: Path, fields: dict[str, object] | None = None) -> int:
     """The KV cache bytes a model's entry asks for (`n_ctx` x `parallel` cells at its cache types)."""
     cells = cache_cells(spec.n_ctx, spec.parallel)
-    return kv_cache_bytes(kv_shape(path), cells, spec.cache_type_k, spec.cache_type_v)
+    return kv_cache_bytes(kv_shape(path, fields), cells, spec.cache_type_k, spec.cache_type_v)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ def serve(conn: Connection, spec_json: str, log_level: int) -> None:
     # Admission (429) is decided in the HTTP process before a request is sent here; the worker queues all it gets,
     # so a request is never refused after its response has started.
     spec = spec.model_copy(update={"max_queue": UNBOUNDED_QUEUE})
+    before = own_resident_bytes()  # the process itself, for the memory estimate of the next load
     try:
         engine = (RerankEngine if spec.reranker else EmbeddingEngine if spec.embedding else LlamaCppEngine).load(spec)
     except APIError as exc:
@@ -67,11 +69,20 @@ def serve(conn: Connection, spec_json: str, log_level: int) -> None:
         logger.exception("model %s failed to load", spec.name)
         conn.send(("failed", f"The model `{spec.name}` failed to load; see the server log."))
         return
-    conn.send(("ready", engine.info))
+    conn.send(("ready", dataclasses.replace(engine.info, process_bytes=before)))
     try:
         asyncio.run(_Worker(conn, engine).run())
     finally:
         engine.close()
+
+
+def own_resident_bytes() -> int | None:
+    """This process's resident memory (Linux), or None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return next((int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:")), None)
+    except (OSError, ValueError):
+        return None
 
 
 class _Worker:

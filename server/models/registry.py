@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from server.config import HubSource, ModelSpec, NotPulledError
 from server.engine import Engine
 from server.engine.base import Priority
+from server.engine.memory import DEFAULT_PROCESS_BYTES, MemoryEstimate
 from server.errors import (
     ModelNotFoundError,
     ModelNotPulledError,
@@ -30,7 +31,14 @@ from server.errors import (
 )
 from server.models import sources
 from server.models.loaders import Loader, worker_process_loader
-from server.models.residency import Budget, CrashHistory, footprint, load_with_errors_named, resident_size
+from server.models.residency import (
+    Budget,
+    CrashHistory,
+    footprint,
+    load_with_errors_named,
+    memory_estimate,
+    resident_size,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +91,8 @@ class ModelRegistry:
         self._closed = False
         self._room = asyncio.Condition()
         self._room_wanted = 0  # loads waiting for memory
+        self._process_bytes = DEFAULT_PROCESS_BYTES  # a worker before its model loads: the last one measured
+        self._estimates: dict[str, tuple[tuple[ModelSpec, int], MemoryEstimate]] = {}  # by model, for its cards
         self._set_specs(specs)
 
     # -- names ---------------------------------------------------------------------------------------------
@@ -98,6 +108,17 @@ class ModelRegistry:
 
     def loaded(self) -> dict[str, Engine]:
         return {name: resident.engine for name, resident in self._resident.items()}
+
+    def memory_estimate(self, spec: ModelSpec) -> MemoryEstimate | None:
+        """What the model's worker is expected to take once loaded (None: its file is not here). May read the
+        file's header: call it off the event loop."""
+        cached = self._estimates.get(spec.name)
+        if cached is not None and cached[0] == (spec, self._process_bytes):
+            return cached[1]
+        estimate = memory_estimate(spec, self._process_bytes)
+        if estimate is not None:
+            self._estimates[spec.name] = ((spec, self._process_bytes), estimate)
+        return estimate
 
     def available(self, spec: ModelSpec) -> bool:
         """Whether the model's file is on this machine (only Hugging Face sources can be missing by design)."""
@@ -160,8 +181,9 @@ class ModelRegistry:
         if not self._room_wanted:
             if self._live(spec.name) is not None or spec.name in self._loading:
                 return
-            size = await asyncio.to_thread(footprint, spec)
-            self._budget.check_fits_alone(spec.name, size)  # never fits: the 503 the live endpoint answers
+            need = await asyncio.to_thread(footprint, spec, self._process_bytes)
+            self._budget.check_fits_alone(spec.name, need)  # never fits: the 503 the live endpoint answers
+            size = need.total
             now = self._clock()
             kept = [
                 r.size for r in self._resident.values() if r.busy() or now - r.last_used < BATCH_EVICTS_AFTER_IDLE_S
@@ -218,7 +240,9 @@ class ModelRegistry:
         if not self.available(spec):
             raise ModelNotPulledError(spec.name)
         self._crashes.check(spec.name)
-        size = await asyncio.to_thread(footprint, spec)  # may convert a safetensors model first
+        need = await asyncio.to_thread(footprint, spec, self._process_bytes)  # may convert a safetensors model
+        self._budget.check_fits_alone(spec.name, need)  # refused with the numbers before anything loads
+        size = need.total
         await self._make_room(spec.name, size)
         self._reserved[spec.name] = size  # counted by other loads' _make_room until it is resident
         started = time.monotonic()
@@ -229,6 +253,7 @@ class ModelRegistry:
             self._crashes.record(spec.name)  # a file that fails or kills its loader must not be retried in a loop
             raise
         self.on_load(spec.name, time.monotonic() - started)
+        self._process_bytes = getattr(engine.info, "process_bytes", None) or self._process_bytes
         resident = _Resident(spec, engine, size, self._clock())
         entry = self._entries.get(spec.name)
         if self._closed or entry is None or entry.spec != spec:
@@ -245,7 +270,6 @@ class ModelRegistry:
     async def _make_room(self, name: str, size: int) -> None:
         """Evict least recently used idle models until `size` more bytes and one more model fit; wait a bounded
         time for busy models to finish, then give up with a 503."""
-        self._budget.check_fits_alone(name, size)
         deadline = self._clock() + self._budget.wait_s
         while True:
             await self._unload_retired()

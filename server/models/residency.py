@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from server.config import ConfigError, ModelSpec
 from server.engine import Engine
+from server.engine.memory import DEFAULT_PROCESS_BYTES, MemoryEstimate, estimate_memory
 from server.errors import APIError, ModelUnavailableError
 from server.models.sources import model_file
 
@@ -40,11 +41,12 @@ class Budget:
     def fits(self, size: int, loaded_sizes: list[int]) -> bool:
         return len(loaded_sizes) < self.max_models and sum(loaded_sizes) + size <= self.limit
 
-    def check_fits_alone(self, name: str, size: int) -> None:
-        if size > self.limit:
+    def check_fits_alone(self, name: str, need: MemoryEstimate) -> None:
+        if need.total > self.limit:
             raise ModelUnavailableError(
-                f"The model `{name}` needs about {_gib(size)} of memory, more than the server's memory budget "
-                f"({_gib(self.limit)}; SLM_MEMORY_BUDGET)."
+                f"The model `{name}` needs about {need.describe()} of memory, more than the server's memory "
+                f"budget ({_gib(self.limit)}; SLM_MEMORY_BUDGET). Its entry's n_ctx, parallel or cache_type_k/v "
+                "make its KV cache smaller."
             )
 
     def describe(self, loaded_sizes: list[int], size: int) -> str:
@@ -54,12 +56,24 @@ class Budget:
         )
 
 
-def footprint(spec: ModelSpec) -> int:
-    """The memory a model is expected to take before it loads: its file's size (the weights dominate)."""
+def memory_estimate(spec: ModelSpec, process_bytes: int = DEFAULT_PROCESS_BYTES) -> MemoryEstimate | None:
+    """What a model's worker is expected to take once loaded (server/engine/memory.py); None when its file is not
+    here. A file whose header cannot be read (llama.cpp will refuse it) counts its size alone, as it always did."""
     try:
-        return model_file(spec).stat().st_size
+        path = model_file(spec)
+        size = path.stat().st_size
     except (ConfigError, OSError):
-        return 0
+        return None
+    try:
+        return estimate_memory(spec, path, process_bytes)
+    except (ValueError, OSError):
+        logger.info("model %s: its file's header gives no memory estimate; counting its size", spec.name)
+        return MemoryEstimate(weights=size, kv_cache=0, compute=0, process=0)
+
+
+def footprint(spec: ModelSpec, process_bytes: int = DEFAULT_PROCESS_BYTES) -> MemoryEstimate:
+    """The memory a model is expected to take before it loads (nothing for a file that is not here)."""
+    return memory_estimate(spec, process_bytes) or MemoryEstimate(0, 0, 0, 0)
 
 
 def resident_size(engine: Engine) -> int | None:

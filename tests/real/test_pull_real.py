@@ -80,6 +80,9 @@ def test_pull_downloads_verifies_and_list_shows_it(tmp_path, hub, models_file, t
     code, out, _ = run(models_file, hub, home, "list")
     row = out.splitlines()[1].split()
     assert row[0] == "tiny-hub-llama" and row[2] == "yes" and row[-1] == "?"
+    header = out.splitlines()[0]
+    memory = out.splitlines()[1][header.index("MEMORY") :].split()[0]  # the estimate, now that the file is here
+    assert float(memory) > 0, out  # "-" while the file was missing
 
 
 def test_an_interrupted_pull_resumes_from_where_it_stopped(tmp_path, hub, models_file):

@@ -58,12 +58,12 @@ EmbeddingBody = Annotated[EmbeddingRequest, Depends(json_body(EmbeddingRequest))
 
 @v1.get("/models")
 async def list_models(request: Request) -> JSONResponse:
-    return _json(model_list(request.app.state.registry, request.app.state.created))
+    return _json(await model_list(request.app.state.registry, request.app.state.created))
 
 
 @v1.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> JSONResponse:
-    return _json(model_card(request.app.state.registry, model_id, request.app.state.created))
+    return _json(await model_card(request.app.state.registry, model_id, request.app.state.created))
 
 
 @v1.post("/chat/completions", response_model=None, openapi_extra=request_body_doc(ChatCompletionRequest))

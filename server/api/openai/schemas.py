@@ -265,9 +265,22 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
-    # slm-server's additions: whether the model's file is on this machine, and whether it is in memory.
+    # slm-server's additions: whether the model's file is on this machine, whether it is in memory, and the memory
+    # its worker takes (estimated before it loads; measured while it is loaded).
     available: bool = True
     loaded: bool = False
+    memory: ModelMemory | None = None
+
+
+class ModelMemory(BaseModel):
+    """Bytes: the estimate's total and its parts (server/engine/memory.py), and the worker's resident memory."""
+
+    estimated: int
+    weights: int
+    kv_cache: int
+    compute: int
+    process: int
+    resident: int | None = None
 
 
 class ModelList(BaseModel):
