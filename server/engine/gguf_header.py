@@ -9,11 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from server.engine.gguf_check import GGUF_MAGIC, SCALAR_SIZES, STRING
-
-ARRAY = 9
+GGUF_MAGIC = b"GGUF"
+# GGUF value types: fixed sizes of the scalar ones; 8 is a string, 9 an array.
+SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+STRING, ARRAY = 8, 9
 _FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 LIST_MAX = 4096  # arrays of numbers up to this long are read (per-layer counts); longer ones give their length
+
+
+class GGUFProblem(ValueError):
+    """What is wrong with a file's GGUF header, as one readable sentence."""
 
 
 @dataclass(frozen=True)
@@ -22,33 +27,35 @@ class LongArray:
 
 
 def read_metadata(path: Path) -> dict[str, object]:
-    """The header's keys and values; ValueError when the file is not a GGUF file or its header is damaged."""
+    """The header's keys and values; GGUFProblem (a ValueError) when the file is not a GGUF file or its header
+    is damaged."""
     size = path.stat().st_size
     with path.open("rb") as fh:
         try:
-            return _read(fh, size)
+            if fh.read(4) != GGUF_MAGIC:
+                raise GGUFProblem("it is not a GGUF file")
+            _version, _n_tensors, n_kv = struct.unpack("<IQQ", fh.read(20))
+            return read_pairs(fh, n_kv, size)
         except (struct.error, UnicodeDecodeError, OverflowError, MemoryError) as exc:
-            raise ValueError(f"{path.name}: its GGUF header is truncated or damaged ({exc})") from None
+            raise GGUFProblem(f"its GGUF header is truncated or damaged ({exc})") from None
 
 
-def _read(fh: BinaryIO, size: int) -> dict[str, object]:
-    if fh.read(4) != GGUF_MAGIC:
-        raise ValueError("not a GGUF file")
-    _version, _n_tensors, n_kv = struct.unpack("<IQQ", fh.read(20))
+def read_pairs(fh: BinaryIO, n_kv: int, size: int) -> dict[str, object]:
+    """The `n_kv` key-value pairs at the file's position (`size`: the file's, which no length may exceed)."""
     if n_kv > size:
-        raise ValueError("damaged GGUF header (impossible count)")
+        raise GGUFProblem("its GGUF header is damaged (impossible counts)")
     metadata: dict[str, object] = {}
     for _ in range(n_kv):
-        key = _string(fh, size)
+        key = read_string(fh, size)
         (value_type,) = struct.unpack("<I", fh.read(4))
         metadata[key] = _value(fh, value_type, size)
     return metadata
 
 
-def _string(fh: BinaryIO, size: int) -> str:
+def read_string(fh: BinaryIO, size: int) -> str:
     (length,) = struct.unpack("<Q", fh.read(8))
     if length > size:
-        raise ValueError("damaged GGUF header (impossible string length)")
+        raise GGUFProblem("its GGUF header is damaged (impossible string length)")
     raw = fh.read(length)
     if len(raw) != length:
         raise struct.error("unexpected end of file")
@@ -57,11 +64,11 @@ def _string(fh: BinaryIO, size: int) -> str:
 
 def _value(fh: BinaryIO, value_type: int, size: int) -> object:
     if value_type == STRING:
-        return _string(fh, size)
+        return read_string(fh, size)
     if value_type == ARRAY:
         item_type, count = struct.unpack("<IQ", fh.read(12))
         if count > size:
-            raise ValueError("damaged GGUF header (impossible array length)")
+            raise GGUFProblem("its GGUF header is damaged (impossible array length)")
         if item_type in _FORMATS and count <= LIST_MAX:
             return list(struct.unpack(f"<{count}{_FORMATS[item_type]}", fh.read(SCALAR_SIZES[item_type] * count)))
         if item_type in SCALAR_SIZES:
@@ -71,6 +78,6 @@ def _value(fh: BinaryIO, value_type: int, size: int) -> object:
                 _value(fh, item_type, size)
         return LongArray(count)
     if value_type not in _FORMATS:
-        raise ValueError(f"damaged GGUF header (unknown value type {value_type})")
+        raise GGUFProblem(f"its GGUF header has an unknown value type {value_type}")
     (value,) = struct.unpack(f"<{_FORMATS[value_type]}", fh.read(SCALAR_SIZES[value_type]))
     return value
