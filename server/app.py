@@ -14,6 +14,9 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from server import __version__
+from server.api.admin.access import AdminAccess
+from server.api.admin.routes import admin
+from server.api.admin.stats import StatsWindow
 from server.api.anthropic import errors as anthropic_errors
 from server.api.anthropic import routes as anthropic_routes
 from server.api.llamacpp.rerank import rerank_routes
@@ -38,6 +41,7 @@ from server.http.middleware import RequestMiddleware
 from server.http.ops import ops
 from server.http.sse import ShutdownNotice
 from server.metrics import Metrics
+from server.models.events import ModelEventHub
 from server.models.loaders import worker_loader
 from server.models.operations import ModelOperations
 from server.models.registry import ModelRegistry
@@ -73,6 +77,8 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
         registry.resolve(name)  # an unknown preload name is a configuration error, raised now
     metrics = Metrics(restarts=lambda: registry.restarts)
     registry.on_load = lambda name, seconds: metrics.model_load.labels(name).observe(seconds)
+    model_events = ModelEventHub()
+    registry.on_event = model_events.publish
     limits = RequestLimits(
         max_messages=settings.max_messages,
         max_embedding_inputs=settings.max_embedding_inputs,
@@ -134,7 +140,16 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
     app.state.batch_runner = batch_runner
     app.state.created = int(time.time())
     app.state.metrics = metrics
-    app.state.api_key_check = APIKeyCheck(settings.all_api_keys())
+    client_keys, admin_keys = settings.all_api_keys(), settings.all_admin_keys()
+    # An admin key opens the client routes too, wherever those need a key (a console also chats).
+    app.state.api_key_check = APIKeyCheck(client_keys + admin_keys if client_keys else ())
+    app.state.admin_access = AdminAccess(
+        admin_keys,
+        app.state.api_key_check,
+        open_without_key=not client_keys and not admin_keys and is_loopback_name(settings.host),
+    )
+    app.state.model_events = model_events
+    app.state.admin_stats = StatsWindow()
     app.state.draining = False
     app.state.shutdown_notice = ShutdownNotice()  # given by the server shortly before its grace period ends
     app.state.reload_models = reload_models
@@ -148,6 +163,7 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
     app.include_router(extensions)
     app.include_router(rerank_routes)
     app.include_router(ops)
+    app.include_router(admin)
     # Inside CORS, so that preflights are CORS's to answer and an allowed page can read a refusal.
     app.add_middleware(
         AccessGuard,

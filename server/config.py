@@ -52,6 +52,9 @@ class Settings(BaseModel):
     preload: tuple[str, ...] = ()
     api_keys: tuple[SecretStr, ...] = ()
     api_key_file: Path | None = None
+    admin_keys: tuple[SecretStr, ...] = Field(
+        default=(), description="Bearer keys for the admin API (/models, /models/load ...); client keys do not open it."
+    )
     metrics_require_key: bool = False
     insecure_no_auth: bool = Field(default=False, description="Allow serving beyond loopback without an API key.")
     loopback_guard: bool = Field(
@@ -147,6 +150,12 @@ class Settings(BaseModel):
                 )
             keys += from_file
         return tuple(keys)
+
+    def all_admin_keys(self) -> tuple[str, ...]:
+        keys = tuple(key.get_secret_value() for key in self.admin_keys)
+        if any(not key.strip() for key in keys):
+            raise ConfigError("an admin key is empty: give each --admin-key / SLM_ADMIN_KEYS entry a value")
+        return keys
 
 
 class PackageSource(BaseModel):

@@ -359,3 +359,23 @@ class ForbiddenOriginError(ForbiddenError):
             f"This server has no API key, so it only answers browser pages from allowed origins; {origin[:64]!r} "
             "is not one. An operator can allow it with --cors-origin (SLM_CORS_ORIGINS)."
         )
+
+
+class ModelBusyError(APIError):
+    """An unload asked for a model that requests are using (or that is loading): it is refused, never cut off."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "model_busy"
+    retry_after = 1
+
+    def __init__(self, model: str, why: str) -> None:
+        super().__init__(f"The model `{model}` {why}; it was not unloaded. Retry once it is idle.", param="model")
+
+
+class AdminKeyRequiredError(APIError):
+    """An admin route asked with a key that is not an admin key, or on a server where no key can open it."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "admin_key_required"

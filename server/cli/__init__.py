@@ -37,6 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--api-key-file", type=Path, help="file with one API key per line")
     serve.add_argument(
+        "--admin-key",
+        action="append",
+        dest="admin_keys",
+        default=[],
+        help="bearer key for the admin API: /models, /models/load, /models/unload (repeatable; env SLM_ADMIN_KEYS)",
+    )
+    serve.add_argument(
         "--data-dir", type=Path, help="files and batches (default ~/.local/share/slm-server; env SLM_DATA_DIR)"
     )
     serve.add_argument("--preload", action="append", default=[], help="model to load at startup (repeatable)")

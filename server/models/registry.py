@@ -23,6 +23,8 @@ from server.engine import Engine
 from server.engine.base import Priority
 from server.engine.memory import DEFAULT_PROCESS_BYTES, MemoryEstimate
 from server.errors import (
+    APIError,
+    ModelBusyError,
     ModelNotFoundError,
     ModelNotPulledError,
     ModelUnavailableError,
@@ -30,6 +32,7 @@ from server.errors import (
     ShuttingDownError,
 )
 from server.models import sources
+from server.models.events import ModelEvent, ModelState, ModelStatusValue, UnloadReason
 from server.models.loaders import Loader, worker_process_loader
 from server.models.residency import (
     Budget,
@@ -82,6 +85,8 @@ class ModelRegistry:
         self._crashes = CrashHistory(clock)
         self.restarts: dict[str, int] = {}
         self.on_load: Callable[[str, float], None] = lambda _name, _seconds: None
+        self.on_event: Callable[[ModelEvent], None] = lambda _event: None  # wired to the event hub by create_app
+        self._failures: dict[str, str] = {}
         self._entries: dict[str, _Entry] = {}
         self._names: dict[str, str] = {}
         self._resident: dict[str, _Resident] = {}
@@ -137,8 +142,10 @@ class ModelRegistry:
         for name, resident in list(self._resident.items()):
             if new.get(name) != resident.spec:
                 self._retired.append(self._resident.pop(name))
+                self._emit(ModelEvent(name, status="unloaded", reason="reload"))
         self._set_specs(specs)
         logger.info("models file reloaded: %d model(s)", len(specs))
+        self._emit(ModelEvent("*", event="models_reload"))
 
     def _set_specs(self, specs: Iterable[ModelSpec]) -> None:
         entries: dict[str, _Entry] = {}
@@ -220,8 +227,15 @@ class ModelRegistry:
                 return resident
 
     async def _owned_load(self, spec: ModelSpec) -> _Resident | None:
+        self._emit(ModelEvent(spec.name, status="loading"))
         try:
             return await self._load(spec)
+        except ShuttingDownError:
+            raise  # loaded after close(): reported as unloaded at shutdown
+        except Exception as exc:
+            message = exc.message if isinstance(exc, APIError) else f"The model `{spec.name}` failed to load."
+            self._emit(ModelEvent(spec.name, status="unloaded", reason="load_failed", failed=True, message=message))
+            raise
         finally:
             self._loading.pop(spec.name, None)
             self._reserved.pop(spec.name, None)
@@ -233,6 +247,8 @@ class ModelRegistry:
             self._retired.append(resident)
             self._crashes.record(name)
             self.restarts[name] = self.restarts.get(name, 0) + 1
+            message = f"The worker of model `{name}` stopped unexpectedly; the next request starts a new one."
+            self._emit(ModelEvent(name, status="unloaded", reason="crashed", failed=True, message=message))
             return None
         return resident
 
@@ -252,18 +268,21 @@ class ModelRegistry:
         except ModelUnavailableError:
             self._crashes.record(spec.name)  # a file that fails or kills its loader must not be retried in a loop
             raise
-        self.on_load(spec.name, time.monotonic() - started)
+        load_s = time.monotonic() - started
+        self.on_load(spec.name, load_s)
         self._process_bytes = getattr(engine.info, "process_bytes", None) or self._process_bytes
         resident = _Resident(spec, engine, size, self._clock())
         entry = self._entries.get(spec.name)
         if self._closed or entry is None or entry.spec != spec:
             why = "closed" if self._closed else "reload changed or removed its entry"
             logger.info("model %s loaded after the registry %s: closing it", spec.name, why)
-            await self._unload(resident)
+            await self._unload(resident, "shutdown" if self._closed else "reload")
             if self._closed:
                 raise ShuttingDownError()
             return None
         self._resident[spec.name] = resident
+        self._failures.pop(spec.name, None)
+        self._emit(ModelEvent(spec.name, status="loaded", load_s=load_s))
         return resident
 
     # -- memory --------------------------------------------------------------------------------------------
@@ -282,7 +301,7 @@ class ModelRegistry:
                 victim = idle[0]
                 logger.info("unloading %s (least recently used) to make room for %s", victim.spec.name, name)
                 self._resident.pop(victim.spec.name)
-                await self._unload(victim)
+                await self._unload(victim, "evicted")
                 continue
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -303,6 +322,8 @@ class ModelRegistry:
     async def sweep(self) -> None:
         """Unload models idle for longer than their keep_alive, and retired engines once idle."""
         now = self._clock()
+        for name in list(self._resident):
+            self._live(name)  # a worker that died is noticed (and reported) now, not at the model's next use
         await self._unload_retired()
         for name, resident in list(self._resident.items()):
             measured = resident_size(resident.engine)
@@ -316,7 +337,7 @@ class ModelRegistry:
                 idle = now - resident.last_used
                 logger.info("unloading %s: idle for %.0f s (keep_alive %s s)", name, idle, keep_alive)
                 self._resident.pop(name)
-                await self._unload(resident)
+                await self._unload(resident, "idle")
 
     async def run_sweeper(self) -> None:
         while True:
@@ -331,20 +352,64 @@ class ModelRegistry:
             self._retired.remove(resident)
             await self._unload(resident)
 
-    async def _unload(self, resident: _Resident) -> None:
+    async def _unload(self, resident: _Resident, reason: UnloadReason | None = None) -> None:
+        """Close the engine; `reason`: report the model unloaded (retired engines were reported when retired)."""
         await asyncio.to_thread(resident.engine.close)
         logger.info("model %s unloaded", resident.spec.name)
+        if reason is not None:
+            self._emit(ModelEvent(resident.spec.name, status="unloaded", reason=reason))
         async with self._room:
             self._room.notify_all()
+
+    # -- admin ---------------------------------------------------------------------------------------------
+    def state(self, spec: ModelSpec) -> ModelState:
+        resident = self._live(spec.name)  # first: a crash it notices is a failure to show
+        failure, restarts = self._failures.get(spec.name), self.restarts.get(spec.name, 0)
+        if resident is None:
+            status: ModelStatusValue = "loading" if spec.name in self._loading else "unloaded"
+            return ModelState(status, failure=failure, restarts=restarts)
+        engine = resident.engine
+        return ModelState(
+            "loaded",
+            resident_bytes=resident_size(engine) or resident.size,
+            in_flight=resident.leases + engine.in_flight,
+            idle_s=None if resident.busy() else max(0.0, self._clock() - resident.last_used),
+            restarts=restarts,
+        )
+
+    async def unload(self, name: str) -> bool:
+        """Unload an idle model now (False: it was not loaded); a busy or loading one is a 409, never cut off."""
+        spec = self.resolve(name)
+        if spec.name in self._loading:
+            raise ModelBusyError(spec.name, "is loading")
+        resident = self._live(spec.name)
+        if resident is None:
+            return False
+        if resident.busy():
+            raise ModelBusyError(spec.name, f"is serving {resident.leases + resident.engine.in_flight} request(s)")
+        self._resident.pop(spec.name)
+        await self._unload(resident, "requested")
+        return True
+
+    def _emit(self, event: ModelEvent) -> None:
+        if event.failed and event.message is not None:
+            self._failures[event.model] = event.message
+        try:
+            self.on_event(event)
+        except Exception:  # a subscriber's trouble is never the registry's
+            logger.exception("model event not delivered")
 
     async def close(self) -> None:
         """Close every engine, and those of loads in progress once they finish (waited for a bounded time)."""
         self._closed = True
         if self._loading:
             await asyncio.wait(list(self._loading.values()), timeout=CLOSE_LOAD_WAIT_S)
-        residents = list(self._resident.values()) + self._retired
+        loaded = list(self._resident.values())
+        retired = self._retired
         self._resident, self._retired = {}, []
-        for resident in residents:
+        for resident in loaded:
+            await self._unload(resident, "shutdown")
+        for resident in retired:
             await asyncio.to_thread(resident.engine.close)
 
 

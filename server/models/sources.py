@@ -25,3 +25,15 @@ def model_file(spec: ModelSpec) -> Path:
 def resolved(spec: ModelSpec) -> ModelSpec:
     """The spec with its source replaced by the file it resolves to (blocking: may convert)."""
     return spec.model_copy(update={"source": PathSource(path=model_file(spec))})
+
+
+def files_present(spec: ModelSpec) -> bool:
+    """Whether the model's file (a safetensors model: its source folder's weights) is on local disk. Never
+    converts and never touches the network (blocking: it looks at the disk)."""
+    try:
+        if isinstance(spec.source, SafetensorsSource):
+            folder = spec.source.safetensors.folder()
+            return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+        return spec.model_path().is_file()
+    except (ConfigError, OSError, ValueError):
+        return False
