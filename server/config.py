@@ -112,6 +112,18 @@ class Settings(BaseModel):
     batch_output_ttl_s: int = Field(
         default=30 * 24 * 3600, ge=60, description="How long a batch's output and error files are kept."
     )
+    prompt_cache_dir: Path | None = Field(
+        default=None,
+        description="Where generative models save the KV of long prompt prefixes when they unload, restored at their "
+        "next load; default: `<data_dir>/prompt-cache`.",
+    )
+    prompt_cache_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=0,
+        le=1024**4,
+        description="Bytes the saved prompt caches of all models may take on disk, least recently used deleted "
+        "first; 0: nothing saved or restored.",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -332,6 +344,11 @@ class ModelSpec(BaseModel):
     cache_type_v: KVCacheType = Field(
         default="f16",
         description="llama.cpp KV cache type of the values, as `cache_type_k`; q8_0 and q4_0 need `flash_attn`.",
+    )
+    prompt_cache: bool = Field(
+        default=True,
+        description="Save the KV of this model's long prompt prefixes (a system prompt) to disk when it unloads and "
+        "restore it when it loads (generative models; SLM_PROMPT_CACHE_BYTES 0 turns it off for all).",
     )
     use_extra_bufts: Literal["auto"] | bool = Field(
         default="auto",

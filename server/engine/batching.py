@@ -17,6 +17,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import llama_cpp
@@ -102,6 +103,7 @@ class BatchScheduler:
         self._wake = threading.Condition()
         self._stopping = False
         self._uses = 0
+        self._adopted = 0  # the ranks given to restored sequences (a later use ranks above them)
         self._share = BatchShare()  # what batch requests may take of each step (server/engine/batch_share.py)
         self._thread = threading.Thread(target=self._run, name="llama-scheduler", daemon=True)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
@@ -112,6 +114,21 @@ class BatchScheduler:
 
     def start(self) -> None:
         self._thread.start()
+
+    def adopt(self, restored: Sequence[tuple[int, list[int]]]) -> None:
+        """Before start: sequences whose KV was restored from a saved prompt cache, most recent first. They rank
+        as used more recently than the empty ones, so a request that shares nothing with them takes an empty one."""
+        for rank, (seq_id, tokens) in enumerate(restored):
+            slot = self._slots[seq_id]
+            slot.cached = list(tokens)
+            slot.last_used = len(restored) - rank
+        self._uses = self._adopted = max(self._uses, len(restored))
+
+    def cached_sequences(self) -> list[tuple[int, list[int]]]:
+        """After stop: each sequence's id and the tokens whose KV it holds, most recently used first; a restored
+        prefix no request has used since is left out (it is saved already, and stays as unused as it was)."""
+        ordered = sorted(self._slots, key=lambda slot: slot.last_used, reverse=True)
+        return [(slot.seq_id, list(slot.cached)) for slot in ordered if slot.cached and slot.last_used > self._adopted]
 
     def stop(self) -> None:
         with self._wake:

@@ -23,6 +23,8 @@ from server.engine.gguf_check import GGUFProblem, check_gguf
 from server.engine.grammar_cache import GrammarCache
 from server.engine.kinds import wrong_kind
 from server.engine.native import NativeModel
+from server.engine.prompt_cache import CachedSequence, PromptCache
+from server.engine.prompt_store import PromptCacheConfig
 from server.engine.reasoning import ThinkingLimit, reasoning_format
 from server.engine.template import ChatTemplate, MarkedContent
 from server.errors import InvalidRequestError, ModelUnavailableError
@@ -51,8 +53,11 @@ def native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
 class LlamaCppEngine:
     """One loaded model: a llama.cpp model and context, its chat template, and the scheduler thread."""
 
-    def __init__(self, spec: ModelSpec, native: NativeModel, template: ChatTemplate) -> None:
+    def __init__(
+        self, spec: ModelSpec, native: NativeModel, template: ChatTemplate, prompt_cache: PromptCache | None = None
+    ) -> None:
         self._spec = spec
+        self._prompt_cache = prompt_cache
         self._native = native
         self._template = template
         self._info = EngineInfo(
@@ -65,11 +70,17 @@ class LlamaCppEngine:
             native, n_seq=spec.parallel, n_ctx=spec.n_ctx, n_batch=spec.n_batch, max_queue=spec.max_queue
         )
         self._grammars = GrammarCache(native.vocab)
+        if prompt_cache is not None:
+            try:
+                self._scheduler.adopt(prompt_cache.restore(native.ctx))
+            except Exception:  # served all the same: a sequence's KV not adopted is dropped by its first request
+                logger.exception("prompt cache: restoring the prompt prefixes of model %s failed", spec.name)
         self._scheduler.start()
 
     @classmethod
-    def load(cls, spec: ModelSpec) -> LlamaCppEngine:
-        """Load the model (blocking: call it off the event loop)."""
+    def load(cls, spec: ModelSpec, prompt_cache: PromptCacheConfig | None = None) -> LlamaCppEngine:
+        """Load the model (blocking: call it off the event loop); with `prompt_cache`, restore the saved prompt
+        prefixes of this model and settings, and save them again at close (server/engine/prompt_cache.py)."""
         model, path, extra_bufts = load_weights(spec)
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_seq_max = spec.parallel
@@ -97,6 +108,11 @@ class LlamaCppEngine:
             bos_token=native.special_text(llama_cpp.llama_vocab_bos(native.vocab)),
             eos_token=native.special_text(llama_cpp.llama_vocab_eos(native.vocab)),
         )
+        try:
+            cache = PromptCache.of(prompt_cache, spec, path, extra_bufts=extra_bufts)
+        except OSError as exc:  # the model file vanished meanwhile: serve without the prompt cache
+            logger.warning("prompt cache: off for model %s: %s", spec.name, exc)
+            cache = None
         logger.info(
             "loaded model %s from %s (n_ctx=%d x %d sequences, threads=%d, extra_bufts=%s, kv cache K %s V %s)",
             spec.name,
@@ -108,7 +124,7 @@ class LlamaCppEngine:
             spec.cache_type_k,
             spec.cache_type_v,
         )
-        return cls(spec, native, template)
+        return cls(spec, native, template, cache)
 
     @property
     def info(self) -> EngineInfo:
@@ -241,6 +257,12 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         self._scheduler.stop()
+        if self._prompt_cache is not None:
+            sequences = [CachedSequence(*cached) for cached in self._scheduler.cached_sequences()]
+            try:
+                self._prompt_cache.save(self._native.ctx, sequences)
+            except Exception:  # the model unloads all the same
+                logger.exception("prompt cache: saving the prompt prefixes of model %s failed", self._spec.name)
         self._grammars.close()
         self._native.free()
 

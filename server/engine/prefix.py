@@ -8,8 +8,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# A prompt whose prefix another request is still prefilling waits for it if it would gain at least this much.
+# A prompt whose prefix another request is still prefilling waits for it if it would gain at least this much; a
+# prefix is copied from another sequence (its whole KV stream is copied) only if it saves at least this much.
 MIN_PREFIX_GAIN = 32
+# A free sequence whose cached tokens beyond the prompt's are at most this many is taken before one that would lose
+# more: a long cached prefix (a system prompt, one restored from disk) is not cut for a prompt that shares only the
+# chat template's first tokens with it while an empty sequence is free.
+SMALL_LOSS = 64
 
 
 @dataclass(frozen=True)
@@ -45,13 +50,14 @@ def place(prompt: Sequence[int], slots: Sequence[SlotView]) -> Placement | None:
         return None
     limit = len(prompt) - 1
     own = {i: min(common_prefix(slots[i].cached, prompt), limit) for i in free}
-    # Prefer the free sequence that already holds the most of this prompt; else the least recently used one,
-    # so that recent caches survive for the requests most likely to come back.
-    slot = max(free, key=lambda i: (own[i], -slots[i].last_used))
+    # Prefer a free sequence that loses little of its cache, then the one that already holds the most of this
+    # prompt; else the least recently used one, so that recent caches survive for the requests likely to come back.
+    cheap = [i for i in free if len(slots[i].cached) - own[i] <= SMALL_LOSS]
+    slot = max(cheap or free, key=lambda i: (own[i], -slots[i].last_used))
     source, reuse = slot, own[slot]
     for i, view in enumerate(slots):
         shared = min(common_prefix(view.cached, prompt), limit)
-        if shared > reuse:
+        if shared >= reuse + MIN_PREFIX_GAIN:
             source, reuse = i, shared
     return Placement(slot=slot, source=source, reuse=reuse)
 

@@ -26,6 +26,7 @@ from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, Gene
 from server.engine.delta_buffer import MAX_BUFFERED_DELTAS, DeltaBuffer
 from server.engine.delta_stream import DeltaStream
 from server.engine.liveness import Watchdog, WorkerDeadlines
+from server.engine.prompt_store import PromptCacheConfig
 from server.engine.room import RoomSignal
 from server.engine.spawn import start_worker
 from server.engine.worker import WireError
@@ -84,9 +85,11 @@ class ProcessEngine:
         self._watchdog.start()
 
     @classmethod
-    def load(cls, spec: ModelSpec, deadlines: WorkerDeadlines | None = None) -> ProcessEngine:
+    def load(
+        cls, spec: ModelSpec, deadlines: WorkerDeadlines | None = None, prompt_cache: PromptCacheConfig | None = None
+    ) -> ProcessEngine:
         """Start a worker and wait until its model is loaded (blocking: call it off the event loop)."""
-        process, conn, info = start_worker(spec)
+        process, conn, info = start_worker(spec, prompt_cache)
         return cls(spec, process, conn, info, deadlines)
 
     @property

@@ -8,6 +8,7 @@ from typing import Any
 
 from server.config import ModelSpec
 from server.engine.base import EngineInfo
+from server.engine.prompt_store import PromptCacheConfig
 from server.engine.worker import serve
 from server.errors import ModelUnavailableError
 
@@ -16,14 +17,15 @@ logger = logging.getLogger(__name__)
 LOAD_TIMEOUT_S = 600
 
 
-def start_worker(spec: ModelSpec) -> tuple[Any, Any, EngineInfo]:
+def start_worker(spec: ModelSpec, prompt_cache: PromptCacheConfig | None = None) -> tuple[Any, Any, EngineInfo]:
     """A worker process with the model loaded, the parent's end of its pipe, and the model's info (blocking:
-    call it off the event loop). A worker that fails, dies or takes too long to load is a 503."""
+    call it off the event loop). A worker that fails, dies or takes too long to load is a 503. `prompt_cache`:
+    where the worker keeps its saved prompt prefixes (None: nowhere)."""
     context = multiprocessing.get_context("spawn")
     conn, child_conn = context.Pipe()
     process = context.Process(
         target=serve,
-        args=(child_conn, spec.model_dump_json(), logging.getLogger().getEffectiveLevel()),
+        args=(child_conn, spec.model_dump_json(), logging.getLogger().getEffectiveLevel(), prompt_cache),
         name=f"slm-worker-{spec.name}",
         daemon=True,
     )

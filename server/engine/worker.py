@@ -19,12 +19,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import signal
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 from server.engine.bounded_stderr import bound_stderr
+from server.engine.prompt_store import PromptCacheConfig
 from server.errors import APIError, InternalError
 
 logger = logging.getLogger(__name__)
@@ -46,9 +48,17 @@ class WireError:
         return cls(error.status_code, error.error_type, error.code, error.param, error.message)
 
 
-def serve(conn: Connection, spec_json: str, log_level: int) -> None:
-    """Process entry point: load the model, report, then answer requests until shutdown or a closed pipe."""
+def serve(conn: Connection, spec_json: str, log_level: int, prompt_cache: PromptCacheConfig | None = None) -> None:
+    """Process entry point: load the model, report, then answer requests until shutdown or a closed pipe.
+
+    `prompt_cache`: where a generative model restores its saved prompt prefixes from, and saves them to at
+    shutdown (server/engine/prompt_cache.py); None: not at all."""
     bound_stderr()  # before llama.cpp can write anything: no line of its output floods the log
+    # The HTTP process owns this one's life: a Ctrl-C or a SIGTERM sent to the whole process group (systemd's
+    # default) must not end it before the server tells it to shut down (it saves its prompt cache then); a closed
+    # pipe ends it too, and the server kills it when it does not stop in time.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
     from server.config import ModelSpec
     from server.engine.embedding import EmbeddingEngine  # llama.cpp is imported in worker processes only
@@ -61,7 +71,10 @@ def serve(conn: Connection, spec_json: str, log_level: int) -> None:
     spec = spec.model_copy(update={"max_queue": UNBOUNDED_QUEUE})
     before = own_resident_bytes()  # the process itself, for the memory estimate of the next load
     try:
-        engine = (RerankEngine if spec.reranker else EmbeddingEngine if spec.embedding else LlamaCppEngine).load(spec)
+        if spec.reranker or spec.embedding:
+            engine = (RerankEngine if spec.reranker else EmbeddingEngine).load(spec)
+        else:
+            engine = LlamaCppEngine.load(spec, prompt_cache)
     except APIError as exc:
         conn.send(("failed", exc.message))
         return

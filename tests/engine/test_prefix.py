@@ -1,4 +1,4 @@
-from server.engine.prefix import MIN_PREFIX_GAIN, SlotView, place, should_wait
+from server.engine.prefix import MIN_PREFIX_GAIN, Placement, SlotView, place, should_wait
 
 PROMPT = list(range(100))
 
@@ -21,6 +21,18 @@ def test_a_busy_sequence_can_lend_its_prefix():
 
 def test_the_last_prompt_token_is_always_evaluated():
     assert place(PROMPT, [SlotView([*PROMPT, 1, 2])]).reuse == len(PROMPT) - 1
+
+
+def test_a_long_cached_prefix_is_not_cut_for_a_prompt_that_shares_little_while_a_sequence_is_empty():
+    system = list(range(1000, 2000))  # a system prompt's KV (restored from disk, say)
+    prompt = [*system[:16], 7, 7, 7]  # shares only the chat template's first tokens
+    placement = place(prompt, [SlotView(system, last_used=5), SlotView([]), SlotView([])])
+    assert placement.slot != 0 and placement.source == placement.slot and placement.reuse == 0  # too little to copy
+    same = [*system, 7, 7]  # the same system prompt: taken where it is, nothing lost
+    assert place(same, [SlotView(system), SlotView([])]) == Placement(slot=0, source=0, reuse=1000)
+    busy = [SlotView(system, busy=True), SlotView([])]  # lent to another sequence when it saves enough
+    assert place(same, busy) == Placement(slot=1, source=0, reuse=1000)
+    assert place(prompt, [SlotView(system)]).slot == 0  # no other free sequence: it is cut after all
 
 
 def test_least_recently_used_free_sequence_is_evicted_first():
