@@ -19,6 +19,7 @@ from server.api.admin.routes import admin
 from server.api.admin.stats import StatsWindow
 from server.api.anthropic import errors as anthropic_errors
 from server.api.anthropic import routes as anthropic_routes
+from server.api.console.routes import console_routes
 from server.api.llamacpp.rerank import rerank_routes
 from server.api.llamacpp.routes import extensions
 from server.api.openai.batch_lines import BatchLines
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
     app.include_router(rerank_routes)
     app.include_router(ops)
     app.include_router(admin)
+    app.include_router(console_routes())  # the web console's pages and files: / and /ui/...
     # Inside CORS, so that preflights are CORS's to answer and an allowed page can read a refusal.
     app.add_middleware(
         AccessGuard,
