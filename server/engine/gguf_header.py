@@ -15,6 +15,8 @@ SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12
 STRING, ARRAY = 8, 9
 _FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 LIST_MAX = 4096  # arrays of numbers up to this long are read (per-layer counts); longer ones give their length
+KEY_MAX = 65536  # bytes of a key
+VALUE_MAX = 1 << 20  # bytes of a string value read (a chat template); a longer one is skipped, given as its length
 
 
 class GGUFProblem(ValueError):
@@ -23,6 +25,11 @@ class GGUFProblem(ValueError):
 
 @dataclass(frozen=True)
 class LongArray:
+    length: int
+
+
+@dataclass(frozen=True)
+class LongString:
     length: int
 
 
@@ -46,15 +53,16 @@ def read_pairs(fh: BinaryIO, n_kv: int, size: int) -> dict[str, object]:
         raise GGUFProblem("its GGUF header is damaged (impossible counts)")
     metadata: dict[str, object] = {}
     for _ in range(n_kv):
-        key = read_string(fh, size)
+        key = read_string(fh, size, KEY_MAX)
         (value_type,) = struct.unpack("<I", fh.read(4))
         metadata[key] = _value(fh, value_type, size)
     return metadata
 
 
-def read_string(fh: BinaryIO, size: int) -> str:
+def read_string(fh: BinaryIO, size: int, most: int | None = None) -> str:
+    """A string; longer than `most` bytes (when given) is a damaged header."""
     (length,) = struct.unpack("<Q", fh.read(8))
-    if length > size:
+    if length > size or (most is not None and length > most):
         raise GGUFProblem("its GGUF header is damaged (impossible string length)")
     raw = fh.read(length)
     if len(raw) != length:
@@ -64,20 +72,38 @@ def read_string(fh: BinaryIO, size: int) -> str:
 
 def _value(fh: BinaryIO, value_type: int, size: int) -> object:
     if value_type == STRING:
-        return read_string(fh, size)
+        return _string_value(fh, size)
     if value_type == ARRAY:
         item_type, count = struct.unpack("<IQ", fh.read(12))
         if count > size:
             raise GGUFProblem("its GGUF header is damaged (impossible array length)")
+        if item_type == ARRAY:  # as llama.cpp's own reader, which refuses them (and they could nest without end)
+            raise GGUFProblem("its GGUF header has an array of arrays")
         if item_type in _FORMATS and count <= LIST_MAX:
             return list(struct.unpack(f"<{count}{_FORMATS[item_type]}", fh.read(SCALAR_SIZES[item_type] * count)))
         if item_type in SCALAR_SIZES:
             fh.seek(SCALAR_SIZES[item_type] * count, 1)
-        else:
+        elif item_type == STRING:
             for _ in range(count):
-                _value(fh, item_type, size)
+                _string_value(fh, size)
+        else:
+            raise GGUFProblem(f"its GGUF header has an unknown value type {item_type}")
         return LongArray(count)
     if value_type not in _FORMATS:
         raise GGUFProblem(f"its GGUF header has an unknown value type {value_type}")
     (value,) = struct.unpack(f"<{_FORMATS[value_type]}", fh.read(SCALAR_SIZES[value_type]))
     return value
+
+
+def _string_value(fh: BinaryIO, size: int) -> str | LongString:
+    """A string value; one longer than VALUE_MAX is skipped (its length given), never read into memory."""
+    (length,) = struct.unpack("<Q", fh.read(8))
+    if length > size:
+        raise GGUFProblem("its GGUF header is damaged (impossible string length)")
+    if length > VALUE_MAX:
+        fh.seek(length, 1)
+        return LongString(length)
+    raw = fh.read(length)
+    if len(raw) != length:
+        raise struct.error("unexpected end of file")
+    return raw.decode("utf-8")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from server.config import KVCacheType, ModelSpec
 from server.engine.gguf_header import read_metadata
@@ -19,6 +18,9 @@ from server.engine.gguf_header import read_metadata
 BLOCK_LAYOUT: dict[str, tuple[int, int]] = {"f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18)}
 # llama.cpp rounds each sequence's context up to a multiple of this (llama_context's n_ctx_seq).
 CONTEXT_PAD = 256
+# Bounds on what a header may say (far beyond any model served here): a hostile file gives no estimate, not a huge
+# one or a long computation.
+MAX_LAYERS, MAX_WIDTH, MAX_HEADS = 4096, 1 << 20, 1 << 16
 
 
 @dataclass(frozen=True)
@@ -33,28 +35,35 @@ def kv_shape(path: Path, fields: dict[str, object] | None = None) -> KVShape:
     """Read from the GGUF header (`fields`, when it was read already); a file without the attention metadata
     raises ValueError."""
     fields = read_metadata(path) if fields is None else fields
-
-    def value(key: str, default: Any = None) -> Any:
-        return fields.get(key, default)
-
-    arch = value("general.architecture")
-    layers, width = value(f"{arch}.block_count"), value(f"{arch}.embedding_length")
-    heads = value(f"{arch}.attention.head_count")
-    if not isinstance(layers, int) or not isinstance(width, int) or not heads:
-        raise ValueError(f"{path.name} does not give its layers, width and attention heads ({arch} metadata)")
-    per_layer_heads = _per_layer(heads, layers)
+    arch = fields.get("general.architecture")
+    layers = count_of(fields, f"{arch}.block_count", MAX_LAYERS, lowest=1)
+    width = count_of(fields, f"{arch}.embedding_length", MAX_WIDTH, lowest=1)
+    per_layer_heads = _per_layer(fields.get(f"{arch}.attention.head_count"), layers, f"{arch}.attention.head_count")
     if max(per_layer_heads) <= 0:
         raise ValueError(f"{path.name} has no attention heads")
-    kv_heads = _per_layer(value(f"{arch}.attention.head_count_kv", heads), layers)
+    kv_heads = _per_layer(
+        fields.get(f"{arch}.attention.head_count_kv", per_layer_heads), layers, f"{arch}.attention.head_count_kv"
+    )
     head_size = width // max(per_layer_heads)
-    key_length = value(f"{arch}.attention.key_length", head_size)
-    value_length = value(f"{arch}.attention.value_length", head_size)
+    key_length = count_of(fields, f"{arch}.attention.key_length", MAX_WIDTH, default=head_size)
+    value_length = count_of(fields, f"{arch}.attention.value_length", MAX_WIDTH, default=head_size)
     return KVShape(k_elements=sum(kv_heads) * key_length, v_elements=sum(kv_heads) * value_length)
 
 
-def _per_layer(count: int | list[int], layers: int) -> list[int]:
+def count_of(fields: dict[str, object], key: str, most: int, *, lowest: int = 0, default: int | None = None) -> int:
+    """A whole number of the header within bounds (a file's header is not trusted); ValueError otherwise."""
+    value = fields.get(key, default)
+    if type(value) is not int or not lowest <= value <= most:
+        raise ValueError(f"{key} is missing or out of bounds ({value!r})")
+    return value
+
+
+def _per_layer(count: object, layers: int, key: str) -> list[int]:
     """Head counts are one number, or one per layer (models whose layers differ; 0 for a layer with no attention)."""
-    return list(count) if isinstance(count, list) else [count] * layers
+    counts = count if isinstance(count, list) else [count] * layers
+    if len(counts) != layers or any(type(c) is not int or not 0 <= c <= MAX_HEADS for c in counts):
+        raise ValueError(f"{key} is not a head count per layer within bounds")
+    return counts
 
 
 def cache_cells(n_ctx: int, parallel: int) -> int:

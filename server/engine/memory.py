@@ -22,7 +22,7 @@ from pathlib import Path
 
 from server.config import ModelSpec
 from server.engine.gguf_header import LongArray, read_metadata
-from server.engine.kv_cache import cache_cells, spec_kv_cache_bytes
+from server.engine.kv_cache import MAX_HEADS, MAX_WIDTH, cache_cells, count_of, spec_kv_cache_bytes
 
 DEFAULT_PROCESS_BYTES = 64 * 1024 * 1024  # a worker before its model loads (measured: 57-68 MiB, Python 3.11)
 WIDTH_VECTORS = 8  # activations of the model's width kept per token of a batch (residual, norms, q, k, v, output)
@@ -30,6 +30,7 @@ FF_VECTORS = 3  # of its feed-forward width (gate, up, their product)
 SCORE_COPIES = 3  # attention score matrices (token x token per head) alive at once without flash attention
 COMPUTE_FIXED = 10 * 1024 * 1024  # llama.cpp's context: graph metadata, small tensors, threads (measured: 7-8 MiB more)
 MIB = 1024 * 1024
+MAX_VOCAB = 1 << 22  # tokens a header may list (real vocabularies have up to a few hundred thousand)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class MemoryEstimate:
     kv_cache: int
     compute: int
     process: int
+
+    def __post_init__(self) -> None:
+        if any(type(part) is not int or part < 0 for part in (self.weights, self.kv_cache, self.compute, self.process)):
+            raise ValueError(f"a memory estimate's parts are whole numbers of bytes, not {self!r}")
 
     @property
     def total(self) -> int:
@@ -63,8 +68,8 @@ def estimate_memory(spec: ModelSpec, path: Path, process_bytes: int = DEFAULT_PR
     needs (the caller falls back to the file's size)."""
     encoder = spec.embedding or spec.reranker
     fields = read_metadata(path)
-    width, feed_forward, vocab = _widths(path, fields)
-    heads = _largest(fields.get(f"{fields.get('general.architecture')}.attention.head_count"))
+    width, feed_forward, vocab = _widths(fields)
+    heads = _largest(fields.get(f"{fields.get('general.architecture')}.attention.head_count"), MAX_HEADS)
     batch = spec.n_ctx if encoder else spec.n_batch
     compute = 4 * batch * (WIDTH_VECTORS * width + FF_VECTORS * feed_forward) + COMPUTE_FIXED
     compute += 4 * vocab * (1 if encoder else spec.parallel)  # the logits (a reranker's scores are fewer)
@@ -75,24 +80,27 @@ def estimate_memory(spec: ModelSpec, path: Path, process_bytes: int = DEFAULT_PR
     return MemoryEstimate(weights=path.stat().st_size, kv_cache=kv, compute=compute, process=process_bytes)
 
 
-def _widths(path: Path, fields: dict[str, object]) -> tuple[int, int, int]:
+def _widths(fields: dict[str, object]) -> tuple[int, int, int]:
     """The model's width, its largest feed-forward width (a mixture's experts' where it has them) and its
-    vocabulary's size."""
+    vocabulary's size, each within bounds (ValueError otherwise)."""
     arch = fields.get("general.architecture")
-    width = fields.get(f"{arch}.embedding_length")
-    if not isinstance(width, int):
-        raise ValueError(f"{path.name} does not give its width ({arch}.embedding_length)")
+    width = count_of(fields, f"{arch}.embedding_length", MAX_WIDTH, lowest=1)
     widths = [fields.get(f"{arch}.{key}") for key in ("feed_forward_length", "expert_feed_forward_length")]
-    feed_forward = max(_largest(w) for w in widths)
+    feed_forward = max(_largest(w, MAX_WIDTH) for w in widths)
     tokens = fields.get("tokenizer.ggml.tokens")
     vocab = tokens.length if isinstance(tokens, LongArray) else len(tokens) if isinstance(tokens, list) else 0
+    if vocab > MAX_VOCAB:
+        raise ValueError(f"a vocabulary of {vocab} tokens is out of bounds")
     return width, feed_forward, vocab
 
 
-def _largest(value: object) -> int:
-    """A count given once or per layer, at its largest (0 when it is not there)."""
-    counts = value if isinstance(value, list) else [value]
-    return max([count for count in counts if isinstance(count, int)] or [0])
+def _largest(value: object, most: int) -> int:
+    """A count given once or per layer, at its largest (0 when it is not there); ValueError past `most`."""
+    counts = [count for count in (value if isinstance(value, list) else [value]) if type(count) is int]
+    largest = max(counts or [0])
+    if not 0 <= largest <= most or any(count < 0 for count in counts):
+        raise ValueError(f"a count of {largest} is out of bounds")
+    return largest
 
 
 def _mib(size: int) -> str:

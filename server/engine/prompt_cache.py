@@ -11,8 +11,10 @@ logs and removes it: a load never fails because of the prompt cache.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import NamedTuple
 import llama_cpp
 
 from server.config import ModelSpec
+from server.engine.kv_cache import spec_kv_cache_bytes
 from server.engine.prompt_store import (
     BadEntry,
     PromptCacheConfig,
@@ -42,6 +45,7 @@ logger = logging.getLogger(__name__)
 # ProcessEngine.close waits 10 s for the worker to exit before killing it: saving stops starting new files after
 # this long (one file of a few hundred MiB takes well under a second to write locally).
 SAVE_DEADLINE_S = 5.0
+STATE_SLACK_BYTES, STATE_SLACK_PER_CELL = 1 << 20, 64  # llama.cpp's bookkeeping around a sequence's KV
 
 
 class CachedSequence(NamedTuple):
@@ -52,12 +56,15 @@ class CachedSequence(NamedTuple):
 
 
 class PromptCache:
-    def __init__(self, config: PromptCacheConfig, key: str, *, model: str, n_ctx: int, n_seq: int) -> None:
+    def __init__(
+        self, config: PromptCacheConfig, key: str, *, model: str, n_ctx: int, n_seq: int, max_state: int
+    ) -> None:
         self._config = config
         self.key = key
         self._model = model
         self._n_ctx = n_ctx
         self._n_seq = n_seq
+        self._max_state = max_state  # bytes one sequence's state can take: a file claiming more is not read
         self._restored: list[list[int]] = []  # the prefixes restored at load, which are on disk already
 
     @classmethod
@@ -80,7 +87,14 @@ class PromptCache:
             "kv_unified": False,
             "llama_cpp": llama_cpp.__version__,
         }
-        return cls(config, cache_key(identity), model=spec.name, n_ctx=spec.n_ctx, n_seq=spec.parallel)
+        try:  # one sequence's KV, and room for llama.cpp's per-cell and per-layer bookkeeping
+            one = spec_kv_cache_bytes(spec.model_copy(update={"parallel": 1}), path)
+            max_state = one + STATE_SLACK_BYTES + STATE_SLACK_PER_CELL * spec.n_ctx
+        except ValueError:
+            max_state = config.max_bytes
+        return cls(
+            config, cache_key(identity), model=spec.name, n_ctx=spec.n_ctx, n_seq=spec.parallel, max_state=max_state
+        )
 
     def restore(self, ctx: llama_cpp.llama_context_p) -> list[CachedSequence]:
         """Load this key's most recently used saved prefixes into sequences 0, 1, ... (one each, at most one per
@@ -93,7 +107,7 @@ class PromptCache:
             seq_id = len(restored)
             started = time.monotonic()
             try:
-                saved = read_entry(path, self.key, self._n_ctx)
+                saved = read_entry(path, self.key, self._n_ctx, self._max_state)
             except BadEntry as exc:
                 remove(path, str(exc))
                 continue
@@ -140,6 +154,12 @@ class PromptCache:
             if path is not None:
                 saved.append(path)
         if saved:
+            # Written (or touched) most recent first: their times are set in that order, so the cap keeps the most
+            # recently used and the next load restores them first.
+            now = time.time_ns()
+            for rank, path in enumerate(saved):
+                with contextlib.suppress(OSError):
+                    os.utime(path, ns=(now - rank * 1_000_000, now - rank * 1_000_000))
             enforce_cap(self._config.directory, self._config.max_bytes)
         return saved
 

@@ -80,10 +80,17 @@ def cache_key(identity: Mapping[str, object]) -> str:
 
 
 def file_identity(path: Path) -> dict[str, object]:
-    """A model file as the key sees it: its resolved path, size and modification time (a replaced file differs)."""
+    """A model file as the key sees it: its resolved path, inode, size, and modification and change times (a file
+    replaced by another, even one of the same size copied with its modification time kept, differs)."""
     resolved = path.resolve()
     stat = resolved.stat()
-    return {"file": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {
+        "file": str(resolved),
+        "inode": stat.st_ino,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
+    }
 
 
 def entry_name(key: str, tokens: Sequence[int]) -> str:
@@ -163,9 +170,10 @@ def write_entry(directory: Path, key: str, tokens: Sequence[int], state: bytes |
     return target
 
 
-def read_entry(path: Path, key: str, max_tokens: int) -> SavedPrefix:
+def read_entry(path: Path, key: str, max_tokens: int, max_state: int) -> SavedPrefix:
     """A saved prefix, checked whole before anything is handed to llama.cpp; BadEntry if it is not one of ours
-    for this key, or damaged."""
+    for this key, or damaged. A state larger than `max_state` (what one sequence of this model can hold) is refused
+    before it is read into memory."""
     with path.open("rb") as source:
         if source.read(len(MAGIC)) != MAGIC:
             raise BadEntry("not a saved prompt cache (wrong magic)")
@@ -191,6 +199,8 @@ def read_entry(path: Path, key: str, max_tokens: int) -> SavedPrefix:
             raise BadEntry(f"{n_tokens!r} tokens (this model holds 1 to {max_tokens} per sequence)")
         if not (isinstance(state_bytes, int) and state_bytes > 0) or not isinstance(sha256, str):
             raise BadEntry("unreadable header")
+        if state_bytes > max_state:
+            raise BadEntry(f"a state of {state_bytes} bytes (one sequence of this model holds at most {max_state})")
         body_start = len(MAGIC) + _U32.size + header_length
         expected = body_start + 4 * n_tokens + state_bytes
         actual = os.fstat(source.fileno()).st_size

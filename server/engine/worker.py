@@ -54,11 +54,10 @@ def serve(conn: Connection, spec_json: str, log_level: int, prompt_cache: Prompt
     `prompt_cache`: where a generative model restores its saved prompt prefixes from, and saves them to at
     shutdown (server/engine/prompt_cache.py); None: not at all."""
     bound_stderr()  # before llama.cpp can write anything: no line of its output floods the log
-    # The HTTP process owns this one's life: a Ctrl-C or a SIGTERM sent to the whole process group (systemd's
-    # default) must not end it before the server tells it to shut down (it saves its prompt cache then); a closed
-    # pipe ends it too, and the server kills it when it does not stop in time.
+    # The HTTP process owns this one's life: a Ctrl-C in the terminal reaches the whole process group, and must
+    # not end it before the server tells it to shut down (it saves its prompt cache then); a closed pipe ends it
+    # too. SIGTERM keeps its default: multiprocessing's exit handler stops leftover workers with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
     from server.config import ModelSpec
     from server.engine.embedding import EmbeddingEngine  # llama.cpp is imported in worker processes only

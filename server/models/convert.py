@@ -55,15 +55,20 @@ def cache_root() -> Path:
     return Path(os.environ.get("SLM_CACHE_DIR") or Path.home() / ".cache" / "slm-server")
 
 
-def cached_conversion(model_dir: Path, label: str) -> Path:
-    """The GGUF converted from `model_dir`, converting it first if this version of it was never converted."""
+def conversion_path(model_dir: Path, label: str) -> Path:
+    """Where the GGUF converted from this version of `model_dir` is cached (whether or not it exists yet)."""
     fingerprint = hashlib.sha256(CONVERTER_VERSION.encode())
     for name in ("config.json", "vocab.txt", "model.safetensors", "1_Pooling/config.json"):
         path = model_dir / name
         if path.exists():
             stat = path.stat()
             fingerprint.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    output = cache_root() / "converted" / f"{label}-{fingerprint.hexdigest()[:16]}.gguf"
+    return cache_root() / "converted" / f"{label}-{fingerprint.hexdigest()[:16]}.gguf"
+
+
+def cached_conversion(model_dir: Path, label: str) -> Path:
+    """The GGUF converted from `model_dir`, converting it first if this version of it was never converted."""
+    output = conversion_path(model_dir, label)
     if not output.exists():
         logger.info("converting %s to GGUF at %s (once)", model_dir, output)
         convert_bert(model_dir, output, name=label)

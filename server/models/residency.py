@@ -56,24 +56,28 @@ class Budget:
         )
 
 
-def memory_estimate(spec: ModelSpec, process_bytes: int = DEFAULT_PROCESS_BYTES) -> MemoryEstimate | None:
+def memory_estimate(
+    spec: ModelSpec, process_bytes: int = DEFAULT_PROCESS_BYTES, *, convert: bool = False
+) -> MemoryEstimate | None:
     """What a model's worker is expected to take once loaded (server/engine/memory.py); None when its file is not
-    here. A file whose header cannot be read (llama.cpp will refuse it) counts its size alone, as it always did."""
+    here (or, unless `convert`, a safetensors model is not converted yet: listing models converts nothing). A file
+    whose header gives no estimate (damaged or hostile: llama.cpp will refuse it) counts its size alone."""
     try:
-        path = model_file(spec)
+        path = model_file(spec, convert=convert)
         size = path.stat().st_size
     except (ConfigError, OSError):
         return None
     try:
         return estimate_memory(spec, path, process_bytes)
-    except (ValueError, OSError):
+    except Exception:  # whatever a file's header holds, listing models and loading them go on
         logger.info("model %s: its file's header gives no memory estimate; counting its size", spec.name)
         return MemoryEstimate(weights=size, kv_cache=0, compute=0, process=0)
 
 
 def footprint(spec: ModelSpec, process_bytes: int = DEFAULT_PROCESS_BYTES) -> MemoryEstimate:
-    """The memory a model is expected to take before it loads (nothing for a file that is not here)."""
-    return memory_estimate(spec, process_bytes) or MemoryEstimate(0, 0, 0, 0)
+    """The memory a model is expected to take before it loads (converting a safetensors model first, as its load
+    would); nothing for a file that is not here."""
+    return memory_estimate(spec, process_bytes, convert=True) or MemoryEstimate(0, 0, 0, 0)
 
 
 def resident_size(engine: Engine) -> int | None:

@@ -8,15 +8,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.config import ConfigError, ModelSpec, PathSource, SafetensorsSource
-from server.models.convert import ConvertError, cached_conversion
+from server.models.convert import ConvertError, cached_conversion, conversion_path
 
 
-def model_file(spec: ModelSpec) -> Path:
-    """The model's GGUF file on local disk; a safetensors model is converted on first use (cached)."""
+def model_file(spec: ModelSpec, *, convert: bool = True) -> Path:
+    """The model's GGUF file on local disk; a safetensors model is converted on first use (cached). With `convert`
+    false nothing is converted: a safetensors model not converted yet is a ConfigError."""
     if isinstance(spec.source, SafetensorsSource):
         folder = spec.source.safetensors.folder()
+        label = spec.source.safetensors.package or folder.name
         try:
-            return cached_conversion(folder, spec.source.safetensors.package or folder.name)
+            if not convert:
+                path = conversion_path(folder, label)
+                if not path.is_file():
+                    raise ConfigError(f"{folder} is not converted to GGUF yet (it is at its first load)")
+                return path
+            return cached_conversion(folder, label)
         except (ConvertError, OSError) as exc:
             raise ConfigError(f"cannot convert {folder}: {exc}") from exc
     return spec.model_path()

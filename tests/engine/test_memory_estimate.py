@@ -10,7 +10,7 @@ import gguf
 import pytest
 
 from server.config import ModelSpec, PathSource
-from server.engine.gguf_header import LongArray, read_metadata
+from server.engine.gguf_header import LongArray, LongString, read_metadata
 from server.engine.kv_cache import spec_kv_cache_bytes
 from server.engine.memory import COMPUTE_FIXED, DEFAULT_PROCESS_BYTES, estimate_memory
 from server.errors import ModelUnavailableError
@@ -49,6 +49,61 @@ def test_a_damaged_header_is_a_value_error(tmp_path, damage):
     path.write_bytes(damage)
     with pytest.raises(ValueError):
         read_metadata(path)
+
+
+def hostile(path, arch="llama", **values):
+    """A GGUF whose header holds the given values (no tensors)."""
+    writer = gguf.GGUFWriter(str(path), arch)
+    for key, value in values.items():
+        name = f"{arch}.{key.replace('__', '.')}"
+        if isinstance(value, str):
+            writer.add_string(name, value)
+        elif isinstance(value, list):
+            writer.add_array(name, value)
+        elif isinstance(value, float):
+            writer.add_float32(name, value)
+        else:
+            writer.add_int64(name, value) if value < 0 or value >= 2**32 else writer.add_uint32(name, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
+HOSTILE = {  # a header a file could carry, and why it gives no estimate
+    "huge block count": {"block_count": 300_000_000, "embedding_length": 64, "attention__head_count": 4},
+    "negative kv heads": {
+        "block_count": 2,
+        "embedding_length": 64,
+        "attention__head_count": 4,
+        "attention__head_count_kv": -1000,
+    },
+    "heads as text": {"block_count": 2, "embedding_length": 64, "attention__head_count": "four"},
+    "key length as text": {
+        "block_count": 2,
+        "embedding_length": 64,
+        "attention__head_count": 4,
+        "attention__key_length": "x" * 2000,
+    },
+    "heads per layer of the wrong length": {"block_count": 3, "embedding_length": 64, "attention__head_count": [4]},
+    "a float width": {"block_count": 2, "embedding_length": 64.0, "attention__head_count": 4},
+    "arrays of arrays": {"block_count": 2, "embedding_length": 64, "attention__head_count": [[4], [4]]},
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_a_hostile_header_gives_no_estimate_quickly_and_the_file_counts_its_size(tmp_path, name):
+    path = hostile(tmp_path / "h.gguf", **HOSTILE[name])
+    spec = ModelSpec(name="h", source=PathSource(path=path))
+    with pytest.raises(ValueError):
+        estimate_memory(spec, path)
+    assert memory_estimate(spec).total == path.stat().st_size  # listing models and loads go on
+
+
+def test_a_long_string_value_is_skipped_not_read(tmp_path):
+    path = hostile(tmp_path / "s.gguf", chat_template="x" * (2 << 20), block_count=2)
+    fields = read_metadata(path)
+    assert fields["llama.chat_template"] == LongString(2 << 20) and fields["llama.block_count"] == 2
 
 
 def test_the_estimate_counts_the_file_the_kv_cache_the_batch_and_the_worker(tiny):

@@ -139,7 +139,7 @@ def test_enforce_cap_deletes_the_oldest_files_and_stale_temporaries(tmp_path):
 def test_a_saved_prefix_reads_back_whole(tmp_path):
     path = write_entry(tmp_path / "cache", KEY, TOKENS, memoryview(STATE))
     assert path.name == entry_name(KEY, TOKENS) and path.name.startswith(KEY + "-")
-    saved = read_entry(path, KEY, max_tokens=len(TOKENS))
+    saved = read_entry(path, KEY, max_tokens=len(TOKENS), max_state=1 << 30)
     assert saved.tokens == TOKENS and bytes(saved.state) == STATE
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [path.name]  # no temporary left
     assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700  # prompts: this user only
@@ -204,19 +204,37 @@ def damaged(tmp_path: Path, how: str) -> Path:
 )
 def test_a_damaged_file_is_refused(tmp_path, how):
     with pytest.raises(BadEntry):
-        read_entry(damaged(tmp_path, how), KEY, max_tokens=4096)
+        read_entry(damaged(tmp_path, how), KEY, max_tokens=4096, max_state=1 << 30)
 
 
 def test_a_file_of_another_key_or_too_long_for_the_context_or_renamed_is_refused(tmp_path):
     path = write_entry(tmp_path, KEY, TOKENS, STATE)
     with pytest.raises(BadEntry, match="another model file"):
-        read_entry(path, cache_key({**IDENTITY, "n_ctx": 4096}), max_tokens=4096)
+        read_entry(path, cache_key({**IDENTITY, "n_ctx": 4096}), max_tokens=4096, max_state=1 << 30)
     with pytest.raises(BadEntry, match="tokens"):
-        read_entry(path, KEY, max_tokens=len(TOKENS) - 1)
+        read_entry(path, KEY, max_tokens=len(TOKENS) - 1, max_state=1 << 30)
     renamed = path.with_name(entry_name(KEY, TOKENS[:-1]))
     path.rename(renamed)
     with pytest.raises(BadEntry, match="name"):
-        read_entry(renamed, KEY, max_tokens=4096)
+        read_entry(renamed, KEY, max_tokens=4096, max_state=1 << 30)
+
+
+def test_a_state_larger_than_one_sequence_holds_is_refused_before_it_is_read(tmp_path):
+    path = write_entry(tmp_path, KEY, TOKENS, STATE)
+    with pytest.raises(BadEntry, match="at most"):
+        read_entry(path, KEY, max_tokens=4096, max_state=len(STATE) - 1)
+    assert read_entry(path, KEY, max_tokens=4096, max_state=len(STATE)).tokens == TOKENS
+
+
+def test_a_model_file_replaced_by_one_of_the_same_size_and_time_has_another_identity(tmp_path):
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"a" * 100)
+    before = file_identity(model)
+    replacement = tmp_path / "new.gguf"
+    replacement.write_bytes(b"b" * 100)
+    os.utime(replacement, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns))  # cp -p, rsync -a
+    replacement.replace(model)
+    assert file_identity(model)["mtime_ns"] == before["mtime_ns"] and file_identity(model) != before
 
 
 def test_saved_entries_are_this_keys_most_recently_used_first(tmp_path):

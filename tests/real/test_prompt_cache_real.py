@@ -88,7 +88,7 @@ def test_a_restored_prefix_is_reused_and_generates_what_the_engine_before_the_re
     config = cache_config(tmp_path)
     first = first_run(tiny_path, config, flash_attn=flash_attn)
     [path] = saved(config)
-    entry = read_entry(path, path.name.split("-")[0], 1024)
+    entry = read_entry(path, path.name.split("-")[0], 1024, 1 << 30)
     # One sequence was used: it is saved whole, the prompt and the reply's tokens whose KV it holds.
     assert entry.tokens[: len(first.prompt_tokens)] == first.prompt_tokens
     os.utime(path, (1, 1))  # long unused: a restore marks it used
@@ -145,7 +145,7 @@ def test_two_requests_sharing_a_system_prompt_save_only_what_they_share(tiny_pat
         engine.close()
     [path] = saved(config)
     shared = common_prefix(requests[0].prompt_tokens, requests[1].prompt_tokens)
-    assert read_entry(path, path.name.split("-")[0], 1024).tokens == requests[0].prompt_tokens[:shared]
+    assert read_entry(path, path.name.split("-")[0], 1024, 1 << 30).tokens == requests[0].prompt_tokens[:shared]
 
 
 @pytest.mark.parametrize(
@@ -191,7 +191,7 @@ def test_a_bad_file_is_removed_and_the_model_loads_and_serves(tiny_path, tmp_pat
         path.write_bytes(bytes(data[: len(data) // 2]))
     else:  # well formed and checksummed, but not a llama.cpp sequence state
         key = path.name.split("-")[0]
-        tokens = read_entry(path, key, 1024).tokens
+        tokens = read_entry(path, key, 1024, 1 << 30).tokens
         path.unlink()
         path = write_entry(config.directory, key, tokens, bytes(4096))
     with caplog.at_level("WARNING", logger="server.engine"):
