@@ -18,6 +18,7 @@ run: setup
 	$(BIN)/slm-server serve
 
 test: setup-dev
+	scripts/test-system-deps.sh
 	$(BIN)/ruff check server tests bench
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
