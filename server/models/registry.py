@@ -37,7 +37,6 @@ from server.models.loaders import Loader, worker_process_loader
 from server.models.residency import (
     Budget,
     CrashHistory,
-    footprint,
     load_with_errors_named,
     memory_estimate,
     resident_size,
@@ -97,7 +96,7 @@ class ModelRegistry:
         self._room = asyncio.Condition()
         self._room_wanted = 0  # loads waiting for memory
         self._process_bytes = DEFAULT_PROCESS_BYTES  # a worker before its model loads: the last one measured
-        self._estimates: dict[str, tuple[tuple[ModelSpec, int], MemoryEstimate]] = {}  # by model, for its cards
+        self._estimates: dict[str, tuple[tuple[ModelSpec, int], MemoryEstimate]] = {}  # by model
         self._set_specs(specs)
 
     # -- names ---------------------------------------------------------------------------------------------
@@ -114,16 +113,22 @@ class ModelRegistry:
     def loaded(self) -> dict[str, Engine]:
         return {name: resident.engine for name, resident in self._resident.items()}
 
-    def memory_estimate(self, spec: ModelSpec) -> MemoryEstimate | None:
-        """What the model's worker is expected to take once loaded (None: its file is not here). May read the
-        file's header: call it off the event loop."""
+    def memory_estimate(self, spec: ModelSpec, *, convert: bool = False) -> MemoryEstimate | None:
+        """What the model's worker is expected to take once loaded (None: its file is not here; unless `convert`,
+        also a safetensors model not converted yet). Reads the file's header once per entry and worker size: call
+        it off the event loop."""
         cached = self._estimates.get(spec.name)
         if cached is not None and cached[0] == (spec, self._process_bytes):
             return cached[1]
-        estimate = memory_estimate(spec, self._process_bytes)
+        estimate = memory_estimate(spec, self._process_bytes, convert=convert)
         if estimate is not None:
             self._estimates[spec.name] = ((spec, self._process_bytes), estimate)
         return estimate
+
+    async def _need(self, spec: ModelSpec) -> MemoryEstimate:
+        """The memory a load of the model is counted for (nothing for a file that is not here); converts a
+        safetensors model first, as its load would."""
+        return await asyncio.to_thread(self.memory_estimate, spec, convert=True) or MemoryEstimate(0, 0, 0, 0)
 
     def available(self, spec: ModelSpec) -> bool:
         """Whether the model's file is on this machine (only Hugging Face sources can be missing by design)."""
@@ -188,7 +193,7 @@ class ModelRegistry:
         if not self._room_wanted:
             if self._live(spec.name) is not None or spec.name in self._loading:
                 return
-            need = await asyncio.to_thread(footprint, spec, self._process_bytes)
+            need = await self._need(spec)
             self._budget.check_fits_alone(spec.name, need)  # never fits: the 503 the live endpoint answers
             size = need.total
             now = self._clock()
@@ -256,7 +261,7 @@ class ModelRegistry:
         if not self.available(spec):
             raise ModelNotPulledError(spec.name)
         self._crashes.check(spec.name)
-        need = await asyncio.to_thread(footprint, spec, self._process_bytes)  # may convert a safetensors model
+        need = await self._need(spec)
         self._budget.check_fits_alone(spec.name, need)  # refused with the numbers before anything loads
         size = need.total
         await self._make_room(spec.name, size)
@@ -270,7 +275,7 @@ class ModelRegistry:
             raise
         load_s = time.monotonic() - started
         self.on_load(spec.name, load_s)
-        self._process_bytes = getattr(engine.info, "process_bytes", None) or self._process_bytes
+        self._process_bytes = engine.info.process_bytes or self._process_bytes
         resident = _Resident(spec, engine, size, self._clock())
         entry = self._entries.get(spec.name)
         if self._closed or entry is None or entry.spec != spec:

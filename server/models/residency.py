@@ -74,12 +74,6 @@ def memory_estimate(
         return MemoryEstimate(weights=size, kv_cache=0, compute=0, process=0)
 
 
-def footprint(spec: ModelSpec, process_bytes: int = DEFAULT_PROCESS_BYTES) -> MemoryEstimate:
-    """The memory a model is expected to take before it loads (converting a safetensors model first, as its load
-    would); nothing for a file that is not here."""
-    return memory_estimate(spec, process_bytes, convert=True) or MemoryEstimate(0, 0, 0, 0)
-
-
 def resident_size(engine: Engine) -> int | None:
     """The resident memory of an engine's worker process, where the engine has one (Linux)."""
     pid = engine.pid

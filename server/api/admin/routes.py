@@ -18,6 +18,7 @@ from server.config import ModelSpec
 from server.errors import APIError, ShuttingDownError, SlowClientError
 from server.http import sse
 from server.http.deps import RecordDep, json_body, request_body_doc
+from server.metrics import RequestRecord
 from server.models.events import Subscription
 from server.models.registry import ModelRegistry
 from server.models.sources import files_present
@@ -56,19 +57,28 @@ async def list_models(request: Request) -> JSONResponse:
 async def load_model(request: Request, body: ModelBody, record: RecordDep) -> JSONResponse:
     """Load a model (answered once it is loaded; at once if it already is)."""
     registry: ModelRegistry = request.app.state.registry
-    spec = registry.resolve(body.model)
-    record.model = spec.name
+    spec = _target(registry, body, record)
     await registry.engine(spec.name)
-    return _json(ModelActionResult(data=(await _entries(request, [spec]))[0]))
+    return await _result(request, spec)
 
 
 @admin.post("/models/unload", openapi_extra=request_body_doc(ModelRequest))
 async def unload_model(request: Request, body: ModelBody, record: RecordDep) -> JSONResponse:
     """Unload an idle model (at once if it is not loaded); a model serving requests, or loading, is a 409."""
     registry: ModelRegistry = request.app.state.registry
+    spec = _target(registry, body, record)
+    await registry.unload(spec.name)
+    return await _result(request, spec)
+
+
+def _target(registry: ModelRegistry, body: ModelRequest, record: RequestRecord) -> ModelSpec:
     spec = registry.resolve(body.model)
     record.model = spec.name
-    await registry.unload(spec.name)
+    return spec
+
+
+async def _result(request: Request, spec: ModelSpec) -> JSONResponse:
+    """The entry as GET /models shows it, once the action is done."""
     return _json(ModelActionResult(data=(await _entries(request, [spec]))[0]))
 
 
