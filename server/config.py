@@ -269,6 +269,13 @@ ModelSource = Annotated[
     | Annotated[PathSource, Tag("path")],
     Discriminator(_source_kind),
 ]
+# A vision model's projector (`mmproj`): a second GGUF file from the same kinds of source, never converted.
+ProjectorSource = Annotated[
+    Annotated[PackageSource, Tag("package")]
+    | Annotated[HubSource, Tag("repo_id")]
+    | Annotated[PathSource, Tag("path")],
+    Discriminator(_source_kind),
+]
 
 
 DEFAULT_THINKING_BUDGET = 2048
@@ -357,6 +364,11 @@ class ModelSpec(BaseModel):
     keep_alive: float | None = Field(
         default=300.0, ge=0, description="Seconds an idle model stays loaded; null: until evicted or shutdown."
     )
+    mmproj: ProjectorSource | None = Field(
+        default=None,
+        description="A vision model's multimodal projector (llama.cpp `mmproj` GGUF), from the same kinds of source "
+        "as the model; a model without one takes no images.",
+    )
     owned_by: str = "slm-server"
 
     @field_validator("aliases", mode="before")
@@ -386,8 +398,18 @@ class ModelSpec(BaseModel):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _projector_for_generative(self) -> ModelSpec:
+        if self.mmproj is not None and (self.embedding or self.reranker):
+            raise ValueError("`mmproj` (a vision projector) applies to generative models only")
+        return self
+
     def model_path(self) -> Path:
         return self.source.resolve()
+
+    def projector_path(self) -> Path | None:
+        """The projector's file, None for a model without one (ConfigError / NotPulledError as model_path)."""
+        return None if self.mmproj is None else self.mmproj.resolve()
 
 
 class ModelsFile(BaseModel):
@@ -432,6 +454,9 @@ def load_models_file(path: Path) -> ModelsFile:
         source = entry.get("source") if isinstance(entry, dict) else None
         if isinstance(source, dict) and isinstance(source.get("path"), str):
             source["path"] = _beside(path, source["path"])
+        projector = entry.get("mmproj") if isinstance(entry, dict) else None
+        if isinstance(projector, dict) and isinstance(projector.get("path"), str):
+            projector["path"] = _beside(path, projector["path"])
         folder = source.get("safetensors") if isinstance(source, dict) else None
         if isinstance(folder, dict) and "package" not in folder and isinstance(folder.get("dir"), str):
             folder["dir"] = _beside(path, folder["dir"])

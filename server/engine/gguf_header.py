@@ -59,6 +59,19 @@ def read_pairs(fh: BinaryIO, n_kv: int, size: int) -> dict[str, object]:
     return metadata
 
 
+def read_typed_pairs(fh: BinaryIO, n_kv: int, size: int) -> dict[str, tuple[int, object]]:
+    """As read_pairs, with each value's GGUF type (llama.cpp's readers abort the process on a key of the wrong
+    type, so a pre-check compares them); an array's type is ARRAY, its items' type is not kept."""
+    if n_kv > size:
+        raise GGUFProblem("its GGUF header is damaged (impossible counts)")
+    metadata: dict[str, tuple[int, object]] = {}
+    for _ in range(n_kv):
+        key = read_string(fh, size, KEY_MAX)
+        (value_type,) = struct.unpack("<I", fh.read(4))
+        metadata[key] = (value_type, _value(fh, value_type, size))
+    return metadata
+
+
 def read_string(fh: BinaryIO, size: int, most: int | None = None) -> str:
     """A string; longer than `most` bytes (when given) is a damaged header."""
     (length,) = struct.unpack("<Q", fh.read(8))

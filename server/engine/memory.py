@@ -1,8 +1,9 @@
 """The memory a model's worker process takes, estimated before it loads from the GGUF's metadata and the model's
 settings: its weights, its KV cache, llama.cpp's compute buffers, and the worker process itself.
 
-- Weights: the file's size (llama.cpp maps the file and reads all of it). Measured with weight repacking off (the
-  default where the CPU has AMX, as on the machine the fit was made on): repacked copies may add to it.
+- Weights: the file's size (llama.cpp maps the file and reads all of it), and a vision model's projector's.
+  Measured with weight repacking off (the default where the CPU has AMX, as on the machine the fit was made on):
+  repacked copies may add to it.
 - KV cache: `kv_cache.py` (what llama.cpp allocates and clears at load, so it is resident at once); none for
   embedding and reranker models, whose encoders keep no cache.
 - Compute: the activations of one batch of `n_batch` tokens (an embedding or reranker model's batch is its whole
@@ -20,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.config import ModelSpec
+from server.config import ConfigError, ModelSpec
 from server.engine.gguf_header import LongArray, read_metadata
 from server.engine.kv_cache import MAX_HEADS, MAX_WIDTH, cache_cells, count_of, spec_kv_cache_bytes
 
@@ -77,7 +78,18 @@ def estimate_memory(spec: ModelSpec, path: Path, process_bytes: int = DEFAULT_PR
         cells = batch if encoder else cache_cells(spec.n_ctx, 1)
         compute += 4 * SCORE_COPIES * heads * batch * cells
     kv = 0 if encoder else spec_kv_cache_bytes(spec, path, fields)
-    return MemoryEstimate(weights=path.stat().st_size, kv_cache=kv, compute=compute, process=process_bytes)
+    weights = path.stat().st_size + _projector_bytes(spec)
+    return MemoryEstimate(weights=weights, kv_cache=kv, compute=compute, process=process_bytes)
+
+
+def _projector_bytes(spec: ModelSpec) -> int:
+    """A vision model's projector file (read whole when it loads; its encoder's compute buffers are not
+    counted); 0 when it has none or it is not on this machine."""
+    try:
+        projector = spec.projector_path()
+        return 0 if projector is None else projector.stat().st_size
+    except (ConfigError, OSError):
+        return 0
 
 
 def _widths(fields: dict[str, object]) -> tuple[int, int, int]:

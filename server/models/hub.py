@@ -36,41 +36,57 @@ class FileStatus:
 
 
 def file_status(spec: ModelSpec) -> FileStatus:
-    """Where a model's file is and how large, looking only at local disk."""
+    """Where a model's file is and how large (a vision model's projector included), looking only at local disk."""
     try:
         path = model_file(spec)
+        projector = spec.projector_path()
     except ConfigError as exc:
         return FileStatus(present=False, path=None, size=None, problem=str(exc))
     try:
         size = path.stat().st_size
     except OSError:
         return FileStatus(present=False, path=path, size=None, problem=f"{path} does not exist")
+    if projector is not None:
+        try:
+            size += projector.stat().st_size
+        except OSError:
+            return FileStatus(present=False, path=path, size=None, problem=f"its projector {projector} does not exist")
     return FileStatus(present=True, path=path, size=size)
 
 
 def pull(spec: ModelSpec, *, endpoint: str | None = None, token: str | None = None) -> Path:
-    """Download a Hugging Face model's file into the cache and verify it. Other sources need no pull.
+    """Download a Hugging Face model's file (and a vision model's projector) into the cache and verify it. Other
+    sources need no pull.
 
     The bytes go to a partial file beside the cache's blobs, which a later pull resumes (huggingface_hub itself
     discards partial files since 1.x); only once the size and sha256 match does the file move into the cache as
     its blob, and huggingface_hub links it into the snapshot, so other tools see the usual layout."""
+    if isinstance(spec.mmproj, HubSource):
+        _pull_file(spec.name, spec.mmproj, endpoint=endpoint, token=token)
     if not isinstance(spec.source, HubSource):
         status = file_status(spec)
         if not status.present:
             raise PullError(f"model {spec.name} is not a Hugging Face model and its file is missing: {status.problem}")
         return status.path  # type: ignore[return-value]
+    path = _pull_file(spec.name, spec.source, endpoint=endpoint, token=token)
+    status = file_status(spec)
+    if not status.present:  # a projector from another kind of source, missing
+        raise PullError(f"model {spec.name}: {status.problem}")
+    return path
+
+
+def _pull_file(name: str, source: HubSource, *, endpoint: str | None, token: str | None) -> Path:
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     from huggingface_hub.file_download import http_get, repo_folder_name
     from huggingface_hub.utils import build_hf_headers
 
-    source = spec.source
     endpoint = endpoint or os.environ.get("HF_ENDPOINT")
     try:
         url = hf_hub_url(source.repo_id, source.filename, revision=source.revision, endpoint=endpoint)
         metadata = get_hf_file_metadata(url, token=token)
         if not metadata.etag:
-            raise PullError(f"model {spec.name}: the hub gave no ETag for {source.filename}")
+            raise PullError(f"model {name}: the hub gave no ETag for {source.filename}")
         storage = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=source.repo_id, repo_type="model")
         blob = storage / "blobs" / metadata.etag
         if not blob.exists():
@@ -99,7 +115,7 @@ def pull(spec: ModelSpec, *, endpoint: str | None = None, token: str | None = No
             hf_hub_download(source.repo_id, source.filename, revision=source.revision, endpoint=endpoint, token=token)
         )
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-        raise PullError(f"model {spec.name}: download of {source.repo_id}/{source.filename} failed: {exc}") from exc
+        raise PullError(f"model {name}: download of {source.repo_id}/{source.filename} failed: {exc}") from exc
     return path
 
 

@@ -30,8 +30,12 @@ def model_file(spec: ModelSpec, *, convert: bool = True) -> Path:
 
 
 def resolved(spec: ModelSpec) -> ModelSpec:
-    """The spec with its source replaced by the file it resolves to (blocking: may convert)."""
-    return spec.model_copy(update={"source": PathSource(path=model_file(spec))})
+    """The spec with its source (and its projector's) replaced by the file it resolves to (blocking: may convert)."""
+    update: dict[str, object] = {"source": PathSource(path=model_file(spec))}
+    projector = spec.projector_path()
+    if projector is not None:
+        update["mmproj"] = PathSource(path=projector)
+    return spec.model_copy(update=update)
 
 
 def files_present(spec: ModelSpec) -> bool:
@@ -41,6 +45,7 @@ def files_present(spec: ModelSpec) -> bool:
         if isinstance(spec.source, SafetensorsSource):
             folder = spec.source.safetensors.folder()
             return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-        return spec.model_path().is_file()
+        projector = spec.projector_path()
+        return spec.model_path().is_file() and (projector is None or projector.is_file())
     except (ConfigError, OSError, ValueError):
         return False

@@ -37,6 +37,7 @@ async def _cards(registry: ModelRegistry, models: list[tuple[str, ModelSpec]], c
             available=registry.available(spec),
             loaded=engine is not None,
             memory=used,
+            capabilities=["vision"] if spec.mmproj is not None else [],
         )
         for (model_id, spec), engine, used in zip(models, engines, memory, strict=True)
     ]

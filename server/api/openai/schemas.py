@@ -270,6 +270,8 @@ class ModelCard(BaseModel):
     available: bool = True
     loaded: bool = False
     memory: ModelMemory | None = None
+    # What the model takes besides text: "vision" (images) for a model with a projector (`mmproj`).
+    capabilities: list[Literal["vision"]] = Field(default_factory=list)
 
 
 class ModelMemory(BaseModel):
