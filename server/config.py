@@ -310,6 +310,29 @@ class ReasoningSpec(BaseModel):
         return self
 
 
+class SpeculativeSpec(BaseModel):
+    """A model's speculative decoding: drafts verified in the same decode step as the other sequences' tokens
+    (server/engine/speculative.py). Greedy output is the same with and without it; sampled output keeps its
+    distribution."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_lookup: bool = Field(
+        default=True,
+        description="Draft the tokens that followed the latest earlier occurrence of the reply's last few tokens in "
+        "the prompt or the reply (n-gram drafting): fast where the answer repeats the prompt (editing code, quoting).",
+    )
+    max_draft_tokens: int = Field(default=8, ge=1, le=32, description="Most tokens drafted for a sequence per step.")
+    ngram_min: int = Field(default=2, ge=1, le=8, description="Shortest n-gram looked up.")
+    ngram_max: int = Field(default=4, ge=1, le=8, description="Longest n-gram looked up (tried first).")
+
+    @model_validator(mode="after")
+    def _ngram_range(self) -> SpeculativeSpec:
+        if self.ngram_min > self.ngram_max:
+            raise ValueError("`ngram_min` must not exceed `ngram_max`")
+        return self
+
+
 class ModelSpec(BaseModel):
     """One entry of `models.yaml`."""
 
@@ -357,6 +380,9 @@ class ModelSpec(BaseModel):
         description="Save the KV of this model's long prompt prefixes (a system prompt) to disk when it unloads and "
         "restore it when it loads (generative models; SLM_PROMPT_CACHE_BYTES 0 turns it off for all).",
     )
+    speculative: SpeculativeSpec | None = Field(
+        default=None, description="Speculative decoding (prompt lookup); default: off. `{}` turns it on."
+    )
     use_extra_bufts: Literal["auto"] | bool = Field(
         default="auto",
         description="llama.cpp weight repacking buffers (AMX and CPU repack). 'auto': off where the CPU has AMX.",
@@ -389,6 +415,8 @@ class ModelSpec(BaseModel):
                 f"`cache_type_v: {self.cache_type_v}` needs flash attention: llama.cpp stores a quantized V cache "
                 "only with it (set `flash_attn: true` or `cache_type_v: f16`)"
             )
+        if (self.embedding or self.reranker) and self.speculative is not None:
+            raise ValueError("`speculative` applies to generative models only")
         if self.embedding or self.reranker:
             for field in ("cache_type_k", "cache_type_v"):
                 if getattr(self, field) != "f16":

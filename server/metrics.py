@@ -59,6 +59,8 @@ class EngineSnapshot:
     batch_tokens_total: int
     prefix_cache_hit_tokens: int
     batch_preemptions: int = 0
+    draft_tokens: int = 0
+    draft_accepted_tokens: int = 0
 
 
 class _EngineCollector:
@@ -77,6 +79,12 @@ class _EngineCollector:
         preemptions = CounterMetricFamily(
             "slm_batch_preemptions", "Batch requests that gave their sequence to interactive ones", labels=["model"]
         )
+        drafted = CounterMetricFamily(
+            "slm_draft_tokens", "Tokens drafted by speculative decoding and verified by the model", labels=["model"]
+        )
+        accepted = CounterMetricFamily(
+            "slm_draft_accepted_tokens", "Drafted tokens the model agreed with (kept)", labels=["model"]
+        )
         batch = SummaryMetricFamily("slm_batch_tokens", "Tokens evaluated per decode step", labels=["model"])
         loaded = GaugeMetricFamily("slm_models_loaded", "Models loaded in a worker")
         restarts = CounterMetricFamily("slm_worker_restarts", "Model workers restarted after dying", labels=["model"])
@@ -85,11 +93,13 @@ class _EngineCollector:
             active.add_metric([model], snap.active_sequences)
             hits.add_metric([model], snap.prefix_cache_hit_tokens)
             preemptions.add_metric([model], snap.batch_preemptions)
+            drafted.add_metric([model], snap.draft_tokens)
+            accepted.add_metric([model], snap.draft_accepted_tokens)
             batch.add_metric([model], count_value=snap.decode_steps, sum_value=snap.batch_tokens_total)
         loaded.add_metric([], len(self.snapshots))
         for model, count in sorted(self._restarts().items()):
             restarts.add_metric([model], count)
-        return [queue, active, hits, preemptions, batch, loaded, restarts]
+        return [queue, active, hits, preemptions, drafted, accepted, batch, loaded, restarts]
 
 
 class Metrics:

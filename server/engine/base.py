@@ -133,6 +133,10 @@ class EngineCounters:
     generated_tokens: int = 0
     batch_preemptions: int = 0
     """Batch requests ended (PreemptedError) to give their sequence to a waiting interactive request."""
+    draft_tokens: int = 0
+    """Tokens drafted by speculative decoding and verified by the model."""
+    draft_accepted_tokens: int = 0
+    """Drafted tokens the model's own sampling agreed with (kept)."""
 
 
 class Engine(Protocol):

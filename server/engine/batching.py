@@ -5,6 +5,10 @@ longest cached prefix), builds one batch with the next token of every decoding s
 prefilling ones, decodes once, samples each sequence from its own logits and pushes text deltas to the
 requests' asyncio queues. Cancelled requests are dropped at the next step.
 
+With speculative decoding (models.yaml `speculative`), a decoding sequence's next token is followed in the same
+batch by tokens drafted by prompt lookup (server/engine/speculative.py); server/engine/step_sampler.py keeps them
+up to the first one the model's own sampling disagrees with.
+
 Batch requests (`priority="batch"`) run only in the capacity interactive ones leave: waiting interactive requests
 are placed first, and one that finds every sequence busy takes a batch request's sequence at the step boundary
 (that request ends with PreemptedError; its KV stays as a prefix cache for the retry).
@@ -18,88 +22,44 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import llama_cpp
 
+from server.config import SpeculativeSpec
 from server.engine.admission import Admission
-from server.engine.base import EngineCounters, GenerationDelta, GenerationRequest, TokenLogprob
+from server.engine.base import EngineCounters, GenerationRequest
 from server.engine.batch_share import BatchSequence, BatchShare
-from server.engine.delta_stream import DeltaStream
-from server.engine.grammar import ConstrainedSampler
-from server.engine.grammar_guard import GrammarStepTooSlow, StepGuard
+from server.engine.batch_slots import Job, Slot, discard
+from server.engine.grammar_guard import StepGuard
 from server.engine.native import NativeModel, make_sampler
 from server.engine.prefix import SlotView, place, should_wait
 from server.engine.reasoning import ThinkingLimit
+from server.engine.speculative import Drafter
+from server.engine.step_sampler import StepSampler
 from server.engine.text import TextAssembler
-from server.errors import GrammarTooComplexError, InternalError, OverloadedError, PreemptedError
+from server.errors import InternalError, OverloadedError, PreemptedError
 
 logger = logging.getLogger(__name__)
 
 
-class _Job(DeltaStream):
-    """One request's side of the scheduler: its deltas, pushed from the scheduler thread; closing it cancels the
-    request (the scheduler drops it at its next step)."""
-
+class BatchScheduler:
     def __init__(
         self,
-        request: GenerationRequest,
-        loop: asyncio.AbstractEventLoop,
-        wake: threading.Condition,
-        grammar: llama_cpp.llama_sampler_p | None = None,
-        thinking: ThinkingLimit | None = None,
-        shown: frozenset[int] = frozenset(),
-    ):
-        super().__init__(asyncio.Queue())
-        self.request = request
-        self.grammar = grammar  # owned by the job until a sequence takes it
-        self.thinking = thinking
-        self.shown = shown  # control tokens whose text the reply shows (a tool-call syntax's markers)
-        self.cancelled = False
-        self.batch = request.priority == "batch"  # runs only in capacity interactive requests leave
-        self._loop = loop
-        self._wake = wake
-
-    def emit(self, item: GenerationDelta | BaseException) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the event loop is gone: nobody is listening any more
-            self.cancelled = True
-
-    def _release(self, *, cancel: bool) -> None:
-        if cancel:
-            self.cancelled = True
-            with self._wake:
-                self._wake.notify()
-
-
-@dataclass
-class _Slot:
-    seq_id: int
-    cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
-    job: _Job | None = None
-    pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
-    sampler: llama_cpp.llama_sampler_p | None = None
-    grammar: llama_cpp.llama_sampler_p | None = None
-    guard: StepGuard | None = None  # the grammar's per-token time limit
-    thinking: ThinkingLimit | None = None  # a reasoning model's thinking budget
-    shown: frozenset[int] = frozenset()  # control tokens detokenized as their text
-    assembler: TextAssembler | None = None
-    generated: int = 0
-    next_token: int | None = None  # sampled, not yet evaluated
-    batch_index: int = -1  # where this sequence's logits are in the current batch
-    last_used: int = 0  # admission counter value when it last took a request
-    logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens not yet sent in a delta
-
-
-class BatchScheduler:
-    def __init__(self, native: NativeModel, *, n_seq: int, n_ctx: int, n_batch: int, max_queue: int) -> None:
+        native: NativeModel,
+        *,
+        n_seq: int,
+        n_ctx: int,
+        n_batch: int,
+        max_queue: int,
+        speculative: SpeculativeSpec | None = None,
+    ) -> None:
         self._native = native
+        self._speculative = speculative
         self._n_ctx = n_ctx
         self._n_batch = n_batch
         self._max_queue = max_queue
-        self._slots = [_Slot(seq_id=i) for i in range(n_seq)]
-        self._waiting: collections.deque[_Job] = collections.deque()
+        self._slots = [Slot(seq_id=i) for i in range(n_seq)]
+        self._waiting: collections.deque[Job] = collections.deque()
         self._wake = threading.Condition()
         self._stopping = False
         self._uses = 0
@@ -110,7 +70,7 @@ class BatchScheduler:
         self._memory = llama_cpp.llama_get_memory(native.ctx)
         self.counters = EngineCounters()
         self.step_started: float | None = None  # monotonic start of the running step; None while idle (watchdog)
-        self._constrained = ConstrainedSampler(native.n_vocab)
+        self._sampler = StepSampler(native, self._memory, self.counters, n_ctx=n_ctx, finish=self._finish)
 
     def start(self) -> None:
         self._thread.start()
@@ -139,7 +99,7 @@ class BatchScheduler:
         for slot in self._slots:
             self._release(slot)
         for job in self._waiting:
-            _discard(job)
+            discard(job)
 
     def submit(
         self,
@@ -148,11 +108,11 @@ class BatchScheduler:
         *,
         thinking: ThinkingLimit | None = None,
         shown: frozenset[int] = frozenset(),
-    ) -> _Job:
+    ) -> Job:
         """Queue a request (with its compiled grammar sampler, which the scheduler then owns and frees, and its
         thinking budget); raises OverloadedError (429) at once when the wait queue is full. Only interactive
         requests count, and only an interactive one is refused: batch requests yield their sequences to them."""
-        job = _Job(request, asyncio.get_running_loop(), self._wake, grammar, thinking, shown)
+        job = Job(request, asyncio.get_running_loop(), self._wake, grammar, thinking, shown)
         with self._wake:
             if not job.batch:
                 running = sum(slot.job is not None and not slot.job.batch for slot in self._slots)
@@ -160,7 +120,7 @@ class BatchScheduler:
                 try:
                     Admission(len(self._slots), self._max_queue).check(running + waiting)
                 except OverloadedError:
-                    _discard(job)
+                    discard(job)
                     raise
             self._waiting.append(job)
             self.counters.queue_depth = len(self._waiting)
@@ -191,7 +151,7 @@ class BatchScheduler:
         with self._wake:
             waiting, self._waiting = list(self._waiting), collections.deque()
         for job in waiting:
-            _discard(job)
+            discard(job)
             job.emit(InternalError())
         for slot in self._slots:
             if slot.job is not None:
@@ -199,7 +159,7 @@ class BatchScheduler:
                 self._finish(slot, keep_cache=False)
                 job.emit(InternalError())
 
-    def _reuse_prefix(self, slot: _Slot, source: _Slot, reuse: int) -> int:
+    def _reuse_prefix(self, slot: Slot, source: Slot, reuse: int) -> int:
         """Make `slot` hold the first `reuse` tokens (its own, or shared from `source`); returns how many it holds."""
         memory = self._memory
         if source is not slot:
@@ -220,7 +180,7 @@ class BatchScheduler:
         if any(job.cancelled for job in self._waiting):
             for job in self._waiting:
                 if job.cancelled:
-                    _discard(job)
+                    discard(job)
             self._waiting = collections.deque(job for job in self._waiting if not job.cancelled)
         for slot in self._slots:  # cancelled ones free their sequences now: not preempted in their place
             if slot.job is not None and slot.job.cancelled:
@@ -248,7 +208,7 @@ class BatchScheduler:
                 sampler = make_sampler(job.request.sampling, self._native)
             except Exception:
                 logger.exception("could not build the sampler of a request")
-                _discard(job)
+                discard(job)
                 job.emit(InternalError())
                 continue
             slot = self._slots[placement.slot]
@@ -264,7 +224,9 @@ class BatchScheduler:
             slot.assembler = TextAssembler(job.request.stop)
             slot.generated = 0
             slot.logprobs = []
+            slot.unsent = ""
             slot.next_token = None
+            self._start_drafting(slot, prompt)
             self._uses += 1
             slot.last_used = self._uses
             self.counters.prefix_cache_hit_tokens += reuse
@@ -278,7 +240,7 @@ class BatchScheduler:
             if slot.job is not None and slot.job.batch
         ]
 
-    def _next_waiting(self) -> _Job:
+    def _next_waiting(self) -> Job:
         """The oldest waiting interactive request, else the oldest waiting batch one."""
         return next((job for job in self._waiting if not job.batch), self._waiting[0])
 
@@ -309,11 +271,15 @@ class BatchScheduler:
             or any(slot.job is not None and not slot.job.batch for slot in self._slots)
         )
         paused = self._share.paused(self._batch_sequences(), interactive)
+        decoding = []
         for slot in self._slots:  # one token for each decoding sequence first, so streams keep moving
             slot.batch_index = -1
             if slot.job is not None and slot.next_token is not None and slot.seq_id not in paused:
                 n = self._put(batch, n, slot, slot.next_token, logits=True)
                 slot.next_token = None
+                decoding.append(slot)
+        for slot in decoding:  # then their drafts, verified in this same step
+            n = self._put_draft(batch, n, slot)
         # A step cannot be cut short: batch prefill gets a small share of each, so that an interactive request
         # arriving meanwhile waits at most one short step.
         batch_prefill = self._share.prefill_budget(interactive)
@@ -340,9 +306,9 @@ class BatchScheduler:
         self.counters.batch_tokens_total += n
         for slot in self._slots:
             if slot.job is not None and slot.batch_index >= 0:
-                self._sample(slot)
+                self._sampler.take_step(slot)
 
-    def _put(self, batch: llama_cpp.llama_batch, n: int, slot: _Slot, token: int, *, logits: bool) -> int:
+    def _put(self, batch: llama_cpp.llama_batch, n: int, slot: Slot, token: int, *, logits: bool) -> int:
         batch.token[n] = token
         batch.pos[n] = len(slot.cached)
         batch.n_seq_id[n] = 1
@@ -353,75 +319,32 @@ class BatchScheduler:
             slot.batch_index = n
         return n + 1
 
-    def _sample(self, slot: _Slot) -> None:
-        assert slot.job is not None and slot.assembler is not None
-        forced = None if slot.thinking is None else slot.thinking.forced()
-        try:
-            if forced is not None and self._constrained.force(slot.sampler, slot.grammar, forced, slot.guard):
-                token = forced  # the thinking budget is spent: its end marker, not a sampled token
-            elif slot.grammar is None:
-                token = llama_cpp.llama_sampler_sample(slot.sampler, self._native.ctx, slot.batch_index)
-            else:
-                sampling = slot.job.request.sampling
-                chosen = self._constrained.sample(
-                    self._native.ctx, slot.batch_index, slot.sampler, slot.grammar, sampling, slot.guard
-                )
-                if chosen is None:  # the grammar allows nothing more (complete, and the end token is banned)
-                    self._emit_last(slot, slot.assembler.finish(), "stop")
-                    return
-                token = chosen
-        except GrammarStepTooSlow as slow:
-            self._grammar_too_slow(slot, slow.seconds)
-            return
-        slot.generated += 1
-        self.counters.generated_tokens += 1
-        if token in self._native.eog_tokens:
-            self._emit_last(slot, slot.assembler.finish(), "stop")
-            return
-        if slot.job.request.logprobs is not None:
-            slot.logprobs.append(self._native.logprobs(slot.batch_index, token, slot.job.request.logprobs))
-        piece = self._native.piece(token, special=token in slot.shown)
-        if slot.thinking is not None:
-            slot.thinking.push(token, piece)
-        step = slot.assembler.push(piece)
-        if step.stopped:
-            self._emit_last(slot, step.text, "stop", step.stop)
-        elif slot.generated >= slot.job.request.max_tokens or len(slot.cached) >= self._n_ctx:
-            self._emit_last(slot, step.text + slot.assembler.finish(), "length")
-        else:
-            if step.text:
-                slot.job.emit(GenerationDelta(step.text, slot.generated, logprobs=self._take_logprobs(slot)))
-            slot.next_token = token
+    def _start_drafting(self, slot: Slot, prompt: list[int]) -> None:
+        spec = self._speculative
+        slot.drafter = Drafter(prompt, spec) if spec is not None and spec.prompt_lookup else None
 
-    def _grammar_too_slow(self, slot: _Slot, spent: float) -> None:
-        """End a sequence whose grammar took (or would take) longer than its limit for one token, with an error,
-        before it stalls every other sequence (server/engine/grammar_guard.py); the others go on."""
-        job = slot.job
-        assert job is not None
-        limit = job.request.grammar_step_limit_s
-        logger.warning("a token's output grammar took %.2f s (limit %g s): its request ended", spent, limit)
-        self._finish(slot, keep_cache=True)
-        job.emit(
-            GrammarTooComplexError(
-                f"One token of the output grammar took (or, its parse stacks multiplying, would take) {spent:.2f} s "
-                f"of the model's time, more than this server's limit of {limit:g} s: the grammar is too ambiguous "
-                "for llama.cpp, whose work grows with each way the output so far can be parsed. Simplify it."
-            )
+    def _put_draft(self, batch: llama_cpp.llama_batch, n: int, slot: Slot) -> int:
+        """Put the tokens drafted after a decoding sequence's next token, within the batch, the context, and the
+        tokens the request may still generate (the step samples one more token than it drafts)."""
+        slot.draft, slot.draft_indices = [], []
+        if slot.drafter is None or slot.job is None:
+            return n
+        limit = min(
+            self._n_batch - n,
+            self._n_ctx - len(slot.cached) - 1,
+            slot.job.request.max_tokens - slot.generated - 1,
         )
+        first = slot.batch_index  # the next token's logits: sampled first
+        for token in slot.drafter.propose(limit):
+            slot.draft.append(token)
+            slot.draft_indices.append(n)
+            n = self._put(batch, n, slot, token, logits=True)
+        slot.batch_index = first
+        if slot.draft:
+            self.counters.draft_tokens += len(slot.draft)
+        return n
 
-    def _emit_last(self, slot: _Slot, text: str, reason: str, stop: str | None = None) -> None:
-        job = slot.job
-        assert job is not None
-        delta = GenerationDelta(text, slot.generated, reason, self._take_logprobs(slot), stop)  # type: ignore[arg-type]
-        self._finish(slot, keep_cache=True)  # first, so counters are settled when the client sees the end
-        job.emit(delta)
-
-    @staticmethod
-    def _take_logprobs(slot: _Slot) -> tuple[TokenLogprob, ...]:
-        taken, slot.logprobs = tuple(slot.logprobs), []
-        return taken
-
-    def _finish(self, slot: _Slot, *, keep_cache: bool) -> None:
+    def _finish(self, slot: Slot, *, keep_cache: bool) -> None:
         """Free the sequence for the next request; its KV stays as a prefix cache unless told otherwise."""
         if not keep_cache:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
@@ -435,17 +358,10 @@ class BatchScheduler:
         self.counters.active_sequences = sum(s.job is not None for s in self._slots)
 
     @staticmethod
-    def _release(slot: _Slot) -> None:
+    def _release(slot: Slot) -> None:
         if slot.sampler is not None:
             llama_cpp.llama_sampler_free(slot.sampler)
             slot.sampler = None
         if slot.grammar is not None:
             llama_cpp.llama_sampler_free(slot.grammar)
             slot.grammar = None
-
-
-def _discard(job: _Job) -> None:
-    """Free the grammar of a job that never reached a sequence."""
-    if job.grammar is not None:
-        llama_cpp.llama_sampler_free(job.grammar)
-        job.grammar = None

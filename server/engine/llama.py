@@ -15,7 +15,7 @@ from typing import Any
 
 import llama_cpp
 
-from server.config import ConfigError, ModelSpec
+from server.config import ConfigError, ModelSpec, SpeculativeSpec
 from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
 from server.engine.batching import BatchScheduler
 from server.engine.cpu import resolve_use_extra_bufts
@@ -67,7 +67,12 @@ class LlamaCppEngine:
             reasoning=reasoning_format(spec.reasoning, template.source),
         )
         self._scheduler = BatchScheduler(
-            native, n_seq=spec.parallel, n_ctx=spec.n_ctx, n_batch=spec.n_batch, max_queue=spec.max_queue
+            native,
+            n_seq=spec.parallel,
+            n_ctx=spec.n_ctx,
+            n_batch=spec.n_batch,
+            max_queue=spec.max_queue,
+            speculative=_speculation(spec, native),
         )
         self._grammars = GrammarCache(native.vocab)
         if prompt_cache is not None:
@@ -298,6 +303,17 @@ def checked_path(spec: ModelSpec) -> Path:
         raise ModelUnavailableError(f"The model `{spec.name}` cannot be loaded: {exc}.") from exc
     logger.info("model %s: %s (architecture %s)", spec.name, path, architecture)
     return path
+
+
+def _speculation(spec: ModelSpec, native: NativeModel) -> SpeculativeSpec | None:
+    """The model's speculative decoding, unless its memory cannot drop a rejected draft's KV (a recurrent or
+    hybrid model keeps one state per sequence, not one cell per position)."""
+    if spec.speculative is None:
+        return None
+    if llama_cpp.llama_model_is_recurrent(native.model) or llama_cpp.llama_model_is_hybrid(native.model):
+        logger.warning("speculative decoding: off for model %s (a recurrent model cannot drop drafts)", spec.name)
+        return None
+    return spec.speculative
 
 
 def _decode_or_none(raw: bytes | None) -> str | None:

@@ -40,6 +40,8 @@ async def metrics(request: Request) -> Response:
             batch_tokens_total=c.batch_tokens_total,
             prefix_cache_hit_tokens=c.prefix_cache_hit_tokens,
             batch_preemptions=c.batch_preemptions,
+            draft_tokens=c.draft_tokens,
+            draft_accepted_tokens=c.draft_accepted_tokens,
         )
         for name, c in counters.items()
     }

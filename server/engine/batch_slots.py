@@ -1,0 +1,83 @@
+"""The scheduler's view of one request (`Job`) and of one llama.cpp sequence (`Slot`)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import llama_cpp
+
+from server.engine.base import GenerationDelta, GenerationRequest, TokenLogprob
+from server.engine.delta_stream import DeltaStream
+from server.engine.grammar_guard import StepGuard
+from server.engine.reasoning import ThinkingLimit
+from server.engine.speculative import Drafter
+from server.engine.text import TextAssembler
+
+
+class Job(DeltaStream):
+    """One request's side of the scheduler: its deltas, pushed from the scheduler thread; closing it cancels the
+    request (the scheduler drops it at its next step)."""
+
+    def __init__(
+        self,
+        request: GenerationRequest,
+        loop: asyncio.AbstractEventLoop,
+        wake: threading.Condition,
+        grammar: llama_cpp.llama_sampler_p | None = None,
+        thinking: ThinkingLimit | None = None,
+        shown: frozenset[int] = frozenset(),
+    ):
+        super().__init__(asyncio.Queue())
+        self.request = request
+        self.grammar = grammar  # owned by the job until a sequence takes it
+        self.thinking = thinking
+        self.shown = shown  # control tokens whose text the reply shows (a tool-call syntax's markers)
+        self.cancelled = False
+        self.batch = request.priority == "batch"  # runs only in capacity interactive requests leave
+        self._loop = loop
+        self._wake = wake
+
+    def emit(self, item: GenerationDelta | BaseException) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone: nobody is listening any more
+            self.cancelled = True
+
+    def _release(self, *, cancel: bool) -> None:
+        if cancel:
+            self.cancelled = True
+            with self._wake:
+                self._wake.notify()
+
+
+@dataclass
+class Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
+    job: Job | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
+    sampler: llama_cpp.llama_sampler_p | None = None
+    grammar: llama_cpp.llama_sampler_p | None = None
+    guard: StepGuard | None = None  # the grammar's per-token time limit
+    thinking: ThinkingLimit | None = None  # a reasoning model's thinking budget
+    shown: frozenset[int] = frozenset()  # control tokens detokenized as their text
+    assembler: TextAssembler | None = None
+    generated: int = 0
+    next_token: int | None = None  # sampled, not yet evaluated
+    batch_index: int = -1  # where this sequence's logits are in the current batch
+    last_used: int = 0  # admission counter value when it last took a request
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens not yet sent in a delta
+    unsent: str = ""  # text of this step's tokens, sent in one delta at the step's end
+    drafter: Drafter | None = None  # where the model drafts by prompt lookup
+    draft: list[int] = field(default_factory=list)  # drafted tokens in the current batch, after `next_token`
+    draft_indices: list[int] = field(default_factory=list)  # their places in the batch
+    ahead: int = 0  # drafted tokens in `cached` after the position being sampled
+
+
+def discard(job: Job) -> None:
+    """Free the grammar of a job that never reached a sequence."""
+    if job.grammar is not None:
+        llama_cpp.llama_sampler_free(job.grammar)
+        job.grammar = None
