@@ -322,6 +322,17 @@ class SpeculativeSpec(BaseModel):
         description="Draft the tokens that followed the latest earlier occurrence of the reply's last few tokens in "
         "the prompt or the reply (n-gram drafting): fast where the answer repeats the prompt (editing code, quoting).",
     )
+    draft: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Another entry of models.yaml, with this model's vocabulary (a smaller model of its family), "
+        "whose greedy guesses are drafted where prompt lookup finds nothing.",
+    )
+    draft_path: Path | None = Field(
+        default=None,
+        description="Set by the server when the model loads: the `draft` entry's file (not for models.yaml).",
+    )
     max_draft_tokens: int = Field(default=8, ge=1, le=32, description="Most tokens drafted for a sequence per step.")
     ngram_min: int = Field(default=2, ge=1, le=8, description="Shortest n-gram looked up.")
     ngram_max: int = Field(default=4, ge=1, le=8, description="Longest n-gram looked up (tried first).")
@@ -446,6 +457,26 @@ class ModelsFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     models: tuple[ModelSpec, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _drafts_known(self) -> ModelsFile:
+        generative = {spec.name for spec in self.models if not (spec.embedding or spec.reranker)}
+        for spec in self.models:
+            speculative = spec.speculative
+            if speculative is None:
+                continue
+            if speculative.draft_path is not None:
+                raise ValueError(f"model {spec.name!r}: `draft_path` is set by the server; name the entry in `draft`")
+            if speculative.draft is None:
+                continue
+            if speculative.draft == spec.name:
+                raise ValueError(f"model {spec.name!r} cannot be its own draft model")
+            if speculative.draft not in generative:
+                raise ValueError(
+                    f"model {spec.name!r}: its draft model {speculative.draft!r} is not a generative model of this "
+                    "file (name it by its entry's `name`)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> ModelsFile:

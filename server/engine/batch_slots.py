@@ -73,6 +73,7 @@ class Slot:
     drafter: Drafter | None = None  # where the model drafts by prompt lookup
     draft: list[int] = field(default_factory=list)  # drafted tokens in the current batch, after `next_token`
     draft_indices: list[int] = field(default_factory=list)  # their places in the batch
+    drafted_by_lookup: bool = False  # the draft came from prompt lookup (not the draft model)
     ahead: int = 0  # drafted tokens in `cached` after the position being sampled
 
 

@@ -30,6 +30,7 @@ from server.engine.admission import Admission
 from server.engine.base import EngineCounters, GenerationRequest
 from server.engine.batch_share import BatchSequence, BatchShare
 from server.engine.batch_slots import Job, Slot, discard
+from server.engine.draft_model import DraftModel, DraftRequest
 from server.engine.grammar_guard import StepGuard
 from server.engine.native import NativeModel, make_sampler
 from server.engine.prefix import SlotView, place, should_wait
@@ -52,9 +53,11 @@ class BatchScheduler:
         n_batch: int,
         max_queue: int,
         speculative: SpeculativeSpec | None = None,
+        draft_model: DraftModel | None = None,
     ) -> None:
         self._native = native
         self._speculative = speculative
+        self._draft_model = draft_model
         self._n_ctx = n_ctx
         self._n_batch = n_batch
         self._max_queue = max_queue
@@ -278,8 +281,7 @@ class BatchScheduler:
                 n = self._put(batch, n, slot, slot.next_token, logits=True)
                 slot.next_token = None
                 decoding.append(slot)
-        for slot in decoding:  # then their drafts, verified in this same step
-            n = self._put_draft(batch, n, slot)
+        n = self._put_drafts(batch, n, decoding)  # then their drafts, verified in this same step
         # A step cannot be cut short: batch prefill gets a small share of each, so that an interactive request
         # arriving meanwhile waits at most one short step.
         batch_prefill = self._share.prefill_budget(interactive)
@@ -323,24 +325,36 @@ class BatchScheduler:
         spec = self._speculative
         slot.drafter = Drafter(prompt, spec) if spec is not None and spec.prompt_lookup else None
 
-    def _put_draft(self, batch: llama_cpp.llama_batch, n: int, slot: Slot) -> int:
-        """Put the tokens drafted after a decoding sequence's next token, within the batch, the context, and the
-        tokens the request may still generate (the step samples one more token than it drafts)."""
-        slot.draft, slot.draft_indices = [], []
-        if slot.drafter is None or slot.job is None:
-            return n
-        limit = min(
-            self._n_batch - n,
-            self._n_ctx - len(slot.cached) - 1,
-            slot.job.request.max_tokens - slot.generated - 1,
-        )
-        first = slot.batch_index  # the next token's logits: sampled first
-        for token in slot.drafter.propose(limit):
-            slot.draft.append(token)
-            slot.draft_indices.append(n)
-            n = self._put(batch, n, slot, token, logits=True)
-        slot.batch_index = first
-        if slot.draft:
+    def _put_drafts(self, batch: llama_cpp.llama_batch, n: int, decoding: list[Slot]) -> int:
+        """Put the tokens drafted after each decoding sequence's next token: by prompt lookup, else (where none
+        is found) by the draft model; within the batch, the context, and the tokens the request may still
+        generate (the step samples one more token than it drafts)."""
+        drafts: dict[int, list[int]] = {}
+        asks: list[DraftRequest] = []
+        room = self._n_batch - n
+        for slot in decoding:
+            slot.draft, slot.draft_indices, slot.drafted_by_lookup = [], [], False
+            assert slot.job is not None
+            limit = min(room, self._n_ctx - len(slot.cached) - 1, slot.job.request.max_tokens - slot.generated - 1)
+            if slot.drafter is not None:
+                drafts[slot.seq_id] = slot.drafter.propose(limit)
+                slot.drafted_by_lookup = bool(drafts[slot.seq_id])
+            if not drafts.get(slot.seq_id) and self._draft_model is not None and self._speculative is not None:
+                asks.append(DraftRequest(slot.seq_id, slot.cached, min(limit, self._speculative.max_draft_tokens)))
+            room -= len(drafts.get(slot.seq_id, ()))
+        if asks:
+            assert self._draft_model is not None
+            guessed = self._draft_model.propose(asks)
+            for ask in asks:  # the draft model's guesses share what room the lookup drafts left
+                drafts[ask.seq_id] = guessed[ask.seq_id][: max(0, room)]
+                room -= len(drafts[ask.seq_id])
+        for slot in decoding:
+            first = slot.batch_index  # the next token's logits: sampled first
+            for token in drafts.get(slot.seq_id, ()):
+                slot.draft.append(token)
+                slot.draft_indices.append(n)
+                n = self._put(batch, n, slot, token, logits=True)
+            slot.batch_index = first
             self.counters.draft_tokens += len(slot.draft)
         return n
 

@@ -19,6 +19,7 @@ from server.config import ConfigError, ModelSpec, SpeculativeSpec
 from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
 from server.engine.batching import BatchScheduler
 from server.engine.cpu import resolve_use_extra_bufts
+from server.engine.draft_model import DraftModel
 from server.engine.gguf_check import GGUFProblem, check_gguf
 from server.engine.grammar_cache import GrammarCache
 from server.engine.kinds import wrong_kind
@@ -54,9 +55,15 @@ class LlamaCppEngine:
     """One loaded model: a llama.cpp model and context, its chat template, and the scheduler thread."""
 
     def __init__(
-        self, spec: ModelSpec, native: NativeModel, template: ChatTemplate, prompt_cache: PromptCache | None = None
+        self,
+        spec: ModelSpec,
+        native: NativeModel,
+        template: ChatTemplate,
+        prompt_cache: PromptCache | None = None,
+        draft_model: DraftModel | None = None,
     ) -> None:
         self._spec = spec
+        self._draft_model = draft_model
         self._prompt_cache = prompt_cache
         self._native = native
         self._template = template
@@ -73,6 +80,7 @@ class LlamaCppEngine:
             n_batch=spec.n_batch,
             max_queue=spec.max_queue,
             speculative=_speculation(spec, native),
+            draft_model=draft_model,
         )
         self._grammars = GrammarCache(native.vocab)
         if prompt_cache is not None:
@@ -129,7 +137,12 @@ class LlamaCppEngine:
             spec.cache_type_k,
             spec.cache_type_v,
         )
-        return cls(spec, native, template, cache)
+        try:
+            draft = _draft_model(spec, native, threads)
+        except BaseException:
+            native.free()
+            raise
+        return cls(spec, native, template, cache, draft)
 
     @property
     def info(self) -> EngineInfo:
@@ -269,6 +282,8 @@ class LlamaCppEngine:
             except Exception:  # the model unloads all the same
                 logger.exception("prompt cache: saving the prompt prefixes of model %s failed", self._spec.name)
         self._grammars.close()
+        if self._draft_model is not None:
+            self._draft_model.close()
         self._native.free()
 
 
@@ -314,6 +329,23 @@ def _speculation(spec: ModelSpec, native: NativeModel) -> SpeculativeSpec | None
         logger.warning("speculative decoding: off for model %s (a recurrent model cannot drop drafts)", spec.name)
         return None
     return spec.speculative
+
+
+def _draft_model(spec: ModelSpec, native: NativeModel, threads: int) -> DraftModel | None:
+    speculative = spec.speculative
+    if speculative is None or speculative.draft_path is None or _speculation(spec, native) is None:
+        return None
+    draft = DraftModel.load(
+        speculative.draft_path,
+        native,
+        n_seq=spec.parallel,
+        n_ctx=spec.n_ctx,
+        n_batch=spec.n_batch,
+        threads=threads,
+        extra_bufts=resolve_use_extra_bufts(spec.use_extra_bufts),
+    )
+    logger.info("model %s drafts with %s", spec.name, speculative.draft_path.name)
+    return draft
 
 
 def _decode_or_none(raw: bytes | None) -> str | None:

@@ -61,7 +61,7 @@ class StepSampler:
             break
         if draft:
             self.counters.draft_accepted_tokens += accepted
-            if slot.drafter is not None:
+            if slot.drafter is not None and slot.drafted_by_lookup:
                 slot.drafter.verified(len(draft), accepted)
         if slot.job is not None and slot.unsent:
             slot.job.emit(GenerationDelta(slot.unsent, slot.generated, logprobs=self._take_logprobs(slot)))

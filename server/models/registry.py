@@ -269,7 +269,10 @@ class ModelRegistry:
         started = time.monotonic()
         try:
             # The loader gets the spec with its file resolved (converted, if it must be): engines only open paths.
-            engine = await asyncio.to_thread(load_with_errors_named, lambda s: self._loader(sources.resolved(s)), spec)
+            draft = self._draft_of(spec)
+            engine = await asyncio.to_thread(
+                load_with_errors_named, lambda s: self._loader(sources.resolved(s, draft=draft)), spec
+            )
         except ModelUnavailableError:
             self._crashes.record(spec.name)  # a file that fails or kills its loader must not be retried in a loop
             raise
@@ -289,6 +292,16 @@ class ModelRegistry:
         self._failures.pop(spec.name, None)
         self._emit(ModelEvent(spec.name, status="loaded", load_s=load_s))
         return resident
+
+    def _draft_of(self, spec: ModelSpec) -> ModelSpec | None:
+        """The entry a model's speculative decoding drafts with (`speculative.draft`), if any."""
+        name = None if spec.speculative is None else spec.speculative.draft
+        if name is None:
+            return None
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelUnavailableError(f"The draft model `{name}` of model `{spec.name}` is not in models.yaml.")
+        return entry.spec
 
     # -- memory --------------------------------------------------------------------------------------------
     async def _make_room(self, name: str, size: int) -> None:

@@ -29,12 +29,15 @@ def model_file(spec: ModelSpec, *, convert: bool = True) -> Path:
     return spec.model_path()
 
 
-def resolved(spec: ModelSpec) -> ModelSpec:
-    """The spec with its source (and its projector's) replaced by the file it resolves to (blocking: may convert)."""
+def resolved(spec: ModelSpec, *, draft: ModelSpec | None = None) -> ModelSpec:
+    """The spec with its source (and its projector's) replaced by the file it resolves to, and its speculative
+    decoding's draft model entry by that entry's file (blocking: may convert)."""
     update: dict[str, object] = {"source": PathSource(path=model_file(spec))}
     projector = spec.projector_path()
     if projector is not None:
         update["mmproj"] = PathSource(path=projector)
+    if draft is not None and spec.speculative is not None:
+        update["speculative"] = spec.speculative.model_copy(update={"draft_path": model_file(draft)})
     return spec.model_copy(update=update)
 
 

