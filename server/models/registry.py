@@ -120,7 +120,10 @@ class ModelRegistry:
         cached = self._estimates.get(spec.name)
         if cached is not None and cached[0] == (spec, self._process_bytes):
             return cached[1]
-        estimate = memory_estimate(spec, self._process_bytes, convert=convert)
+        draft = None if spec.speculative is None else self._entries.get(spec.speculative.draft or "")
+        estimate = memory_estimate(
+            spec, self._process_bytes, convert=convert, draft=None if draft is None else draft.spec
+        )
         if estimate is not None:
             self._estimates[spec.name] = ((spec, self._process_bytes), estimate)
         return estimate

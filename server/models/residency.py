@@ -56,8 +56,15 @@ class Budget:
         )
 
 
+DRAFT_SHAPE = ("n_ctx", "parallel", "n_batch", "flash_attn")  # a draft model's context is shaped as its model's
+
+
 def memory_estimate(
-    spec: ModelSpec, process_bytes: int = DEFAULT_PROCESS_BYTES, *, convert: bool = False
+    spec: ModelSpec,
+    process_bytes: int = DEFAULT_PROCESS_BYTES,
+    *,
+    convert: bool = False,
+    draft: ModelSpec | None = None,
 ) -> MemoryEstimate | None:
     """What a model's worker is expected to take once loaded (server/engine/memory.py); None when its file is not
     here (or, unless `convert`, a safetensors model is not converted yet: listing models converts nothing). A file
@@ -68,10 +75,21 @@ def memory_estimate(
     except (ConfigError, OSError):
         return None
     try:
-        return estimate_memory(spec, path, process_bytes)
+        estimate = estimate_memory(spec, path, process_bytes)
     except Exception:  # whatever a file's header holds, listing models and loading them go on
         logger.info("model %s: its file's header gives no memory estimate; counting its size", spec.name)
-        return MemoryEstimate(weights=size, kv_cache=0, compute=0, process=0)
+        estimate = MemoryEstimate(weights=size, kv_cache=0, compute=0, process=0)
+    if draft is not None:  # loaded in the same worker, with the model's sequences and context
+        shaped = draft.model_copy(update={field: getattr(spec, field) for field in DRAFT_SHAPE})
+        extra = memory_estimate(shaped.model_copy(update={"cache_type_k": "f16", "cache_type_v": "f16"}), 0)
+        if extra is not None:
+            estimate = MemoryEstimate(
+                weights=estimate.weights + extra.weights,
+                kv_cache=estimate.kv_cache + extra.kv_cache,
+                compute=estimate.compute + extra.compute,
+                process=estimate.process,
+            )
+    return estimate
 
 
 def resident_size(engine: Engine) -> int | None:

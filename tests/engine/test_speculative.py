@@ -11,7 +11,9 @@ from pydantic import ValidationError
 from server.config import ModelsFile, ModelSpec, PackageSource, PathSource, SpeculativeSpec
 from server.engine.speculative import DRAFT_TOKEN_COST, Drafter, PromptLookup
 from server.models.registry import ModelRegistry
+from server.models.residency import memory_estimate
 from tests.conftest import FakeLoader
+from tests.gguf_factory import write_tiny_llama
 
 SPEC = SpeculativeSpec()
 
@@ -162,3 +164,17 @@ def test_the_registry_hands_the_loader_the_draft_entry_s_file():
     asyncio.run(registry.engine("big"))
     assert seen[0].speculative.draft_path == Path("/models/small.gguf")
     assert seen[0].source == PathSource(path="/models/big.gguf")
+
+
+def test_a_draft_model_counts_in_its_model_s_memory_estimate(tmp_path):
+    big, small = write_tiny_llama(tmp_path / "big.gguf"), write_tiny_llama(tmp_path / "small.gguf", n_layer=1)
+    target = ModelSpec(name="big", source=PathSource(path=big), n_ctx=512, parallel=2, speculative={"draft": "small"})
+    draft = ModelSpec(name="small", source=PathSource(path=small), n_ctx=64, parallel=1)
+    with_draft = ModelRegistry([target, draft], FakeLoader()).memory_estimate(target)
+    alone = memory_estimate(target.model_copy(update={"speculative": None}))
+    # The draft model's context has the model's sequences and length, not its own entry's.
+    shaped = memory_estimate(draft.model_copy(update={"n_ctx": 512, "parallel": 2}), 0)
+    assert shaped.kv_cache > memory_estimate(draft, 0).kv_cache > 0
+    assert with_draft.weights == alone.weights + shaped.weights
+    assert with_draft.kv_cache == alone.kv_cache + shaped.kv_cache
+    assert with_draft.compute == alone.compute + shaped.compute
