@@ -1,10 +1,12 @@
 # slm-server image: a portable CPU build of llama.cpp (runtime CPU dispatch), the embedded default model,
-# a non-root runtime. Build the base image first where no registry is reachable: docker/build-base-image.sh.
+# a non-root runtime. The base is Debian's official debian:bookworm-slim from Docker Hub; where no registry is
+# reachable, build a Debian base from a Debian mirror with docker/build-base-image.sh and pass it as BASE_IMAGE.
 #
 #   docker build -t slm-server .
+#   docker build --build-arg BASE_IMAGE=slm-server-base:bookworm -t slm-server .    (air-gapped)
 #   docker build --build-arg PYPI_INDEX_URL=https://pypi.corp/simple \
 #                --build-arg EXTRA_CA_CERTS_DIR=docker/ca-certificates -t slm-server .
-ARG BASE_IMAGE=slm-server-base:bookworm
+ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS base
 # Extra CA certificates to trust at build time (a folder of *.crt files inside the build context).

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Build the Debian bookworm base image locally with debootstrap, for sites that cannot reach a container
-# registry. Only a Debian package mirror is needed (the same one apt uses). The result is imported with
-# `docker import` under the name the Dockerfile expects by default.
+# Build a Debian bookworm base image locally with debootstrap, for sites that cannot reach a container
+# registry (the Dockerfile's default base is Debian's official debian:bookworm-slim from Docker Hub). Only a
+# Debian package mirror is needed (the same one apt uses). The result is imported with `docker import` as IMAGE;
+# build on it with `--build-arg BASE_IMAGE=IMAGE` (compose: SLM_BASE_IMAGE=IMAGE).
 #
 #   docker/build-base-image.sh [IMAGE] [MIRROR]
 #
-# IMAGE defaults to slm-server-base:bookworm, MIRROR to $DEBIAN_MIRROR or http://deb.debian.org/debian.
+# IMAGE defaults to slm-server-base:bookworm, MIRROR to $DEBIAN_MIRROR or http://deb.debian.org/debian. An
+# IMAGE of debian:bookworm-slim stands in for the official image on an engine that cannot pull it, so the
+# Dockerfile's default builds unchanged (scripts/docker-e2e.sh does this inside its private engine); an IMAGE
+# already present is kept, so an official image is never replaced.
 # Needs root (debootstrap), debootstrap, and a running Docker engine (DOCKER_HOST is honoured).
 set -euo pipefail
 

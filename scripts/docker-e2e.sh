@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end check of the Docker deployment on this machine, with no registry and no change to the host's
 # network: a private dockerd (no bridge, no iptables, no IP forwarding), the Debian base image built with
-# debootstrap, the project image, the compose stack on the host network, real requests, then everything down.
-# Needs root. Exits non-zero on any failure and leaves nothing running.
+# debootstrap and named debian:bookworm-slim inside that engine (so the Dockerfile's and compose's default base is
+# the one built on), the project image, the compose stack on the host network, real requests, the choice of
+# llama.cpp's CPU variant, then everything down. Needs root. Exits non-zero on any failure and leaves nothing
+# running.
 #
 #   scripts/docker-e2e.sh        (or: make docker-e2e)
 set -euo pipefail
@@ -15,6 +17,9 @@ KEY="e2e-$(date +%s)-$RANDOM"
 DOCKER=/usr/bin/docker
 WORK="$(mktemp -d /tmp/slm-e2e.XXXXXX)"
 export DOCKER_BUILDKIT=1
+# The default path is the one tested: no base image chosen from the environment.
+unset SLM_BASE_IMAGE
+BASE=debian:bookworm-slim
 
 log() { printf '[docker-e2e %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 fail() { log "FAIL: $*"; exit 1; }
@@ -71,7 +76,8 @@ export DOCKER_HOST
 DOCKER_HOST="$(scripts/private-dockerd.sh start)"
 log "private dockerd at $DOCKER_HOST"
 
-DOCKER_CLI=$DOCKER docker/build-base-image.sh
+# No registry here: the debootstrap base stands in for Debian's official image, under its name, in this engine only.
+DOCKER_CLI=$DOCKER docker/build-base-image.sh "$BASE"
 
 # The build reaches PyPI through this host's TLS setup: trust the host's CA bundle inside the build.
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
@@ -81,11 +87,15 @@ log "building the image"
 started=$(date +%s)
 $DOCKER build --network host -t slm-server:latest . > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; fail "image build"; }
 log "image built in $(( $(date +%s) - started )) s; size $($DOCKER image inspect slm-server:latest --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"
+[ "$($DOCKER image inspect slm-server:latest --format '{{index .RootFS.Layers 0}}')" = \
+  "$($DOCKER image inspect "$BASE" --format '{{index .RootFS.Layers 0}}')" ] || fail "the image is not built on $BASE"
+log "the image is built on $BASE, the Dockerfile's default BASE_IMAGE"
 
 # Static facts about the image: non-root user, healthcheck, the CPU backends for runtime dispatch.
 [ "$($DOCKER image inspect slm-server:latest --format '{{.Config.User}}')" = slm ] || fail "image user is not slm"
 $DOCKER image inspect slm-server:latest --format '{{json .Config.Healthcheck}}' | grep -q /health || fail "no HEALTHCHECK"
-variants=$($DOCKER run --rm --network host --entrypoint sh slm-server:latest -c 'ls /opt/venv/lib/ggml-backends | wc -l')
+$DOCKER run --rm --network host --entrypoint ls slm-server:latest /opt/venv/lib/ggml-backends > "$WORK/backends.txt"
+variants=$(grep -c '^libggml-cpu-' "$WORK/backends.txt" || true)
 [ "$variants" -ge 10 ] || fail "only $variants CPU backend variants in the image"
 log "image: user slm, HEALTHCHECK on /health, $variants CPU backend variants"
 
@@ -105,6 +115,7 @@ import sys, yaml
 stack = yaml.safe_load(open(sys.argv[1]))
 service = stack["services"]["slm-server"]
 assert service["ports"] == ["127.0.0.1:8000:8000/tcp"], service["ports"]  # loopback-only by default
+assert service["build"]["args"]["BASE_IMAGE"] == "debian:bookworm-slim", service["build"]  # the base built on
 del service["ports"]
 service["network_mode"] = "host"
 yaml.safe_dump(stack, open(sys.argv[2], "w"))
@@ -138,8 +149,19 @@ log "401 without a key, chat and embeddings (384 dims) with it"
 uid=$(compose exec -T slm-server id -u | tr -d '\r')
 [ "$uid" != 0 ] || fail "the server runs as root"
 log "the server runs as uid $uid"
-compose logs --no-color slm-server | grep -q "llama.cpp CPU features: .*AVX2 = 1" || fail "llama.cpp did not pick an AVX2 backend"
-log "llama.cpp loaded an AVX2 CPU backend at run time"
+# The CPU variant llama.cpp chose at run time, read from the libggml-cpu-*.so mapped into the server's processes (the
+# model workers are loaded by the requests above), against the best one for this host's /proc/cpuinfo flags
+# (scripts/cpu_variant.py mirrors llama.cpp's scoring; on AMX hosts it also checks AMX extra buffers are off).
+if [ "$(uname -m)" = x86_64 ]; then
+    compose exec -T slm-server sh -c 'cat /proc/[0-9]*/maps 2>/dev/null' > "$WORK/maps.txt" || true
+    compose logs --no-color slm-server > "$WORK/server.log"
+    log "host CPU: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); best variant for its flags: $(python3 scripts/cpu_variant.py best)"
+    verdict=$(python3 scripts/cpu_variant.py check --maps "$WORK/maps.txt" --backends "$WORK/backends.txt" \
+        --log "$WORK/server.log") || fail "llama.cpp's CPU variant (above)"
+    log "$verdict"
+else
+    log "not x86_64: the CPU variant check is skipped"
+fi
 compose kill -s HUP slm-server
 for _ in $(seq 1 20); do compose logs --no-color slm-server | grep -q "models file reloaded" && break; sleep 0.5; done
 compose logs --no-color slm-server | grep -q "models file reloaded" || fail "SIGHUP did not reload models.yaml"

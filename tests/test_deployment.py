@@ -97,6 +97,29 @@ def test_compose_service_settings():
     assert (ROOT / "slm-server.env").exists()
 
 
+OFFICIAL_BASE = "debian:bookworm-slim"
+
+
+def test_the_default_base_is_debians_official_image():
+    assert re.findall(r"^ARG BASE_IMAGE=(\S*)$", DOCKERFILE, flags=re.MULTILINE) == [OFFICIAL_BASE]
+    assert DOCKERFILE.index("ARG BASE_IMAGE=") < DOCKERFILE.index("FROM ${BASE_IMAGE} AS base")
+    # Compose may let SLM_BASE_IMAGE choose another base, but its default is the Dockerfile's, never a local name.
+    base = COMPOSE["services"]["slm-server"]["build"].get("args", {}).get("BASE_IMAGE")
+    assert base in (None, "${SLM_BASE_IMAGE:-" + OFFICIAL_BASE + "}"), base
+
+
+def test_the_locally_built_base_is_the_documented_air_gapped_option_and_the_e2e_builds_on_the_default():
+    script = (ROOT / "docker" / "build-base-image.sh").read_text()
+    assert 'image="${1:-slm-server-base:bookworm}"' in script  # never the official name unless asked for
+    readme = (ROOT / "README.md").read_text()
+    air_gapped = readme.split("**Air-gapped or corporate networks.**", 1)[1].split("\n\n**", 1)[0]
+    assert "docker/build-base-image.sh" in air_gapped and "SLM_BASE_IMAGE=slm-server-base:bookworm" in air_gapped
+    assert "--build-arg BASE_IMAGE=slm-server-base:bookworm" in air_gapped
+    e2e = (ROOT / "scripts" / "docker-e2e.sh").read_text()
+    assert "BASE=debian:bookworm-slim" in e2e and 'docker/build-base-image.sh "$BASE"' in e2e
+    assert "BASE_IMAGE" not in e2e.split("$DOCKER build", 1)[1].split("\n", 1)[0]  # built with the default
+
+
 def test_the_container_serves_behind_a_key_it_generates_when_none_is_configured():
     runtime = stages()["runtime"]
     assert instructions(runtime, "ENTRYPOINT") == ['ENTRYPOINT ["slm-entrypoint"]']
@@ -184,3 +207,18 @@ def test_docker_compose_validates_the_file():
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed here")
+def test_docker_compose_builds_on_the_official_base_by_default():
+    environ = {name: value for name, value in os.environ.items() if name != "SLM_BASE_IMAGE"}
+    done = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=environ,
+        timeout=60,
+        check=True,
+    )
+    assert yaml.safe_load(done.stdout)["services"]["slm-server"]["build"]["args"]["BASE_IMAGE"] == OFFICIAL_BASE
