@@ -252,6 +252,8 @@ class ProcessEngine:
                 break
             if message[0] == "pong":
                 self._watchdog.answered(*message[1:])
+            elif message[0] == "deltas" and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._dispatch_deltas, message[1])
             elif self._loop is not None:
                 self._loop.call_soon_threadsafe(self._dispatch, message)
         self._watchdog.stop()
@@ -279,6 +281,10 @@ class ProcessEngine:
         self._process.kill()
         self._process.join(5)
         self._exited()  # at once, even if something else still holds the worker's end of the pipe
+
+    def _dispatch_deltas(self, deltas: list[tuple[int, Any]]) -> None:
+        for request_id, delta in deltas:
+            self._dispatch(("delta", request_id, delta))
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind, request_id = message[0], message[1]

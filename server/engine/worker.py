@@ -8,7 +8,7 @@ native code (segfault, abort, OOM kill) ends this process only. Messages are tup
                       ("compile", id, grammar) ("tokenize_chat", id, messages, tools, template_vars)
                       ("rerank_tokens", id, query, documents, max_tokens) ("rerank", id, inputs)
                       ("generate", id, request) ("cancel", id) ("ping",) ("shutdown",)
-    worker -> parent: ("ready", info) ("failed", message) ("result", id, value) ("delta", id, delta)
+    worker -> parent: ("ready", info) ("failed", message) ("result", id, value) ("deltas", [(id, delta), ...])
                       ("error", id, WireError) ("pong", seconds the engine has been stuck in one step, 0 if idle,
                       seconds its running grammar build has taken, 0 if none)
 """
@@ -102,6 +102,9 @@ class _Worker:
         self._conn = conn
         self._engine = engine
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        # Deltas of the streams, sent as one message per event-loop turn: the scheduler hands over every
+        # sequence's delta of a decode step at once, so a step costs one pickle and one write, not one per stream.
+        self._deltas: list[tuple[int, Any]] = []
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -178,7 +181,7 @@ class _Worker:
             stream = self._engine.generate(request)
             async with contextlib.aclosing(stream):
                 async for delta in stream:
-                    self._send(("delta", request_id, delta))
+                    self._queue_delta(request_id, delta)
         except asyncio.CancelledError:
             pass  # the client went away; closing the stream freed its sequence
         except Exception as exc:
@@ -192,6 +195,20 @@ class _Worker:
             exc = InternalError()
         self._send(("error", request_id, WireError.of(exc)))
 
+    def _queue_delta(self, request_id: int, delta: Any) -> None:
+        if not self._deltas:
+            asyncio.get_running_loop().call_soon(self._flush_deltas)
+        self._deltas.append((request_id, delta))
+
+    def _flush_deltas(self) -> None:
+        if self._deltas:
+            deltas, self._deltas = self._deltas, []
+            self._write(("deltas", deltas))
+
     def _send(self, message: tuple[Any, ...]) -> None:
+        self._flush_deltas()  # a request's error or result never overtakes its deltas
+        self._write(message)
+
+    def _write(self, message: tuple[Any, ...]) -> None:
         with contextlib.suppress(OSError):  # the HTTP process is gone; the inbox thread stops us
             self._conn.send(message)

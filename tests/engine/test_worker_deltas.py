@@ -1,0 +1,97 @@
+"""The worker sends its streams' deltas as one pipe message per event-loop turn: every sequence's delta of a
+decode step travels together, and a request's error or result never overtakes its deltas."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+from typing import Any
+
+from server.engine.base import GenerationDelta, GenerationRequest
+from server.engine.worker import _Worker
+from server.errors import InvalidRequestError
+
+WAIT_S = 30  # an upper bound for conditions that hold within milliseconds; reached only when a test fails
+REQUEST = GenerationRequest(prompt_tokens=[1], max_tokens=4)
+
+
+class SteppedEngine:
+    """Each stream gets a delta when `step` is called from another thread, all in one loop turn, as the batching
+    scheduler hands over a decode step's deltas."""
+
+    def __init__(self) -> None:
+        self.queues: list[asyncio.Queue[GenerationDelta]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.started = threading.Semaphore(0)
+
+    def stalled_s(self) -> float:
+        return 0.0
+
+    async def generate(self, request: GenerationRequest):
+        self.loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[GenerationDelta] = asyncio.Queue()
+        self.queues.append(queue)
+        self.started.release()
+        while True:
+            delta = await queue.get()
+            yield delta
+            if delta.finish_reason is not None:
+                return
+
+    def step(self, text: str, finish: bool = False) -> None:
+        def hand_over() -> None:
+            for queue in self.queues:
+                queue.put_nowait(GenerationDelta(text, 1, "stop" if finish else None))
+
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(hand_over)
+
+
+class FailingEngine(SteppedEngine):
+    async def generate(self, request: GenerationRequest):
+        yield GenerationDelta("partial", 1)
+        raise InvalidRequestError("the grammar gave up", param="response_format")
+
+
+def serve(engine: Any) -> tuple[Any, threading.Thread]:
+    ours, theirs = multiprocessing.Pipe()
+    worker = threading.Thread(target=lambda: asyncio.run(_Worker(theirs, engine).run()), daemon=True)
+    worker.start()
+    return ours, worker
+
+
+def received(conn: Any) -> tuple[Any, ...]:
+    assert conn.poll(WAIT_S), "the worker sent nothing"
+    return conn.recv()
+
+
+def test_a_step_s_deltas_of_several_streams_travel_in_one_message():
+    engine = SteppedEngine()
+    conn, worker = serve(engine)
+    for request_id in (1, 2, 3):
+        conn.send(("generate", request_id, REQUEST))
+    for _ in range(3):
+        assert engine.started.acquire(timeout=WAIT_S)
+    engine.step("a")
+    kind, deltas = received(conn)
+    assert kind == "deltas"
+    assert sorted(request_id for request_id, _ in deltas) == [1, 2, 3]
+    assert {delta.text for _, delta in deltas} == {"a"}
+    engine.step("b", finish=True)
+    kind, deltas = received(conn)
+    assert kind == "deltas" and len(deltas) == 3 and all(d.finish_reason == "stop" for _, d in deltas)
+    conn.send(("shutdown",))
+    worker.join(WAIT_S)
+    assert not worker.is_alive()
+
+
+def test_an_error_follows_the_deltas_sent_before_it():
+    conn, worker = serve(FailingEngine())
+    conn.send(("generate", 7, REQUEST))
+    assert received(conn) == ("deltas", [(7, GenerationDelta("partial", 1))])
+    kind, request_id, error = received(conn)
+    assert (kind, request_id) == ("error", 7)
+    assert "the grammar gave up" in str(error)
+    conn.send(("shutdown",))
+    worker.join(WAIT_S)
