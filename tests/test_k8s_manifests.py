@@ -306,7 +306,7 @@ def rayservice_validator() -> jsonschema.Draft7Validator:
     return jsonschema.Draft7Validator(strict_schema(version["schema"]["openAPIV3Schema"]))
 
 
-def test_the_rayservice_is_valid_against_kuberays_crd_and_says_it_is_not_implemented():
+def test_the_rayservice_is_valid_against_kuberays_crd_and_runs_the_ray_serve_application():
     path = K8S / "ray" / "rayservice.yaml"
     (service,) = docs(path)
     assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
@@ -316,8 +316,14 @@ def test_the_rayservice_is_valid_against_kuberays_crd_and_says_it_is_not_impleme
     broken["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParam"] = {}
     assert not validator.is_valid(broken)  # a misspelt field is caught, not pruned
     (application,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
-    assert application["import_path"] == "server.ray.app:build"
-    assert "NOT USABLE YET" in path.read_text() and "not implemented yet" in path.read_text()
+    # The application deploy/ray/serve.yaml runs, with the same deployments and bounds.
+    (local,) = yaml.safe_load((ROOT / "deploy" / "ray" / "serve.yaml").read_text())["applications"]
+    assert application["import_path"] == local["import_path"] == "server.cluster.ray_app:build"
+    assert application["deployments"] == local["deployments"]
+    module, _, name = application["import_path"].partition(":")
+    source = (ROOT / (module.replace(".", "/") + ".py")).read_text()
+    assert f"def {name}(" in source
+    assert "NOT BUILT HERE" in path.read_text()  # the image with Ray is still the user's to build
     assert (KUBERAY_CRD.parent / "LICENSE").read_text().lstrip().startswith("Apache License")
 
 

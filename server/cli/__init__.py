@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from server.cli.commands import convert_command, list_command, pull_command
+from server.cli.ray_command import add_ray_parser, ray_command
 from server.config import ConfigError, HubSource, Settings, load_models_file
 from server.http.access_guard import is_loopback_name
 
@@ -65,12 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="configured models: present on disk, size, loaded")
     listing.add_argument("--models", type=Path, dest="models_file", help="models file (default models.yaml)")
     listing.add_argument("--url", help="a running server to ask which models are loaded (default from SLM_HOST/PORT)")
+    add_ray_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "names", "url", "name", "input", "output")}
+    ray_args = ("config", "address", "non_blocking")
+    overrides = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("command", "names", "url", "name", "input", "output", *ray_args)
+    }
     try:
         settings = Settings.from_env(**overrides)
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -82,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return list_command(settings, args.url)
         if args.command == "convert":
             return convert_command(settings, args.name, args.input, args.output)
+        if args.command == "ray":
+            return ray_command(args.config, args.address, args.non_blocking)
     except ConfigError as exc:
         logging.basicConfig()
         logger.error("%s", exc)
@@ -121,6 +130,10 @@ def _serve(settings: Settings) -> int:
         log_config=None,
         access_log=False,  # one structured line per request comes from our own middleware
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        # The loop and HTTP parser the server is tested with, whatever else is installed (ray[serve] brings
+        # uvloop and httptools, which uvicorn would otherwise pick).
+        loop="asyncio",
+        http="h11",
     )
     server = _DrainingServer(config, app)
     logger.info("serving %d model(s) on http://%s:%d/v1", len(models.models), settings.host, settings.port)
