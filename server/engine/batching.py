@@ -369,6 +369,7 @@ class BatchScheduler:
         slot.thinking = None
         slot.pending = []
         slot.next_token = None
+        slot.draft, slot.draft_indices = [], []  # a failed step's draft must not meet the sequence's next request
         self.counters.active_sequences = sum(s.job is not None for s in self._slots)
 
     @staticmethod

@@ -19,10 +19,11 @@ from collections.abc import Sequence
 
 from server.config import SpeculativeSpec
 
-# What verifying one drafted token costs, as a share of a decode step (measured on SmolLM2-135M, 2 threads: see
-# docs/benchmarks.md); a drafted token is worth it while the chance it is kept exceeds this.
-DRAFT_TOKEN_COST = 0.3
-INITIAL_AGREEMENT = 0.6  # drafts one or two tokens until the reply shows how well drafts agree
+# What verifying one drafted token costs, as a share of a one-token decode step: 0.47-0.59 measured with
+# SmolLM2-135M on 2 threads (bench/speculative.py, docs/benchmarks.md; a small model on a CPU computes rather than
+# waits for its weights). A drafted token is worth it while the chance it is kept exceeds this.
+DRAFT_TOKEN_COST = 0.5
+INITIAL_AGREEMENT = 0.6  # drafts one token until the reply shows how well drafts agree
 AGREEMENT_WEIGHT = 0.15  # of the latest drafted token in the running average
 SHADOW_TOKENS = 4
 
