@@ -17,7 +17,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from server.engine.native import NativeModel
+from server.engine.native import NativeModel, sequences_context
 from server.engine.prefix import common_prefix
 from server.errors import ModelUnavailableError
 
@@ -53,14 +53,7 @@ class DraftModel:
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not model:
             raise ModelUnavailableError(f"The draft model {path.name} failed to load in llama.cpp; see the server log.")
-        ctx_params = llama_cpp.llama_context_default_params()
-        ctx_params.n_seq_max = n_seq
-        ctx_params.n_ctx = n_ctx * n_seq
-        ctx_params.kv_unified = False
-        ctx_params.n_batch = ctx_params.n_ubatch = n_batch
-        ctx_params.n_threads = ctx_params.n_threads_batch = threads
-        ctx_params.no_perf = True
-        ctx = llama_cpp.llama_init_from_model(model, ctx_params)
+        ctx = llama_cpp.llama_init_from_model(model, sequences_context(n_seq, n_ctx, n_batch, threads))
         if not ctx:
             llama_cpp.llama_model_free(model)
             raise ModelUnavailableError(f"The draft model {path.name} could not get a context; see the server log.")

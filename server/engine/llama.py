@@ -23,7 +23,7 @@ from server.engine.draft_model import DraftModel
 from server.engine.gguf_check import GGUFProblem, check_gguf
 from server.engine.grammar_cache import GrammarCache
 from server.engine.kinds import wrong_kind
-from server.engine.native import NativeModel
+from server.engine.native import NativeModel, sequences_context
 from server.engine.prompt_cache import CachedSequence, PromptCache
 from server.engine.prompt_store import PromptCacheConfig
 from server.engine.reasoning import ThinkingLimit, reasoning_format
@@ -95,22 +95,12 @@ class LlamaCppEngine:
         """Load the model (blocking: call it off the event loop); with `prompt_cache`, restore the saved prompt
         prefixes of this model and settings, and save them again at close (server/engine/prompt_cache.py)."""
         model, path, extra_bufts = load_weights(spec)
-        ctx_params = llama_cpp.llama_context_default_params()
-        ctx_params.n_seq_max = spec.parallel
-        # One KV stream per sequence (not unified): each sequence's cells stay in position order, and llama.cpp's
-        # flash attention then gives a sequence the same logits whatever else is in the batch, so greedy and
-        # seeded output do not depend on load. (With a unified cache, cells freed by other sequences are reused
-        # out of order, and the attention sums change in the last bits: measured, seeded samples diverged.)
-        ctx_params.n_ctx = spec.n_ctx * spec.parallel
-        ctx_params.kv_unified = False
+        threads = spec.n_threads or os.cpu_count() or 1
+        ctx_params = sequences_context(spec.parallel, spec.n_ctx, spec.n_batch, threads)
         if not spec.flash_attn:
             ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx_params.type_k = CACHE_TYPES[spec.cache_type_k]
         ctx_params.type_v = CACHE_TYPES[spec.cache_type_v]
-        ctx_params.n_batch = ctx_params.n_ubatch = spec.n_batch
-        threads = spec.n_threads or os.cpu_count() or 1
-        ctx_params.n_threads = ctx_params.n_threads_batch = threads
-        ctx_params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(model, ctx_params)
         if not ctx:
             llama_cpp.llama_model_free(model)

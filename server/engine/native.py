@@ -73,6 +73,23 @@ class NativeModel:
             self.model = None
 
 
+def sequences_context(n_seq: int, n_ctx: int, n_batch: int, threads: int) -> llama_cpp.llama_context_params:
+    """Context parameters for `n_seq` sequences of `n_ctx` tokens each, one KV stream per sequence.
+
+    Not unified: each sequence's cells stay in position order, and llama.cpp's flash attention then gives a
+    sequence the same logits whatever else is in the batch, so greedy and seeded output do not depend on load.
+    (With a unified cache, cells freed by other sequences are reused out of order, and the attention sums change
+    in the last bits: measured, seeded samples diverged.)"""
+    params = llama_cpp.llama_context_default_params()
+    params.n_seq_max = n_seq
+    params.n_ctx = n_ctx * n_seq
+    params.kv_unified = False
+    params.n_batch = params.n_ubatch = n_batch
+    params.n_threads = params.n_threads_batch = threads
+    params.no_perf = True
+    return params
+
+
 def make_sampler(params: SamplingParams, native: NativeModel) -> llama_cpp.llama_sampler_p:
     """A llama.cpp sampler chain for one request: biases, penalties, then greedy or top-k/p, min-p, temperature.
     An output grammar is applied beside it (server/engine/grammar.py)."""
