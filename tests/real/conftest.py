@@ -147,6 +147,7 @@ models:
     n_ctx: 1024
     n_threads: 2
     parallel: 2
+    keep_alive: null  # one worker all session: tests count its workers, and the suite has long stretches without it
   - name: tiny-llama
     description: random weights, byte-level BPE, ChatML
     source: {{path: {tiny_llama}}}

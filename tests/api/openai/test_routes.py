@@ -52,8 +52,9 @@ def test_models_list_and_get(client):
     assert listing["object"] == "list"
     assert [m["id"] for m in listing["data"]] == ["fake-model", "other-model"]
     for card in listing["data"]:
-        assert set(card) == {"id", "object", "created", "owned_by", "available", "loaded", "memory"}
+        assert set(card) == {"id", "object", "created", "owned_by", "available", "loaded", "memory", "capabilities"}
         assert card["object"] == "model" and card["available"] is True and card["loaded"] is False
+        assert card["capabilities"] == []  # no projector: no images
     client.post(CHAT, json=HELLO)
     assert [m["loaded"] for m in client.get("/v1/models").json()["data"]] == [True, False]
     assert client.get("/v1/models/gpt-4o-mini").json()["id"] == "gpt-4o-mini"
