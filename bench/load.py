@@ -108,7 +108,9 @@ async def run_level(
         while not queue.empty():
             results.append(await one_request(client, url, body_for(queue.get_nowait())))
 
-    limits = httpx.Limits(max_connections=concurrency + 4)
+    # A fresh connection per request: llama-server closes idle keep-alive connections, and a request sent on one it
+    # is closing fails with "Server disconnected without sending a response" (seen in bench/compare.py's first run).
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
