@@ -28,7 +28,7 @@ import llama_cpp
 from server.config import ModelSpec, PackageSource, PathSource, SpeculativeSpec
 from server.engine import GenerationRequest, SamplingParams
 from server.engine.llama import CACHE_TYPES, LlamaCppEngine, load_weights
-from server.engine.native import NativeModel
+from server.engine.native import NativeModel, sequences_context
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENT = (ROOT / "server" / "engine" / "prefix.py").read_text()[:1500]
@@ -90,10 +90,8 @@ def draft_cost(spec: ModelSpec, drafts: tuple[int, ...] = (1, 2, 4, 8)) -> dict[
     """Milliseconds of one decode step of one sequence's token plus k drafted tokens, k = 0 and `drafts`, in a
     context of the model's settings of its own."""
     model, _, _ = load_weights(spec)
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx, params.n_seq_max, params.kv_unified = spec.n_ctx, 1, False
+    params = sequences_context(1, spec.n_ctx, spec.n_batch, spec.n_threads or 1)
     params.type_k, params.type_v = CACHE_TYPES[spec.cache_type_k], CACHE_TYPES[spec.cache_type_v]
-    params.n_threads = params.n_threads_batch = spec.n_threads or 1
     native = NativeModel(model, llama_cpp.llama_init_from_model(model, params), llama_cpp.llama_model_get_vocab(model))
     memory = llama_cpp.llama_get_memory(native.ctx)
     batch = llama_cpp.llama_batch_init(64, 0, 1)

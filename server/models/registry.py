@@ -120,10 +120,7 @@ class ModelRegistry:
         cached = self._estimates.get(spec.name)
         if cached is not None and cached[0] == (spec, self._process_bytes):
             return cached[1]
-        draft = None if spec.speculative is None else self._entries.get(spec.speculative.draft or "")
-        estimate = memory_estimate(
-            spec, self._process_bytes, convert=convert, draft=None if draft is None else draft.spec
-        )
+        estimate = memory_estimate(spec, self._process_bytes, convert=convert, draft=self._draft_entry(spec))
         if estimate is not None:
             self._estimates[spec.name] = ((spec, self._process_bytes), estimate)
         return estimate
@@ -296,15 +293,19 @@ class ModelRegistry:
         self._emit(ModelEvent(spec.name, status="loaded", load_s=load_s))
         return resident
 
+    def _draft_entry(self, spec: ModelSpec) -> ModelSpec | None:
+        """The entry a model's speculative decoding drafts with (`speculative.draft`); None when it names none,
+        or one models.yaml no longer has."""
+        entry = None if spec.speculative is None else self._entries.get(spec.speculative.draft or "")
+        return None if entry is None else entry.spec
+
     def _draft_of(self, spec: ModelSpec) -> ModelSpec | None:
-        """The entry a model's speculative decoding drafts with (`speculative.draft`), if any."""
-        name = None if spec.speculative is None else spec.speculative.draft
-        if name is None:
-            return None
-        entry = self._entries.get(name)
-        if entry is None:
+        """The draft entry a load needs: ModelUnavailableError when the model names one that is not there."""
+        draft = self._draft_entry(spec)
+        if draft is None and spec.speculative is not None and spec.speculative.draft is not None:
+            name = spec.speculative.draft
             raise ModelUnavailableError(f"The draft model `{name}` of model `{spec.name}` is not in models.yaml.")
-        return entry.spec
+        return draft
 
     # -- memory --------------------------------------------------------------------------------------------
     async def _make_room(self, name: str, size: int) -> None:
