@@ -31,6 +31,7 @@ from server.batch.store import BatchStore
 from server.config import ConfigError, ModelSpec, Settings, load_models_file
 from server.errors import APIError
 from server.generation.embedding import Embedder
+from server.generation.images import ImageLimits
 from server.generation.limits import RequestLimits
 from server.generation.pipeline import GenerationPipeline
 from server.generation.rerank import Reranker
@@ -86,8 +87,19 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
         max_embedding_tokens=settings.max_embedding_tokens,
         grammar_step_limit_s=settings.grammar_step_limit_s,
     )
+    image_limits = ImageLimits(
+        max_images=settings.max_images_per_request,
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        remote_hosts=settings.remote_image_hosts,
+        remote_timeout_s=settings.remote_image_timeout_s,
+    )
     pipeline = GenerationPipeline(
-        registry, metrics=metrics, limits=limits, request_timeout_s=settings.request_timeout_s
+        registry,
+        metrics=metrics,
+        limits=limits,
+        request_timeout_s=settings.request_timeout_s,
+        image_limits=image_limits,
     )
     embedder = Embedder(registry, limits=limits, request_timeout_s=settings.request_timeout_s)
     reranker = Reranker(registry, limits=limits, request_timeout_s=settings.request_timeout_s)

@@ -63,7 +63,39 @@ class Settings(BaseModel):
         "sent by a foreign web page (server/access_guard.py). `slm-server serve` always turns it on.",
     )
     cors_origins: tuple[str, ...] = ()
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body; images sent as base64 data URLs count against it (4/3 of their bytes).",
+    )
+    max_images_per_request: int = Field(
+        default=16, ge=0, le=1024, description="Most images one request may hold; 0: images are refused."
+    )
+    max_image_bytes: int = Field(
+        default=5 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="Largest encoded image (a data URL's decoded bytes, or a remote image's body). A data URL also "
+        "counts against max_body_bytes (4/3 of its bytes as base64).",
+    )
+    max_image_pixels: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1,
+        le=1024**3,
+        description="Most pixels (width x height) of one image, read from its header before it is decoded; its "
+        "decoded RGB takes 3 bytes a pixel, for each image of a request at once.",
+    )
+    remote_image_hosts: tuple[  # each `host`, `[IPv6]`, or either with `:port`
+        Annotated[str, Field(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?$")], ...
+    ] = Field(
+        default=(),
+        description="Hosts images may be fetched from by URL (`host`: its http and https default ports, or "
+        "`host:port`; exact, case-insensitive); no redirect is followed. Empty: image URLs are refused and images "
+        "come only as base64 data URLs.",
+    )
+    remote_image_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="How long fetching one remote image may take, body included."
+    )
     max_messages: int = Field(default=1000, ge=1)
     max_embedding_inputs: int = Field(default=2048, ge=1)
     max_embedding_tokens: int = Field(default=65536, ge=1, description="Most tokens one embedding request may hold.")

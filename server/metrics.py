@@ -61,6 +61,8 @@ class EngineSnapshot:
     batch_preemptions: int = 0
     draft_tokens: int = 0
     draft_accepted_tokens: int = 0
+    image_chunks_encoded: int = 0
+    image_rows_evaluated: int = 0
 
 
 class _EngineCollector:
@@ -85,6 +87,12 @@ class _EngineCollector:
         accepted = CounterMetricFamily(
             "slm_draft_accepted_tokens", "Drafted tokens the model agreed with (kept)", labels=["model"]
         )
+        encoded = CounterMetricFamily(
+            "slm_image_chunks_encoded", "Image chunks the vision projector encoded", labels=["model"]
+        )
+        image_rows = CounterMetricFamily(
+            "slm_image_rows_evaluated", "Rows of image embeddings decoded into the KV cache", labels=["model"]
+        )
         batch = SummaryMetricFamily("slm_batch_tokens", "Tokens evaluated per decode step", labels=["model"])
         loaded = GaugeMetricFamily("slm_models_loaded", "Models loaded in a worker")
         restarts = CounterMetricFamily("slm_worker_restarts", "Model workers restarted after dying", labels=["model"])
@@ -95,11 +103,13 @@ class _EngineCollector:
             preemptions.add_metric([model], snap.batch_preemptions)
             drafted.add_metric([model], snap.draft_tokens)
             accepted.add_metric([model], snap.draft_accepted_tokens)
+            encoded.add_metric([model], snap.image_chunks_encoded)
+            image_rows.add_metric([model], snap.image_rows_evaluated)
             batch.add_metric([model], count_value=snap.decode_steps, sum_value=snap.batch_tokens_total)
         loaded.add_metric([], len(self.snapshots))
         for model, count in sorted(self._restarts().items()):
             restarts.add_metric([model], count)
-        return [queue, active, hits, preemptions, drafted, accepted, batch, loaded, restarts]
+        return [queue, active, hits, preemptions, drafted, accepted, encoded, image_rows, batch, loaded, restarts]
 
 
 class Metrics:

@@ -8,7 +8,7 @@ from typing import Any
 
 from server.config import ModelSpec, PathSource
 from server.engine import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
-from server.engine.base import ReasoningFormat, TokenLogprob
+from server.engine.base import ReasoningFormat, RGBImage, TokenLogprob
 from server.engine.reasoning import ThinkingLimit
 from server.engine.room import RoomSignal
 from server.engine.text import TextAssembler
@@ -16,6 +16,7 @@ from server.errors import ContextLengthExceededError, InvalidRequestError, NoRoo
 
 PAIR_SEPARATOR = -1  # between the query and the document of a fake reranker's pair
 FORCED_END = -2  # the token a fake reasoning model's forced end of thinking is
+IMAGE_TOKENS = 4  # the pseudo ids a fake vision model's image takes in a prompt
 
 
 @dataclass
@@ -32,6 +33,7 @@ class FakeScript:
     tool_dialect: str | None = None  # the tool-call syntax its template teaches (server/engine/tool_syntax.py)
     parallel: int | None = None  # set: a batch request finds no room (NoRoomForBatch) while this many streams run
     process_bytes: int | None = None  # the worker's own size, as a worker measures it before its model loads
+    vision: bool = False  # takes images: each stands in the prompt as IMAGE_TOKENS negative ids from its digest
 
 
 class FakeEngine:
@@ -59,6 +61,7 @@ class FakeEngine:
             reasoning=script.reasoning,
             tool_dialect=script.tool_dialect,
             process_bytes=script.process_bytes,
+            vision=script.vision,
         )
 
     @property
@@ -100,8 +103,21 @@ class FakeEngine:
         messages: Sequence[dict[str, Any]],
         tools: Sequence[dict[str, Any]] | None = None,
         template_vars: Mapping[str, Any] | None = None,
+        images: Sequence[RGBImage] = (),
+        image_marker: str = "",
     ) -> list[int]:
-        return await self.tokenize(await self.render_chat(messages, tools, template_vars))
+        text = await self.render_chat(messages, tools, template_vars)
+        if not images:
+            return await self.tokenize(text)
+        if not self.script.vision:
+            raise InvalidRequestError("The model does not take images.", param="messages")
+        pieces = text.split(image_marker)
+        assert len(pieces) == len(images) + 1, "every image has its marker in the rendered prompt"
+        tokens = await self.tokenize(pieces[0])
+        for image, piece in zip(images, pieces[1:], strict=True):
+            base = int(image.digest[:8], 16)
+            tokens += [-(1 + base + i) for i in range(IMAGE_TOKENS)] + await self.tokenize(piece)
+        return tokens
 
     async def compile_grammar(self, grammar: str) -> None:
         self.grammars.append(grammar)

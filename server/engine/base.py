@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -59,6 +61,25 @@ class ThinkingBudget:
 
 
 @dataclass(frozen=True)
+class RGBImage:
+    """A decoded image: `pixels` holds width * height RGB triples, row by row."""
+
+    width: int
+    height: int
+    pixels: bytes
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.height < 1 or len(self.pixels) != self.width * self.height * 3:
+            raise ValueError("an RGB image needs width * height * 3 bytes")
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of the size and pixels: what the image's KV is keyed by (two encodings of the same pixels
+        share it; different pixels never do)."""
+        return hashlib.sha256(b"%d %d\n" % (self.width, self.height) + self.pixels).hexdigest()
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt_tokens: Sequence[int]
     max_tokens: int
@@ -79,6 +100,9 @@ class GenerationRequest:
     """`batch`: runs only in the capacity interactive requests leave. It is admitted only into a free sequence
     (else `NoRoomForBatch`), and gives its sequence up, ending with PreemptedError, when an interactive request
     waits for one."""
+    images: tuple[RGBImage, ...] = ()
+    """The images of the prompt, in order: `prompt_tokens` holds each row of their embeddings as a negative
+    pseudo token id (as `tokenize_chat` with images returns them)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +142,8 @@ class EngineInfo:
     """A cross-encoder reranker: it scores (query, document) pairs, and serves neither generation nor embeddings."""
     process_bytes: int | None = None
     """The resident memory of the engine's worker process before its model loaded (None: not measured)."""
+    vision: bool = False
+    """The model takes images (it has a projector)."""
 
 
 @dataclass
@@ -137,6 +163,10 @@ class EngineCounters:
     """Tokens drafted by speculative decoding and verified by the model."""
     draft_accepted_tokens: int = 0
     """Drafted tokens the model's own sampling agreed with (kept)."""
+    image_chunks_encoded: int = 0
+    """Image chunks the vision projector encoded (a chunk sent again soon after is not encoded again)."""
+    image_rows_evaluated: int = 0
+    """Rows of image embeddings decoded into sequences' KV (rows found in a cached prefix are not)."""
 
 
 class Engine(Protocol):
@@ -190,9 +220,13 @@ class Engine(Protocol):
         messages: Sequence[dict[str, Any]],
         tools: Sequence[dict[str, Any]] | None = None,
         template_vars: Mapping[str, Any] | None = None,
+        images: Sequence[RGBImage] = (),
+        image_marker: str = "",
     ) -> list[int]:
         """The tokens of `render_chat`'s prompt, in which only the template's own markup becomes control tokens:
-        message contents are tokenized as plain text."""
+        message contents are tokenized as plain text. With `images` (a vision model), each occurrence of
+        `image_marker` in a content stands for the next image, and each row of an image's embeddings is a negative
+        pseudo token id (stable for the same image at the same place; generate() takes the same images)."""
         ...
 
     async def compile_grammar(self, grammar: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import llama_cpp
@@ -11,6 +12,7 @@ import llama_cpp
 from server.engine.base import GenerationDelta, GenerationRequest, TokenLogprob
 from server.engine.delta_stream import DeltaStream
 from server.engine.grammar_guard import StepGuard
+from server.engine.image_inputs import ImagePrompt
 from server.engine.reasoning import ThinkingLimit
 from server.engine.speculative import Drafter
 from server.engine.text import TextAssembler
@@ -28,9 +30,11 @@ class Job(DeltaStream):
         grammar: llama_cpp.llama_sampler_p | None = None,
         thinking: ThinkingLimit | None = None,
         shown: frozenset[int] = frozenset(),
+        images: ImagePrompt | None = None,
     ):
         super().__init__(asyncio.Queue())
         self.request = request
+        self.images = images  # the chunks of the prompt's images, owned by the job (freed by the scheduler)
         self.grammar = grammar  # owned by the job until a sequence takes it
         self.thinking = thinking
         self.shown = shown  # control tokens whose text the reply shows (a tool-call syntax's markers)
@@ -76,9 +80,30 @@ class Slot:
     drafted_by_lookup: bool = False  # the draft came from prompt lookup (not the draft model)
     ahead: int = 0  # drafted tokens in `cached` after the position being sampled
 
+    def take(self, job: Job, sampler: llama_cpp.llama_sampler_p, prompt: list[int], reuse: int, use: int) -> None:
+        """Start serving `job`, whose prompt's first `reuse` tokens this sequence's KV holds already; `use`: the
+        admission counter's value (the least recently used sequence is the first reused for another prompt)."""
+        self.cached = prompt[:reuse]
+        self.pending = prompt[reuse:]
+        self.job = job
+        self.sampler = sampler
+        self.grammar, job.grammar = job.grammar, None
+        self.guard = None if self.grammar is None else StepGuard(job.request.grammar_step_limit_s)
+        self.thinking = job.thinking
+        self.shown = job.shown
+        self.assembler = TextAssembler(job.request.stop)
+        self.generated = 0
+        self.logprobs = []
+        self.unsent = ""
+        self.next_token = None
+        self.last_used = use
 
-def discard(job: Job) -> None:
-    """Free the grammar of a job that never reached a sequence."""
+
+def discard(job: Job, release: Callable[[ImagePrompt], None] | None = None) -> None:
+    """Free the grammar of a job that never reached a sequence, and (through `release`) its images."""
     if job.grammar is not None:
         llama_cpp.llama_sampler_free(job.grammar)
         job.grammar = None
+    if job.images is not None:
+        (release or ImagePrompt.close)(job.images)
+        job.images = None

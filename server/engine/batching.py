@@ -30,14 +30,15 @@ from server.engine.admission import Admission
 from server.engine.base import EngineCounters, GenerationRequest
 from server.engine.batch_share import BatchSequence, BatchShare
 from server.engine.batch_slots import Job, Slot, discard
-from server.engine.draft_model import DraftModel, DraftRequest
-from server.engine.grammar_guard import StepGuard
+from server.engine.draft_model import DraftModel
+from server.engine.draft_placement import DraftPlacement
+from server.engine.image_feed import EmbeddingBatch
+from server.engine.image_inputs import ImageEncoder, ImagePrompt, ImageStep
 from server.engine.native import NativeModel, make_sampler
 from server.engine.prefix import SlotView, place, should_wait
 from server.engine.reasoning import ThinkingLimit
-from server.engine.speculative import Drafter
 from server.engine.step_sampler import StepSampler
-from server.engine.text import TextAssembler
+from server.engine.vision import Projector
 from server.errors import InternalError, OverloadedError, PreemptedError
 
 logger = logging.getLogger(__name__)
@@ -54,11 +55,10 @@ class BatchScheduler:
         max_queue: int,
         speculative: SpeculativeSpec | None = None,
         draft_model: DraftModel | None = None,
+        projector: Projector | None = None,
     ) -> None:
         self._native = native
-        self._speculative = speculative
-        self._draft_model = draft_model
-        self._n_ctx = n_ctx
+        self._drafts = DraftPlacement(speculative, draft_model, n_ctx)
         self._n_batch = n_batch
         self._max_queue = max_queue
         self._slots = [Slot(seq_id=i) for i in range(n_seq)]
@@ -74,6 +74,15 @@ class BatchScheduler:
         self.counters = EngineCounters()
         self.step_started: float | None = None  # monotonic start of the running step; None while idle (watchdog)
         self._sampler = StepSampler(native, self._memory, self.counters, n_ctx=n_ctx, finish=self._finish)
+        self._images = (
+            None
+            if projector is None
+            else ImageStep(
+                projector,
+                EmbeddingBatch(native.ctx, projector.n_embd, n_batch),
+                ImageEncoder(projector, self._wake, self.counters),
+            )
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -101,8 +110,12 @@ class BatchScheduler:
         llama_cpp.llama_batch_free(self._batch)
         for slot in self._slots:
             self._release(slot)
+            if slot.job is not None:
+                discard(slot.job, self._release_images)
         for job in self._waiting:
-            discard(job)
+            discard(job, self._release_images)
+        if self._images is not None:
+            self._images.close()
 
     def submit(
         self,
@@ -111,11 +124,13 @@ class BatchScheduler:
         *,
         thinking: ThinkingLimit | None = None,
         shown: frozenset[int] = frozenset(),
+        images: ImagePrompt | None = None,
     ) -> Job:
-        """Queue a request (with its compiled grammar sampler, which the scheduler then owns and frees, and its
-        thinking budget); raises OverloadedError (429) at once when the wait queue is full. Only interactive
-        requests count, and only an interactive one is refused: batch requests yield their sequences to them."""
-        job = Job(request, asyncio.get_running_loop(), self._wake, grammar, thinking, shown)
+        """Queue a request (with its compiled grammar sampler and its images' chunks, which the scheduler then owns
+        and frees, and its thinking budget); raises OverloadedError (429) at once when the wait queue is full. Only
+        interactive requests count, and only an interactive one is refused: batch requests yield their sequences
+        to them."""
+        job = Job(request, asyncio.get_running_loop(), self._wake, grammar, thinking, shown, images)
         with self._wake:
             if not job.batch:
                 running = sum(slot.job is not None and not slot.job.batch for slot in self._slots)
@@ -123,7 +138,7 @@ class BatchScheduler:
                 try:
                     Admission(len(self._slots), self._max_queue).check(running + waiting)
                 except OverloadedError:
-                    discard(job)
+                    discard(job, self._release_images)
                     raise
             self._waiting.append(job)
             self.counters.queue_depth = len(self._waiting)
@@ -141,7 +156,13 @@ class BatchScheduler:
                         break
                     self.step_started = time.monotonic()
                     self._admit()
-                self._step()
+                    encoded = None if self._images is None else self._images.encoder.completed
+                if not self._step() and self._images is not None and self._images.waiting:
+                    # Nothing to decode until an image is encoded: sleep until an encode ends or a request comes.
+                    with self._wake:
+                        if encoded == self._images.encoder.completed and not self._stopping and not self._waiting:
+                            self.step_started = None
+                            self._wake.wait()
             except Exception:
                 # Whatever failed, the requests in flight get an error and the loop lives on for the next ones.
                 logger.exception("scheduler step failed")
@@ -154,7 +175,7 @@ class BatchScheduler:
         with self._wake:
             waiting, self._waiting = list(self._waiting), collections.deque()
         for job in waiting:
-            discard(job)
+            discard(job, self._release_images)
             job.emit(InternalError())
         for slot in self._slots:
             if slot.job is not None:
@@ -183,7 +204,7 @@ class BatchScheduler:
         if any(job.cancelled for job in self._waiting):
             for job in self._waiting:
                 if job.cancelled:
-                    discard(job)
+                    discard(job, self._release_images)
             self._waiting = collections.deque(job for job in self._waiting if not job.cancelled)
         for slot in self._slots:  # cancelled ones free their sequences now: not preempted in their place
             if slot.job is not None and slot.job.cancelled:
@@ -211,27 +232,14 @@ class BatchScheduler:
                 sampler = make_sampler(job.request.sampling, self._native)
             except Exception:
                 logger.exception("could not build the sampler of a request")
-                discard(job)
+                discard(job, self._release_images)
                 job.emit(InternalError())
                 continue
             slot = self._slots[placement.slot]
             reuse = self._reuse_prefix(slot, self._slots[placement.source], placement.reuse)
-            slot.cached = prompt[:reuse]
-            slot.pending = prompt[reuse:]
-            slot.job = job
-            slot.sampler = sampler
-            slot.grammar, job.grammar = job.grammar, None
-            slot.guard = None if slot.grammar is None else StepGuard(job.request.grammar_step_limit_s)
-            slot.thinking = job.thinking
-            slot.shown = job.shown
-            slot.assembler = TextAssembler(job.request.stop)
-            slot.generated = 0
-            slot.logprobs = []
-            slot.unsent = ""
-            slot.next_token = None
-            self._start_drafting(slot, prompt)
             self._uses += 1
-            slot.last_used = self._uses
+            slot.take(job, sampler, prompt, reuse, self._uses)
+            self._drafts.start(slot, prompt)
             self.counters.prefix_cache_hit_tokens += reuse
         self.counters.queue_depth = len(self._waiting)
         self.counters.active_sequences = sum(slot.job is not None for slot in self._slots)
@@ -263,7 +271,8 @@ class BatchScheduler:
         job.emit(PreemptedError())
         return True
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One step of work; False when there was none to do (every sequence waits)."""
         for slot in self._slots:
             if slot.job is not None and slot.job.cancelled:
                 self._finish(slot, keep_cache=True)
@@ -274,6 +283,7 @@ class BatchScheduler:
             or any(slot.job is not None and not slot.job.batch for slot in self._slots)
         )
         paused = self._share.paused(self._batch_sequences(), interactive)
+        fed = self._feed_images(paused)  # image rows go in first: the token batch's logits are read after it
         decoding = []
         for slot in self._slots:  # one token for each decoding sequence first, so streams keep moving
             slot.batch_index = -1
@@ -285,10 +295,13 @@ class BatchScheduler:
         # A step cannot be cut short: batch prefill gets a small share of each, so that an interactive request
         # arriving meanwhile waits at most one short step.
         batch_prefill = self._share.prefill_budget(interactive)
-        for slot in self._slots:  # then prompt chunks, within what is left of the batch
-            if slot.job is None or not slot.pending or n >= self._n_batch or slot.seq_id in paused:
+        room = self._n_batch - fed
+        for slot in self._slots:  # then prompt chunks up to the next image, within what is left of the batch
+            if slot.job is None or not slot.pending or n >= room or slot.seq_id in paused:
                 continue
-            take = min(len(slot.pending), self._n_batch - n)
+            take = min(_text_run(slot.pending), room - n)
+            if take <= 0:
+                continue
             if slot.job.batch:
                 take = min(take, batch_prefill)
                 if take <= 0:
@@ -299,7 +312,7 @@ class BatchScheduler:
                 n = self._put(batch, n, slot, token, logits=not slot.pending and i == take - 1)
             self.counters.prompt_tokens_evaluated += take
         if n == 0:
-            return
+            return fed > 0
         batch.n_tokens = n
         rc = llama_cpp.llama_decode(self._native.ctx, batch)
         if rc != 0:
@@ -309,6 +322,26 @@ class BatchScheduler:
         for slot in self._slots:
             if slot.job is not None and slot.batch_index >= 0:
                 self._sampler.take_step(slot)
+        return True
+
+    def _feed_images(self, paused: set[int] | frozenset[int]) -> int:
+        if self._images is None:
+            return 0
+        fed, failed = self._images.feed([slot for slot in self._slots if slot.seq_id not in paused])
+        for slot in failed:  # its image could not be encoded: that request ends, the others go on
+            job = slot.job
+            assert job is not None
+            self._finish(slot, keep_cache=True)
+            job.emit(InternalError())
+        self.counters.prompt_tokens_evaluated += fed
+        self.counters.image_rows_evaluated += fed
+        return fed
+
+    def _release_images(self, images: ImagePrompt) -> None:
+        if self._images is None:
+            images.close()
+        else:
+            self._images.encoder.release(images)
 
     def _put(self, batch: llama_cpp.llama_batch, n: int, slot: Slot, token: int, *, logits: bool) -> int:
         batch.token[n] = token
@@ -321,33 +354,9 @@ class BatchScheduler:
             slot.batch_index = n
         return n + 1
 
-    def _start_drafting(self, slot: Slot, prompt: list[int]) -> None:
-        spec = self._speculative
-        slot.drafter = Drafter(prompt, spec) if spec is not None and spec.prompt_lookup else None
-
     def _put_drafts(self, batch: llama_cpp.llama_batch, n: int, decoding: list[Slot]) -> int:
-        """Put the tokens drafted after each decoding sequence's next token: by prompt lookup, else (where none
-        is found) by the draft model; within the batch, the context, and the tokens the request may still
-        generate (the step samples one more token than it drafts)."""
-        drafts: dict[int, list[int]] = {}
-        asks: list[DraftRequest] = []
-        room = self._n_batch - n
-        for slot in decoding:
-            slot.draft, slot.draft_indices, slot.drafted_by_lookup = [], [], False
-            assert slot.job is not None
-            limit = min(room, self._n_ctx - len(slot.cached) - 1, slot.job.request.max_tokens - slot.generated - 1)
-            if slot.drafter is not None:
-                drafts[slot.seq_id] = slot.drafter.propose(limit)
-                slot.drafted_by_lookup = bool(drafts[slot.seq_id])
-            if not drafts.get(slot.seq_id) and self._draft_model is not None and self._speculative is not None:
-                asks.append(DraftRequest(slot.seq_id, slot.cached, min(limit, self._speculative.max_draft_tokens)))
-            room -= len(drafts.get(slot.seq_id, ()))
-        if asks:
-            assert self._draft_model is not None
-            guessed = self._draft_model.propose(asks)
-            for ask in asks:  # the draft model's guesses share what room the lookup drafts left
-                drafts[ask.seq_id] = guessed[ask.seq_id][: max(0, room)]
-                room -= len(drafts[ask.seq_id])
+        """Put the tokens drafted after each decoding sequence's next token (server/engine/draft_placement.py)."""
+        drafts = self._drafts.propose(decoding, self._n_batch - n)
         for slot in decoding:
             first = slot.batch_index  # the next token's logits: sampled first
             for token in drafts.get(slot.seq_id, ()):
@@ -364,6 +373,9 @@ class BatchScheduler:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             slot.cached = []
         self._release(slot)
+        if slot.job is not None and slot.job.images is not None:
+            self._release_images(slot.job.images)
+            slot.job.images = None
         slot.job = None
         slot.guard = None
         slot.thinking = None
@@ -380,3 +392,8 @@ class BatchScheduler:
         if slot.grammar is not None:
             llama_cpp.llama_sampler_free(slot.grammar)
             slot.grammar = None
+
+
+def _text_run(pending: list[int]) -> int:
+    """How many of the pending prompt's first ids are text tokens (up to its next image row, a negative id)."""
+    return next((i for i, token in enumerate(pending) if token < 0), len(pending))

@@ -16,18 +16,20 @@ from typing import Any
 import llama_cpp
 
 from server.config import ConfigError, ModelSpec, SpeculativeSpec
-from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
+from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest, RGBImage
 from server.engine.batching import BatchScheduler
 from server.engine.cpu import resolve_use_extra_bufts
 from server.engine.draft_model import DraftModel
 from server.engine.gguf_check import GGUFProblem, check_gguf
 from server.engine.grammar_cache import GrammarCache
+from server.engine.image_inputs import ImagePrompt, image_tokens
 from server.engine.kinds import wrong_kind
 from server.engine.native import NativeModel, sequences_context
 from server.engine.prompt_cache import CachedSequence, PromptCache
 from server.engine.prompt_store import PromptCacheConfig
 from server.engine.reasoning import ThinkingLimit, reasoning_format
 from server.engine.template import ChatTemplate, MarkedContent
+from server.engine.vision import Projector, load_projector
 from server.errors import InvalidRequestError, ModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -61,9 +63,11 @@ class LlamaCppEngine:
         template: ChatTemplate,
         prompt_cache: PromptCache | None = None,
         draft_model: DraftModel | None = None,
+        projector: Projector | None = None,
     ) -> None:
         self._spec = spec
         self._draft_model = draft_model
+        self._projector = projector
         self._prompt_cache = prompt_cache
         self._native = native
         self._template = template
@@ -72,6 +76,7 @@ class LlamaCppEngine:
             n_vocab=native.n_vocab,
             tool_dialect=template.tool_dialect,
             reasoning=reasoning_format(spec.reasoning, template.source),
+            vision=projector is not None,
         )
         self._scheduler = BatchScheduler(
             native,
@@ -81,6 +86,7 @@ class LlamaCppEngine:
             max_queue=spec.max_queue,
             speculative=_speculation(spec, native),
             draft_model=draft_model,
+            projector=projector,
         )
         self._grammars = GrammarCache(native.vocab)
         if prompt_cache is not None:
@@ -127,12 +133,16 @@ class LlamaCppEngine:
             spec.cache_type_k,
             spec.cache_type_v,
         )
+        draft = projector = None
         try:
             draft = _draft_model(spec, native, threads)
+            projector = _projector(spec, native, threads)
         except BaseException:
+            if draft is not None:
+                draft.close()
             native.free()
             raise
-        return cls(spec, native, template, cache, draft)
+        return cls(spec, native, template, cache, draft, projector)
 
     @property
     def info(self) -> EngineInfo:
@@ -183,7 +193,8 @@ class LlamaCppEngine:
         return self._native.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     async def detokenize(self, tokens: Sequence[int]) -> list[bytes]:
-        return [self._native.piece(token, special=True) for token in tokens]
+        # an image's rows (negative pseudo ids) show no text; llama.cpp must never see an id out of its vocabulary
+        return [self._native.piece(token, special=True) if token >= 0 else b"" for token in tokens]
 
     def _holds_control_text(self, value: Any) -> bool:
         if isinstance(value, MarkedContent):  # the dialect's own markers are control text by design
@@ -202,7 +213,13 @@ class LlamaCppEngine:
         messages: Sequence[dict[str, Any]],
         tools: Sequence[dict[str, Any]] | None = None,
         template_vars: Mapping[str, Any] | None = None,
+        images: Sequence[RGBImage] = (),
+        image_marker: str = "",
     ) -> list[int]:
+        if images and self._projector is None:
+            raise InvalidRequestError(f"The model `{self._spec.name}` does not take images.", param="messages")
+        if images and not image_marker:
+            raise ValueError("images need a marker")
         text, segments = self._template.render_segments(
             messages, add_generation_prompt=True, tools=tools, variables=template_vars
         )
@@ -218,10 +235,17 @@ class LlamaCppEngine:
                 param="messages",
             )
         if segments is None:
-            return self._native.tokenize(text, add_special=True)
+            segments = [(text, False)]
+        if images:
+            segments = _image_segments(segments, image_marker, len(images))
+        # an image's preprocessing (resizing, slicing) takes a while: in a thread, never on the worker's loop
+        shown = [await asyncio.to_thread(image_tokens, self._projector, image) for image in images]
         tokens: list[int] = []
         for i, (piece, is_content) in enumerate(segments):
-            tokens += self._native.tokenize(piece, add_special=i == 0, parse_special=not is_content)
+            if isinstance(piece, int):
+                tokens += shown[piece]
+            else:
+                tokens += self._native.tokenize(piece, add_special=i == 0, parse_special=not is_content)
         return tokens
 
     async def compile_grammar(self, grammar: str) -> None:
@@ -232,9 +256,39 @@ class LlamaCppEngine:
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         shown = self._single_tokens(request.shown_tokens)
-        if request.grammar is None:
+        if request.images and self._projector is None:
+            raise InvalidRequestError(f"The model `{self._spec.name}` does not take images.", param="messages")
+        if not request.images and any(token < 0 for token in request.prompt_tokens):
+            raise InvalidRequestError("The prompt holds image tokens but the request no images.")
+        if request.grammar is None and not request.images:
             return self._scheduler.submit(request, thinking=self._thinking_limit(request), shown=shown)
-        return self._constrained(request, request.grammar, shown)
+        return self._prepared(request, shown)
+
+    async def _prepared(self, request: GenerationRequest, shown: frozenset[int]) -> AsyncIterator[GenerationDelta]:
+        """A request that needs work before it is queued, done in threads (never on the scheduler's thread or
+        this loop): its output grammar, compiled before admission (compile_grammar), cloned here or compiled
+        again if it left the cache meanwhile; its images' chunks, made again from the images (they are not sent
+        across) and checked against the prompt's pseudo ids."""
+        loop = asyncio.get_running_loop()
+        grammar = images = None
+        try:
+            if request.grammar is not None:
+                grammar = await _owned(loop.run_in_executor(None, self._grammars.instance, request.grammar))
+            if request.images:
+                assert self._projector is not None
+                made = loop.run_in_executor(None, ImagePrompt, self._projector, request.images, request.prompt_tokens)
+                images = await _owned(made)
+        except BaseException:
+            if grammar is not None:
+                llama_cpp.llama_sampler_free(grammar)
+            raise
+        # the job owns both from here, and frees them even when the scheduler refuses it
+        job = self._scheduler.submit(
+            request, grammar, thinking=self._thinking_limit(request), shown=shown, images=images
+        )
+        async with contextlib.aclosing(job):
+            async for delta in job:
+                yield delta
 
     def _single_tokens(self, texts: Sequence[str]) -> frozenset[int]:
         """The tokens of those texts that are one token of this model (any other text shows as text anyway)."""
@@ -247,26 +301,12 @@ class LlamaCppEngine:
         end_tokens = self._native.tokenize(request.thinking.end, add_special=False)
         return ThinkingLimit(request.thinking, end_tokens)
 
-    async def _constrained(
-        self, request: GenerationRequest, grammar: str, shown: frozenset[int] = frozenset()
-    ) -> AsyncIterator[GenerationDelta]:
-        # The grammar was compiled before admission (compile_grammar); here it is cloned, or compiled again if
-        # it left the cache meanwhile, in a thread: never on the scheduler's thread or under its lock.
-        made = asyncio.get_running_loop().run_in_executor(None, self._grammars.instance, grammar)
-        try:
-            sampler = await asyncio.shield(made)
-        except asyncio.CancelledError:  # the client left meanwhile: the clone, when it comes, is freed
-            made.add_done_callback(_free_sampler)
-            raise
-        job = self._scheduler.submit(request, sampler, thinking=self._thinking_limit(request), shown=shown)
-        async with contextlib.aclosing(job):
-            async for delta in job:
-                yield delta
-
     def close(self) -> None:
         self._scheduler.stop()
         if self._prompt_cache is not None:
-            sequences = [CachedSequence(*cached) for cached in self._scheduler.cached_sequences()]
+            # a prefix holding an image's rows is not saved: its KV is only valid beside this projector
+            kept = [cached for cached in self._scheduler.cached_sequences() if min(cached[1], default=0) >= 0]
+            sequences = [CachedSequence(*cached) for cached in kept]
             try:
                 self._prompt_cache.save(self._native.ctx, sequences)
             except Exception:  # the model unloads all the same
@@ -274,6 +314,8 @@ class LlamaCppEngine:
         self._grammars.close()
         if self._draft_model is not None:
             self._draft_model.close()
+        if self._projector is not None:
+            self._projector.free()
         self._native.free()
 
 
@@ -338,10 +380,57 @@ def _draft_model(spec: ModelSpec, native: NativeModel, threads: int) -> DraftMod
     return draft
 
 
+def _projector(spec: ModelSpec, native: NativeModel, threads: int) -> Projector | None:
+    path = spec.projector_path()
+    if path is None:
+        return None
+    projector = load_projector(path, native.model, model_name=spec.name, n_threads=threads)
+    if not projector.causal:  # its image must go into the KV whole, which a cached prefix may cut: not served
+        projector.free()
+        raise ModelUnavailableError(f"The projector of model `{spec.name}` is of a kind this server does not serve.")
+    return projector
+
+
+def _image_segments(segments: list[tuple[str, bool]], marker: str, n_images: int) -> list[tuple[str | int, bool]]:
+    """The segments with each image marker in a content cut out as the index of its image (in order)."""
+    out: list[tuple[str | int, bool]] = []
+    found = 0
+    for piece, is_content in segments:
+        texts = piece.split(marker)  # the marker holds a nonce no client text can have
+        for i, text in enumerate(texts):
+            if i:
+                out.append((found, True))
+                found += 1
+            if text:
+                out.append((text, is_content))
+    if found != n_images:
+        raise InvalidRequestError(
+            f"The model's chat template shows {found} of the request's {n_images} images (it may leave some "
+            "messages out).",
+            param="messages",
+        )
+    return out
+
+
 def _decode_or_none(raw: bytes | None) -> str | None:
     return raw.decode("utf-8") if raw else None
 
 
-def _free_sampler(made: asyncio.Future[llama_cpp.llama_sampler_p]) -> None:
-    if not made.cancelled() and made.exception() is None:
-        llama_cpp.llama_sampler_free(made.result())
+async def _owned(made: asyncio.Future[Any]) -> Any:
+    """What a thread makes (a grammar sampler, an image prompt); should the caller leave meanwhile, it is freed
+    when it comes."""
+    try:
+        return await asyncio.shield(made)
+    except asyncio.CancelledError:
+        made.add_done_callback(_free_made)
+        raise
+
+
+def _free_made(made: asyncio.Future[Any]) -> None:
+    if made.cancelled() or made.exception() is not None:
+        return
+    value = made.result()
+    if isinstance(value, ImagePrompt):
+        value.close()
+    else:
+        llama_cpp.llama_sampler_free(value)

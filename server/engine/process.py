@@ -22,7 +22,7 @@ from typing import Any
 
 from server.config import ModelSpec
 from server.engine.admission import INTERACTIVE_GRACE_S, Admission
-from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest
+from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest, RGBImage
 from server.engine.delta_buffer import MAX_BUFFERED_DELTAS, DeltaBuffer
 from server.engine.delta_stream import DeltaStream
 from server.engine.liveness import Watchdog, WorkerDeadlines
@@ -146,8 +146,12 @@ class ProcessEngine:
         messages: Sequence[dict[str, Any]],
         tools: Sequence[dict[str, Any]] | None = None,
         template_vars: Mapping[str, Any] | None = None,
+        images: Sequence[RGBImage] = (),
+        image_marker: str = "",
     ) -> list[int]:
-        return await self._call("tokenize_chat", list(messages), _listed(tools), dict(template_vars or {}))
+        return await self._call(
+            "tokenize_chat", list(messages), _listed(tools), dict(template_vars or {}), tuple(images), image_marker
+        )
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         # Admission is decided here, before any byte is streamed: `parallel` running plus `max_queue` waiting.

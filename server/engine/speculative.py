@@ -62,7 +62,9 @@ class PromptLookup:
                 continue
             start = self._last.get(tuple(tokens[end - n : end]))
             if start is not None:
-                return tokens[start : min(start + limit, end)]
+                found = tokens[start : min(start + limit, end)]
+                # an image's rows stand in the prompt as negative ids (server/engine/vision.py): never a draft
+                return next((found[:i] for i, token in enumerate(found) if token < 0), found)
         return []
 
 

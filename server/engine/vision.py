@@ -21,7 +21,6 @@ How a scheduler serves a prompt with images (the pieces below, in this order):
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import logging
 import threading
@@ -33,6 +32,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import mtmd_cpp
 
+from server.engine.base import RGBImage
 from server.engine.gguf_header import GGUFProblem
 from server.engine.projector_check import ProjectorInfo, check_projector
 from server.errors import InvalidRequestError, ModelUnavailableError
@@ -51,25 +51,6 @@ def _native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     text = text.rstrip()
     line = text[:_NATIVE_LOG_MAX_BYTES].decode("utf-8", "replace")
     native_logger.log(_NATIVE_LEVELS.get(level, logging.DEBUG), "%s", line)
-
-
-@dataclass(frozen=True)
-class RGBImage:
-    """A decoded image: `pixels` holds width * height RGB triples, row by row."""
-
-    width: int
-    height: int
-    pixels: bytes
-
-    def __post_init__(self) -> None:
-        if self.width < 1 or self.height < 1 or len(self.pixels) != self.width * self.height * 3:
-            raise ValueError("an RGB image needs width * height * 3 bytes")
-
-    @functools.cached_property
-    def digest(self) -> str:
-        """sha256 of the size and pixels: what the image's KV is keyed by (two encodings of the same pixels
-        share it; different pixels never do)."""
-        return hashlib.sha256(b"%d %d\n" % (self.width, self.height) + self.pixels).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -138,6 +119,10 @@ class Projector:
         of its own, so no text a client sends can stand for one). `add_special` adds the model's BOS as the
         plain tokenizer would; `parse_special` reads control-token text (a template's) as control tokens.
         InvalidRequestError when an image cannot be made into chunks."""
+        with self._lock:  # an encode may be running on the encoder's thread: one call into the context at a time
+            return self._tokenize(parts, add_special=add_special, parse_special=parse_special)
+
+    def _tokenize(self, parts: Sequence[str | RGBImage], *, add_special: bool, parse_special: bool) -> VisionPrompt:
         keep: list[object] = []  # what the C structures point into, alive until mtmd_tokenize_from_parts returns
         pointers = (ctypes.POINTER(mtmd_cpp.mtmd_input_part) * max(1, len(parts)))()
         bitmaps: list[int] = []

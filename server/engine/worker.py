@@ -5,7 +5,8 @@ native code (segfault, abort, OOM kill) ends this process only. Messages are tup
 
     parent -> worker: ("render", id, messages, tools, template_vars) ("tokenize", id, text, add_special, parse_special)
                       ("detokenize", id, tokens) ("counters", id) ("embed", id, inputs)
-                      ("compile", id, grammar) ("tokenize_chat", id, messages, tools, template_vars)
+                      ("compile", id, grammar)
+                      ("tokenize_chat", id, messages, tools, template_vars, images, image_marker)
                       ("rerank_tokens", id, query, documents, max_tokens) ("rerank", id, inputs)
                       ("generate", id, request) ("cancel", id) ("ping",) ("shutdown",)
     worker -> parent: ("ready", info) ("failed", message) ("result", id, value) ("deltas", [(id, delta), ...])

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.engine import Engine, GenerationDelta, GenerationRequest, SamplingParams
-from server.engine.base import GRAMMAR_BUILD_BUDGET_S, Priority, ThinkingBudget
+from server.engine.base import GRAMMAR_BUILD_BUDGET_S, Priority, RGBImage, ThinkingBudget
 from server.engine.kinds import info_kind, require_kind, spec_kind
 from server.errors import (
     APIError,
@@ -28,6 +28,8 @@ from server.errors import (
     RequestTimeoutError,
 )
 from server.generation import tools
+from server.generation.image_markers import SHOWN_IMAGE_MARKER, image_marker, images_of, with_image_markers
+from server.generation.images import ImageLimits, load_images
 from server.generation.json_schema_grammar import output_grammar
 from server.generation.limits import RequestLimits, check_plan, check_token_cap
 from server.generation.plan import GenerationPlan
@@ -61,10 +63,12 @@ class GenerationPipeline:
         metrics: Metrics | None = None,
         limits: RequestLimits | None = None,
         request_timeout_s: float | None = None,
+        image_limits: ImageLimits | None = None,
     ) -> None:
         self._registry = registry
         self._metrics = metrics or Metrics()
         self._limits = limits or RequestLimits()
+        self._image_limits = image_limits or ImageLimits()
         self._timeout = request_timeout_s
         self._priority: Priority = "interactive"
 
@@ -80,11 +84,11 @@ class GenerationPipeline:
         return view
 
     async def start(self, plan: GenerationPlan, record: RequestRecord) -> Generation:
-        async with self._model(plan, record) as (engine, tool_plan):
+        async with self._model(plan, record) as (engine, tool_plan, images):
             if self._priority == "batch":
                 engine.check_batch_room(plan.n)  # before rendering or a grammar: batch work often waits for room
             thinking = thinking_of(plan, engine.info.reasoning)
-            tokens = await self._tokens(engine, plan, tool_plan, thinking)
+            tokens = await self._tokens(engine, plan, tool_plan, thinking, images)
             start = None if thinking is None else await reply_start(engine, tokens, thinking)
             behind = None if thinking is None or start is None else functools.partial(thinking.grammar, start=start)
             grammar = await self._grammar(engine, plan, tool_plan, behind)
@@ -92,7 +96,7 @@ class GenerationPipeline:
             shown = tools.shown_tokens(tool_plan)
             if thinking is not None:  # markers that are control tokens must come out as text to be split off
                 shown = (*shown, thinking.format.start, thinking.format.end)
-            streams = await self._admit(engine, plan, tokens, grammar, budget, shown)
+            streams = await self._admit(engine, plan, tokens, grammar, budget, shown, tuple(images))
         self._metrics.observe_prompt(record, len(tokens))
         split = None if thinking is None or start is None else (thinking.format, start)
         reader = ReplyReader(None if tool_plan is None else tool_plan.calls, plan.n, split)
@@ -103,24 +107,27 @@ class GenerationPipeline:
 
     async def render(self, plan: GenerationPlan, record: RequestRecord) -> str:
         """The prompt a conversation becomes with the model's chat template, tool instructions included."""
-        async with self._model(plan, record) as (engine, tool_plan):
+        async with self._model(plan, record, decode_images=False) as (engine, tool_plan, _):
             if plan.prompt is not None:
                 return plan.prompt
             thinking = thinking_of(plan, engine.info.reasoning)
-            shown = conversation(plan.turns, tool_plan, engine.info.tool_dialect)
+            shown = conversation(
+                with_image_markers(plan.turns, SHOWN_IMAGE_MARKER), tool_plan, engine.info.tool_dialect
+            )
             return await engine.render_chat(*shown, _template_vars(thinking))
 
     async def count_tokens(self, plan: GenerationPlan, record: RequestRecord) -> int:
         """How many tokens the plan's prompt is for its model, tools included."""
-        async with self._model(plan, record) as (engine, tool_plan):
-            return len(await self._tokens(engine, plan, tool_plan, thinking_of(plan, engine.info.reasoning)))
+        async with self._model(plan, record) as (engine, tool_plan, images):
+            thinking = thinking_of(plan, engine.info.reasoning)
+            return len(await self._tokens(engine, plan, tool_plan, thinking, images))
 
     @contextlib.asynccontextmanager
     async def _model(
-        self, plan: GenerationPlan, record: RequestRecord
-    ) -> AsyncIterator[tuple[Engine, tools.ToolPlan | None]]:
-        """Check the plan (a 400 before any model loads), then hold its model, with the tool plan for the
-        model's chat template."""
+        self, plan: GenerationPlan, record: RequestRecord, *, decode_images: bool = True
+    ) -> AsyncIterator[tuple[Engine, tools.ToolPlan | None, list[RGBImage]]]:
+        """Check the plan (a 400 before any model loads), decode its images, then hold its model, with the tool
+        plan for the model's chat template."""
         check_plan(plan, self._limits)
         # Off the event loop: checking every tool's schema is work in proportion to the request.
         await asyncio.to_thread(tools.check_schemas, plan.tools, plan.params)
@@ -129,17 +136,32 @@ class GenerationPipeline:
         record.model = spec.name
         require_kind(plan.model, spec_kind(spec), "generative")  # before an embedding model or reranker loads
         check_token_cap(plan.max_tokens, spec.max_tokens_cap, plan.params.max_tokens)
+        inputs = images_of(plan)
+        if inputs and spec.mmproj is None:
+            raise InvalidRequestError(
+                f"The model `{plan.model}` does not take images (it has no vision projector).", param=inputs[0].where
+            )
+        images = await load_images(inputs, self._image_limits) if inputs and decode_images else []
         async with self._registry.use(plan.model, self._priority) as engine:
             require_kind(plan.model, info_kind(engine.info), "generative")
-            yield engine, tools.plan(plan.tools, plan.params, engine.info.tool_dialect)
+            yield engine, tools.plan(plan.tools, plan.params, engine.info.tool_dialect), images
 
     async def _tokens(
-        self, engine: Engine, plan: GenerationPlan, tool_plan: tools.ToolPlan | None, thinking: Thinking | None
+        self,
+        engine: Engine,
+        plan: GenerationPlan,
+        tool_plan: tools.ToolPlan | None,
+        thinking: Thinking | None,
+        images: list[RGBImage],
     ) -> list[int]:
         if plan.prompt is not None:
             return await engine.tokenize(plan.prompt)
-        shown = conversation(plan.turns, tool_plan, engine.info.tool_dialect)
-        return await engine.tokenize_chat(*shown, _template_vars(thinking))
+        if not images:
+            shown = conversation(plan.turns, tool_plan, engine.info.tool_dialect)
+            return await engine.tokenize_chat(*shown, _template_vars(thinking))
+        marker = image_marker()
+        shown = conversation(with_image_markers(plan.turns, marker), tool_plan, engine.info.tool_dialect)
+        return await engine.tokenize_chat(*shown, _template_vars(thinking), images, marker)
 
     async def _grammar(
         self,
@@ -189,6 +211,7 @@ class GenerationPipeline:
         grammar: str | None,
         thinking: ThinkingBudget | None = None,
         shown: tuple[str, ...] = (),
+        images: tuple[RGBImage, ...] = (),
     ) -> list[AsyncIterator[GenerationDelta]]:
         """One engine stream per choice, all admitted or none. `shown`: control tokens the replies show as text
         (the markers of the model's tool-call syntax)."""
@@ -221,6 +244,7 @@ class GenerationPipeline:
                     grammar_step_limit_s=self._limits.grammar_step_limit_s,
                     shown_tokens=shown,
                     priority=self._priority,
+                    images=images,
                 )
                 streams.append(engine.generate(request))
         except BaseException:

@@ -24,6 +24,16 @@ class ToolCallRecord:
 
 
 @dataclass(frozen=True)
+class ImageInput:
+    """An image as the client sent it: a `data:` URL, or an http(s) URL (fetched only from the hosts an operator
+    allows: server/generation/images.py)."""
+
+    url: str
+    where: str  # the request path a 400 about this image names (`messages[0].content[1].image_url.url`)
+    detail: str | None = None  # OpenAI's `detail`: accepted; the projector decides the resolution
+
+
+@dataclass(frozen=True)
 class Turn:
     """One message of a conversation. Roles: system, user, assistant, tool."""
 
@@ -32,6 +42,7 @@ class Turn:
     tool_calls: tuple[ToolCallRecord, ...] = ()
     tool_call_id: str | None = None  # on a tool result: the call it answers
     reasoning: str = ""  # on an assistant turn: its thinking, sent back (templates that show it get it)
+    images: tuple[tuple[int, ImageInput], ...] = ()  # on a user turn: images at these offsets of `content`
 
 
 @dataclass(frozen=True)

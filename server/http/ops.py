@@ -42,6 +42,8 @@ async def metrics(request: Request) -> Response:
             batch_preemptions=c.batch_preemptions,
             draft_tokens=c.draft_tokens,
             draft_accepted_tokens=c.draft_accepted_tokens,
+            image_chunks_encoded=c.image_chunks_encoded,
+            image_rows_evaluated=c.image_rows_evaluated,
         )
         for name, c in counters.items()
     }

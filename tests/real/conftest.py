@@ -19,6 +19,7 @@ import pytest
 
 from tests.contracts.openai_contract import check_responses_of
 from tests.gguf_factory import write_tiny_bert, write_tiny_llama
+from tests.gguf_projector import write_vision_pair
 
 READY_LINE = "Uvicorn running on"
 WORKER_LINE = re.compile(r"worker for (\S+) started \(pid (\d+)\)")
@@ -136,7 +137,15 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, tiny_llama: Path, tiny_bert: Path) -> Iterator[ServerProcess]:
+def tiny_vision(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny llama and a tiny MiniCPM-V projector (the `resampler` type) of its width: (model, projector)."""
+    return write_vision_pair(tmp_path_factory.mktemp("models"), kind="minicpmv")
+
+
+@pytest.fixture(scope="session")
+def server(
+    tmp_path_factory, tiny_llama: Path, tiny_bert: Path, tiny_vision: tuple[Path, Path]
+) -> Iterator[ServerProcess]:
     models_file = tmp_path_factory.mktemp("config") / "models.yaml"
     models_file.write_text(
         f"""
@@ -159,6 +168,13 @@ models:
     source: {{path: {tiny_bert}}}
     embedding: true
     n_ctx: 128
+  - name: tiny-vision
+    description: random weights, a MiniCPM-V projector
+    source: {{path: {tiny_vision[0]}}}
+    mmproj: {{path: {tiny_vision[1]}}}
+    n_ctx: 512
+    n_threads: 1
+    parallel: 3
 """
     )
     process = ServerProcess(models_file)

@@ -103,7 +103,7 @@ def test_curl_style_request(server):
 
 
 def test_alias_and_model_listing(api: openai.OpenAI):
-    assert [m.id for m in api.models.list()] == [SMOL, "tiny-llama", "tiny-bert"]
+    assert [m.id for m in api.models.list()] == [SMOL, "tiny-llama", "tiny-bert", "tiny-vision"]
     reply = api.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=4)
     assert reply.model == "gpt-4o-mini"
 

@@ -394,3 +394,58 @@ def test_later_minicpm_v_versions_load_and_encode(loaded, tmp_path, version, que
     finally:
         prompt.close()
         projector.free()
+
+
+def _engine(model_path: Path, projector_path: Path, name: str):
+    from server.config import ModelSpec, PathSource
+    from server.engine.llama import LlamaCppEngine
+
+    spec = ModelSpec(
+        name=name,
+        source=PathSource(path=str(model_path)),
+        mmproj=PathSource(path=str(projector_path)),
+        n_ctx=512,
+        parallel=2,
+        n_threads=1,
+        n_batch=32,
+    )
+    return LlamaCppEngine.load(spec)
+
+
+def test_the_scheduler_serves_an_mlp_projectors_images_too(tmp_path):
+    """LLaVA's kind through the engine as served (scheduler, encoder thread, image feed): the image decides the
+    greedy output, alone and beside another request."""
+    import asyncio
+
+    from server.engine import GenerationRequest, SamplingParams
+
+    engine = _engine(*write_vision_pair(tmp_path, kind="mlp"), "tiny-llava")
+    marker = "<\ue000image t\ue001>"
+
+    async def reply(seed: int) -> str:
+        picture = image(seed, 40, 30)
+        messages = [{"role": "user", "content": f"Describe {marker} now"}]
+        tokens = await engine.tokenize_chat(messages, None, None, (picture,), marker)
+        request = GenerationRequest(
+            prompt_tokens=tokens, max_tokens=8, sampling=SamplingParams(temperature=0), images=(picture,)
+        )
+        return "".join([delta.text async for delta in engine.generate(request)])
+
+    async def scenario() -> tuple[str, str, list[str]]:
+        return await reply(1), await reply(2), list(await asyncio.gather(reply(1), reply(2)))
+
+    try:
+        first, other, together = asyncio.run(scenario())
+        assert first != other
+        assert together == [first, other]
+        counters = asyncio.run(engine.counters())
+        assert counters.image_chunks_encoded == 2  # one chunk an image; the concurrent ones reuse them
+    finally:
+        engine.close()
+
+
+def test_a_damaged_projector_named_by_a_model_entry_is_a_load_error_not_a_crash(tmp_path):
+    model_path, _ = write_vision_pair(tmp_path, kind="minicpmv")
+    damaged = write_tiny_minicpmv_projector(tmp_path / "damaged.gguf", omit=("resampler.attn.q.weight",))
+    with pytest.raises(ModelUnavailableError, match="projector of model `tiny-damaged`"):
+        _engine(model_path, damaged, "tiny-damaged")

@@ -1,6 +1,7 @@
 """An Anthropic Messages request as a GenerationPlan: the system prompt and messages as turns, tools and tool
 choice, stop sequences, sampling. Checks of the plan against the model (context, tool schemas) are the
-pipeline's; this module only maps, and refuses what has no mapping (images, documents, server tools)."""
+pipeline's; this module only maps, and refuses what has no mapping (documents, images in tool results, server
+tools)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Iterator
 
 from server.api.anthropic.schemas import (
     AssistantMessageParam,
+    Base64ImageSource,
+    ImageBlockParam,
     MediaBlockParam,
     MessageFields,
     MessagesRequest,
@@ -28,6 +31,7 @@ from server.errors import InvalidRequestError, UnsupportedParameterError
 from server.generation.plan import (
     FunctionSpec,
     GenerationPlan,
+    ImageInput,
     ParamNames,
     ReasoningRequest,
     Sampling,
@@ -118,23 +122,35 @@ def _assistant_turn(message: AssistantMessageParam) -> Turn:
 
 
 def _user_turns(message: UserMessageParam, path: str) -> Iterator[Turn]:
-    """A user message's text as a user turn; each tool result as a tool turn, in the order the blocks come."""
+    """A user message's text and images as a user turn (each image at the offset where the text before it ends);
+    each tool result as a tool turn, in the order the blocks come."""
     if isinstance(message.content, str):
         yield Turn(role="user", content=message.content)
         return
     texts: list[str] = []
+    images: list[tuple[int, ImageInput]] = []
     for j, block in enumerate(message.content):
         if isinstance(block, TextBlockParam):
             texts.append(block.text)
+        elif isinstance(block, ImageBlockParam):
+            offset = sum(map(len, texts)) + len(BLOCK_SEPARATOR) * max(len(texts) - 1, 0)
+            images.append((offset, _image(block, f"{path}[{j}]")))
         elif isinstance(block, ToolResultBlockParam):
-            if texts:
-                yield Turn(role="user", content=BLOCK_SEPARATOR.join(texts))
-                texts = []
+            if texts or images:
+                yield Turn(role="user", content=BLOCK_SEPARATOR.join(texts), images=tuple(images))
+                texts, images = [], []
             yield Turn(role="tool", content=_result_text(block, f"{path}[{j}]"), tool_call_id=block.tool_use_id)
         else:
-            _refuse_media(block, f"{path}[{j}]")
-    if texts:
-        yield Turn(role="user", content=BLOCK_SEPARATOR.join(texts))
+            _refuse_media(block, f"{path}[{j}]", "document blocks are not supported by this server")
+    if texts or images:
+        yield Turn(role="user", content=BLOCK_SEPARATOR.join(texts), images=tuple(images))
+
+
+def _image(block: ImageBlockParam, path: str) -> ImageInput:
+    source = block.source
+    if isinstance(source, Base64ImageSource):
+        return ImageInput(f"data:{source.media_type};base64,{source.data}", f"{path}.source.data")
+    return ImageInput(source.url, f"{path}.source.url")
 
 
 def _result_text(block: ToolResultBlockParam, path: str) -> str:
@@ -143,17 +159,16 @@ def _result_text(block: ToolResultBlockParam, path: str) -> str:
     texts = []
     for k, part in enumerate(block.content):
         if isinstance(part, MediaBlockParam):
-            _refuse_media(part, f"{path}.content[{k}]")
+            why = f"{part.type} blocks in a tool result are not supported by this server"
+            if part.type == "image":
+                why += "; send the image as an image block of the user message"
+            _refuse_media(part, f"{path}.content[{k}]", why)
         texts.append(part.text)
     return BLOCK_SEPARATOR.join(texts)
 
 
-def _refuse_media(block: MediaBlockParam, path: str) -> None:
-    raise UnsupportedParameterError(
-        f"Invalid value for '{path}.type': {block.type} blocks are not supported by this server; "
-        "its models read text only.",
-        param=f"{path}.type",
-    )
+def _refuse_media(block: MediaBlockParam, path: str, why: str) -> None:
+    raise UnsupportedParameterError(f"Invalid value for '{path}.type': {why}.", param=f"{path}.type")
 
 
 def _tools(body: MessageFields) -> ToolRequest | None:

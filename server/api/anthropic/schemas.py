@@ -25,6 +25,7 @@ MAX_STOP_SEQUENCES, MAX_STOP_SEQUENCE_CHARS = 4, 500
 MAX_BLOCKS = 256  # content blocks of one message, or of the system prompt
 MAX_DESCRIPTION_CHARS = 32_768
 MAX_ID_CHARS = 256  # ids and names a client chooses: model, tool use ids, user id
+MAX_IMAGE_CHARS = 20 * 1024 * 1024  # an image's base64 data or URL; its bytes also count against max_body_bytes
 LOGGED_NAMES, LOGGED_NAME_CHARS = 10, 40  # a client can send 100k unknown fields: the log line stays short
 
 ShortText = Annotated[str, Field(max_length=MAX_ID_CHARS)]
@@ -78,9 +79,31 @@ class ToolUseBlockParam(StrictObject):
 
 
 class MediaBlockParam(StrictObject):
-    """An image or a document: the adapter refuses it by name, as the models served here read text only."""
+    """A document, or an image in a tool result: the adapter refuses it by name."""
 
     type: Literal["image", "document"]
+
+
+ImageText = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_CHARS)]
+
+
+class Base64ImageSource(StrictObject):
+    type: Literal["base64"]
+    media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]  # the format is read from the data
+    data: ImageText
+
+
+class URLImageSource(StrictObject):
+    type: Literal["url"]
+    url: ImageText  # http(s), fetched only from the hosts an operator allows (server/generation/images.py)
+
+
+ImageSource = tagged({"base64": Base64ImageSource, "url": URLImageSource})
+
+
+class ImageBlockParam(StrictObject):  # in a user message, for a vision model
+    type: Literal["image"]
+    source: ImageSource
 
 
 ToolResultContentBlock = tagged({"text": TextBlockParam, "image": MediaBlockParam, "document": MediaBlockParam})
@@ -108,7 +131,7 @@ class RedactedThinkingBlockParam(StrictObject):
 
 
 UserBlock = tagged(
-    {"text": TextBlockParam, "tool_result": ToolResultBlockParam, "image": MediaBlockParam, "document": MediaBlockParam}
+    {"text": TextBlockParam, "tool_result": ToolResultBlockParam, "image": ImageBlockParam, "document": MediaBlockParam}
 )
 AssistantBlock = tagged(
     {

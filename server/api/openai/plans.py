@@ -10,15 +10,18 @@ from server.api.openai.constraints import output_constraint
 from server.api.openai.request_parts import (
     AssistantMessageParam,
     FunctionToolParam,
+    ImagePart,
     MessageParam,
     NamedToolChoiceParam,
     ToolMessageParam,
+    UserMessageParam,
 )
 from server.api.openai.schemas import ChatCompletionRequest, CompletionRequest, ReasoningEffort, SamplingFields
 from server.errors import InvalidRequestError, UnsupportedParameterError
 from server.generation.plan import (
     FunctionSpec,
     GenerationPlan,
+    ImageInput,
     ParamNames,
     ReasoningRequest,
     Sampling,
@@ -62,7 +65,7 @@ def chat_plan(body: ChatCompletionRequest) -> GenerationPlan:
     constraint = output_constraint(body)
     return GenerationPlan(
         model=body.model,
-        turns=tuple(turn(m) for m in body.messages),
+        turns=tuple(turn(m, f"messages[{i}]") for i, m in enumerate(body.messages)),
         sampling=sampling(body),
         max_tokens=body.token_limit(),
         stop=tuple(body.stop_list()),
@@ -100,7 +103,8 @@ def completion_plan(body: CompletionRequest) -> GenerationPlan:
     )
 
 
-def turn(message: MessageParam) -> Turn:
+def turn(message: MessageParam, path: str) -> Turn:
+    """The message at `path` (`messages[2]`) as a turn."""
     calls = message.tool_calls if isinstance(message, AssistantMessageParam) else None
     return Turn(
         role=_ROLES.get(message.role, message.role),  # type: ignore[arg-type]
@@ -108,7 +112,22 @@ def turn(message: MessageParam) -> Turn:
         tool_calls=tuple(ToolCallRecord(c.id, c.function.name, c.function.arguments) for c in calls or ()),
         tool_call_id=message.tool_call_id if isinstance(message, ToolMessageParam) else None,
         reasoning=(message.reasoning_content or "") if isinstance(message, AssistantMessageParam) else "",
+        images=user_images(message, path) if isinstance(message, UserMessageParam) else (),
     )
+
+
+def user_images(message: UserMessageParam, path: str) -> tuple[tuple[int, ImageInput], ...]:
+    """The image parts of a user message, each at the offset of the text before it in the message's content."""
+    if isinstance(message.content, str):
+        return ()
+    images, offset = [], 0
+    for j, part in enumerate(message.content):
+        if isinstance(part, ImagePart):
+            where = f"{path}.content[{j}].image_url.url"
+            images.append((offset, ImageInput(part.image_url.url, where, part.image_url.detail)))
+        else:
+            offset += len(part.text)
+    return tuple(images)
 
 
 def tool_request(body: ChatCompletionRequest) -> ToolRequest | None:

@@ -20,10 +20,14 @@ MAX_DESCRIPTION_CHARS = 32_768  # a tool's or a response format's description
 MAX_CONTENT_PARTS = 256  # parts of one message's content
 MAX_TOOL_CALLS = 128  # calls in one assistant message of the history
 MAX_ID_CHARS = 256  # ids and names a client chooses: tool call ids, message names
+# An image's URL: OpenAI's bound (its Responses `image_url`). A data URL counts against max_body_bytes too, and its
+# image against the operator's image limits (server/generation/images.py).
+MAX_IMAGE_URL_CHARS = 20 * 1024 * 1024
 
 FunctionName = Annotated[str, Field(pattern=NAME_PATTERN)]
 Description = Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS)]
 ShortText = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+ImageURLText = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_URL_CHARS)]
 
 
 class StrictObject(BaseModel):
@@ -63,11 +67,24 @@ class RefusalPart(StrictObject):
     refusal: str
 
 
+class ImageURL(StrictObject):
+    url: ImageURLText  # a base64 data URL, or an http(s) URL (fetched only from hosts an operator allows)
+    detail: Literal["auto", "low", "high"] | None = None  # accepted; the model's projector decides the resolution
+
+
+class ImagePart(StrictObject):
+    """An image in a user message (as OpenAI, only user messages take images)."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 def _parts(part: Any) -> Any:
     return Annotated[list[part], Field(max_length=MAX_CONTENT_PARTS)]
 
 
 TextContent = str | _parts(TextPart)
+UserContent = str | _parts(tagged_union(TextPart, ImagePart))
 AssistantContent = str | _parts(tagged_union(TextPart, RefusalPart))
 
 
@@ -90,7 +107,11 @@ class MessageParam(StrictObject):
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.text if isinstance(part, TextPart) else part.refusal for part in self.content)
+            return "".join(
+                part.text if isinstance(part, TextPart) else part.refusal
+                for part in self.content
+                if not isinstance(part, ImagePart)
+            )
         return self.content or ""
 
 
@@ -102,7 +123,7 @@ class SystemMessageParam(MessageParam):
 
 class UserMessageParam(MessageParam):
     role: Literal["user"]
-    content: TextContent
+    content: UserContent
     name: ShortText | None = None
 
 

@@ -20,7 +20,9 @@ from server.api.openai.responses_reasoning import new_reasoning_id, reasoning_it
 from server.api.openai.responses_request import (
     FunctionCallItem,
     FunctionTool,
+    InputImage,
     InputMessage,
+    InputText,
     NamedFunctionChoice,
     ReasoningInputItem,
     ResponsesRequest,
@@ -28,7 +30,7 @@ from server.api.openai.responses_request import (
 )
 from server.api.openai.schemas import ChatCompletionRequest
 from server.errors import InvalidRequestError, UnsupportedParameterError, from_validation_errors
-from server.generation.plan import GenerationPlan, ParamNames
+from server.generation.plan import GenerationPlan, ImageInput, ParamNames, Turn
 from server.generation.reply import ChoiceEnd, FinishedChoice, ToolCall
 
 
@@ -48,7 +50,30 @@ def to_plan(body: ResponsesRequest) -> GenerationPlan:
     if plan.tools is not None:  # the pipeline checks the schemas: at the paths this request has them
         functions = tuple(dataclasses.replace(f, where=_responses_param(f.where)) for f in plan.tools.functions)
         plan = dataclasses.replace(plan, tools=dataclasses.replace(plan.tools, functions=functions))
-    return dataclasses.replace(plan, params=names)
+    return dataclasses.replace(plan, turns=_with_image_paths(plan.turns, body), params=names)
+
+
+def _with_image_paths(turns: tuple[Turn, ...], body: ResponsesRequest) -> tuple[Turn, ...]:
+    """The turns with each image named at its path in this request (`input[2].content[1].image_url`) and with its
+    own `detail`: the chat request's images are this request's, in the same order."""
+    parts = iter(
+        (f"input[{i}].content[{j}].image_url", part)
+        for i, item in enumerate(body.input if isinstance(body.input, list) else ())
+        if isinstance(item, InputMessage) and isinstance(item.content, list)
+        for j, part in enumerate(item.content)
+        if isinstance(part, InputImage)
+    )
+
+    def renamed(image: ImageInput) -> ImageInput:
+        where, part = next(parts)
+        return ImageInput(image.url, where, part.detail)
+
+    return tuple(
+        dataclasses.replace(turn, images=tuple((offset, renamed(image)) for offset, image in turn.images))
+        if turn.images
+        else turn
+        for turn in turns
+    )
 
 
 def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
@@ -63,12 +88,12 @@ def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
         messages.append({"role": "system", "content": body.instructions})
     items = [InputMessage(role="user", content=body.input)] if isinstance(body.input, str) else body.input
     thinking = ""  # of a reasoning item: it goes with the assistant item after it
-    for item in items:
+    for i, item in enumerate(items):
         if isinstance(item, ReasoningInputItem):
             thinking += "".join(part.text for part in item.content or item.summary)
             continue
         if isinstance(item, InputMessage):
-            messages.append({"role": item.role, "content": item.text()})
+            messages.append({"role": item.role, "content": _chat_content(item, f"input[{i}].content")})
         elif isinstance(item, FunctionCallItem):
             call = {
                 "id": item.call_id,
@@ -100,6 +125,37 @@ def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
     except ValidationError as exc:  # the bounds are the same on both sides: this is not expected
         raise from_validation_errors(exc.errors()) from None
     return request
+
+
+def _chat_content(item: InputMessage, path: str) -> str | list[dict[str, Any]]:
+    """A message's content in the chat request: its text, or, with images (a user message's only), its parts."""
+    if isinstance(item.content, str) or not any(isinstance(part, InputImage) for part in item.content):
+        return item.text()
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(item.content):
+        where = f"{path}[{j}]"
+        if isinstance(part, InputImage):
+            parts.append({"type": "image_url", "image_url": {"url": _image_url(part, where, item.role)}})
+        else:
+            parts.append({"type": "text", "text": part.text if isinstance(part, InputText) else part.refusal})
+    return parts
+
+
+def _image_url(part: InputImage, where: str, role: str) -> str:
+    if role != "user":
+        raise InvalidRequestError(
+            f"Invalid value for '{where}.type': only user messages may hold images (this is a {role} message).",
+            param=f"{where}.type",
+        )
+    if part.file_id is not None:
+        raise UnsupportedParameterError(
+            f"'{where}.file_id' is not supported: send the image as 'image_url' (a base64 data URL, or an http(s) "
+            "URL).",
+            param=f"{where}.file_id",
+        )
+    if part.image_url is None:
+        raise InvalidRequestError(f"Missing required parameter: '{where}.image_url'.", param=f"{where}.image_url")
+    return part.image_url
 
 
 _RENAMED_PREFIXES = (

@@ -11,6 +11,7 @@ from server.api.openai.request_parts import (
     MAX_TOOLS,
     Description,
     FunctionName,
+    ImageURLText,
     OtherToolParam,
     ResponseFormatJSONObject,
     ResponseFormatText,
@@ -32,7 +33,17 @@ class InputRefusal(StrictObject):
     refusal: str
 
 
-InputPart = tagged_union(InputText, InputRefusal)
+class InputImage(StrictObject):
+    """An image in a user message: by `image_url` (a base64 data URL, or an http(s) URL fetched only from hosts an
+    operator allows). A `file_id` is refused: this server's files are not images a model reads."""
+
+    type: Literal["input_image"]
+    image_url: ImageURLText | None = None
+    file_id: ShortText | None = None
+    detail: Literal["auto", "low", "high", "original"] | None = None  # accepted; the projector decides
+
+
+InputPart = tagged_union(InputText, InputRefusal, InputImage)
 
 
 class InputMessage(StrictObject):
@@ -43,7 +54,11 @@ class InputMessage(StrictObject):
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text if isinstance(part, InputText) else part.refusal for part in self.content)
+        return "".join(
+            part.text if isinstance(part, InputText) else part.refusal
+            for part in self.content
+            if not isinstance(part, InputImage)
+        )
 
 
 class FunctionCallOutput(StrictObject):

@@ -108,13 +108,12 @@ def test_assistant_string_content():
 @pytest.mark.parametrize(
     ("messages", "param"),
     [
-        ([user(text("Look:"), IMAGE)], "messages[0].content[1].type"),
         ([user(DOCUMENT)], "messages[0].content[0].type"),
         ([user(text("Hi")), assistant(USE), user({**RESULT, "content": [text("x"), IMAGE]})],
          "messages[2].content[0].content[1].type"),
     ],
 )  # fmt: skip
-def test_images_and_documents_are_refused_by_name(messages, param):
+def test_documents_and_images_in_tool_results_are_refused_by_name(messages, param):
     error = refusal(request(messages=messages))
     assert isinstance(error, UnsupportedParameterError)
     assert error.status_code == 400

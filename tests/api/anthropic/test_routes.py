@@ -249,7 +249,7 @@ def test_raw_stream_failure_is_an_error_event_then_the_end(http, pipeline):
     [
         (MESSAGES, {**HELLO, "max_tokens": "16"}, "max_tokens"),
         (BOTH, {**HELLO, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
-         "messages[0].content[0].type"),
+         "messages[0].content[0].source.type"),
         (BOTH, {**HELLO, "tools": [{"name": "bad name", "input_schema": {}}]}, "tools[0].name"),
         (BOTH, {**HELLO, "top_k": "40"}, "top_k"),
     ],

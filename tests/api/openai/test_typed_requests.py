@@ -113,8 +113,8 @@ CHAT_CASES = [
     (history({"role": "user", "content": "Hi", "name": 5}), "messages[0].name"),
     (history({"role": "user"}), "messages[0].content"),
     (
-        history({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}),
-        "messages[0].content[0].type",
+        history({"role": "user", "content": [{"type": "image_url", "image_url": {"url": 5}}]}),
+        "messages[0].content[0].image_url.url",
     ),
     (history({"role": "user", "content": [{"type": "text", "text": 5}]}), "messages[0].content[0].text"),
     (
@@ -175,8 +175,8 @@ RESPONSES_CASES = [
     (responses(tools=[{"type": "function", "name": "f"}], tool_choice={"type": "file_search"}), "tool_choice.type"),
     (responses(tools=[{"type": "function", "name": "f"}], tool_choice=["auto"]), "tool_choice"),
     (
-        responses(input=[{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]),
-        "input[0].content[0].type",
+        responses(input=[{"role": "user", "content": [{"type": "input_image", "image_url": 5}]}]),
+        "input[0].content[0].image_url",
     ),
     (
         responses(input=[{"role": "user", "content": [{"type": "input_text", "text": None}]}]),
