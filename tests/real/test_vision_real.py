@@ -108,3 +108,52 @@ def test_the_models_card_says_which_model_takes_images(api):
     cards = {card.id: card for card in api.models.list()}
     assert cards[MODEL].model_extra.get("capabilities") == ["vision"]
     assert "vision" not in (cards["tiny-llama"].model_extra.get("capabilities") or [])
+
+
+def test_the_responses_api_takes_an_input_image(api):
+    def reply(seed: int) -> openai.types.responses.Response:
+        return api.responses.create(
+            model=MODEL,
+            input=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_image", "image_url": data_url(seed), "detail": "auto"},
+                        {"type": "input_text", "text": "What is in this picture?"},
+                    ],
+                }
+            ],
+            max_output_tokens=8,
+            temperature=0,
+        )
+
+    first, again, other = reply(11), reply(11), reply(12)
+    assert first.output_text == again.output_text != other.output_text
+    assert first.usage.input_tokens > 8
+
+
+def test_the_anthropic_api_takes_a_base64_image_block(server):
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+
+    def reply(seed: int):
+        media = data_url(seed).split(",", 1)[1]
+        return client.messages.create(
+            model=MODEL,
+            max_tokens=8,
+            extra_body={"temperature": 0},  # (this SDK version sends no sampling settings of its own)
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": media}},
+                        {"type": "text", "text": "What is in this picture?"},
+                    ],
+                }
+            ],
+        )
+
+    first, again, other = reply(13), reply(13), reply(14)
+    assert first.content[0].text == again.content[0].text != other.content[0].text
+    assert first.usage.input_tokens > 8
