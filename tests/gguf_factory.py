@@ -73,8 +73,10 @@ def write_tiny_llama(
     bos: str = "<|endoftext|>",
     eos: str = "<|im_end|>",
     user_defined: tuple[str, ...] = (),
+    add_bos: bool = False,
 ) -> Path:
-    """A llama-architecture model with random weights and a ChatML template; <|im_end|> ends a turn.
+    """A llama-architecture model with random weights and a ChatML template; <|im_end|> ends a turn (`add_bos`:
+    the tokenizer starts every prompt with `bos`, as Llama 3's does).
 
     `specials` (control tokens), `bos`, `eos` and `user_defined` (added tokens written out as text) give it
     another family's vocabulary markers, for that family's template (their own tokens, as in the real vocabulary).
@@ -108,7 +110,7 @@ def write_tiny_llama(
     writer.add_token_merges(merges)
     writer.add_bos_token_id(tokens.index(bos))
     writer.add_eos_token_id(tokens.index(eos))
-    writer.add_add_bos_token(False)
+    writer.add_add_bos_token(add_bos)
     writer.add_chat_template(chat_template)
 
     def weight(*shape: int) -> np.ndarray:

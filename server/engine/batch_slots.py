@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -12,7 +11,7 @@ import llama_cpp
 from server.engine.base import GenerationDelta, GenerationRequest, TokenLogprob
 from server.engine.delta_stream import DeltaStream
 from server.engine.grammar_guard import StepGuard
-from server.engine.image_inputs import ImagePrompt
+from server.engine.image_inputs import ImagePrompt, Wake
 from server.engine.reasoning import ThinkingLimit
 from server.engine.speculative import Drafter
 from server.engine.text import TextAssembler
@@ -26,7 +25,7 @@ class Job(DeltaStream):
         self,
         request: GenerationRequest,
         loop: asyncio.AbstractEventLoop,
-        wake: threading.Condition,
+        wake: Wake,
         grammar: llama_cpp.llama_sampler_p | None = None,
         thinking: ThinkingLimit | None = None,
         shown: frozenset[int] = frozenset(),
@@ -52,8 +51,7 @@ class Job(DeltaStream):
     def _release(self, *, cancel: bool) -> None:
         if cancel:
             self.cancelled = True
-            with self._wake:
-                self._wake.notify()
+            self._wake.signal()
 
 
 @dataclass

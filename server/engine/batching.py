@@ -33,7 +33,7 @@ from server.engine.batch_slots import Job, Slot, discard
 from server.engine.draft_model import DraftModel
 from server.engine.draft_placement import DraftPlacement
 from server.engine.image_feed import EmbeddingBatch
-from server.engine.image_inputs import ImageEncoder, ImagePrompt, ImageStep
+from server.engine.image_inputs import ImageEncoder, ImagePrompt, ImageStep, Wake
 from server.engine.native import NativeModel, make_sampler
 from server.engine.prefix import SlotView, place, should_wait
 from server.engine.reasoning import ThinkingLimit
@@ -63,7 +63,7 @@ class BatchScheduler:
         self._max_queue = max_queue
         self._slots = [Slot(seq_id=i) for i in range(n_seq)]
         self._waiting: collections.deque[Job] = collections.deque()
-        self._wake = threading.Condition()
+        self._wake = Wake()
         self._stopping = False
         self._uses = 0
         self._adopted = 0  # the ranks given to restored sequences (a later use ranks above them)
@@ -105,6 +105,8 @@ class BatchScheduler:
     def stop(self) -> None:
         with self._wake:
             self._stopping = True
+            for job in [*self._waiting, *(slot.job for slot in self._slots if slot.job is not None)]:
+                job.cancelled = True  # an image encode queued for one is skipped: unloading waits for none
             self._wake.notify()
         self._thread.join()
         llama_cpp.llama_batch_free(self._batch)
@@ -142,6 +144,7 @@ class BatchScheduler:
                     raise
             self._waiting.append(job)
             self.counters.queue_depth = len(self._waiting)
+            self._wake.events += 1
             self._wake.notify()
         return job
 
@@ -156,11 +159,12 @@ class BatchScheduler:
                         break
                     self.step_started = time.monotonic()
                     self._admit()
-                    encoded = None if self._images is None else self._images.encoder.completed
+                    seen = self._wake.events
                 if not self._step() and self._images is not None and self._images.waiting:
-                    # Nothing to decode until an image is encoded: sleep until an encode ends or a request comes.
+                    # Nothing to do until an image is encoded (waiting requests wait for a sequence that waits for
+                    # it): sleep until an encode ends, or a request comes or leaves.
                     with self._wake:
-                        if encoded == self._images.encoder.completed and not self._stopping and not self._waiting:
+                        if seen == self._wake.events and not self._stopping:
                             self.step_started = None
                             self._wake.wait()
             except Exception:
@@ -283,7 +287,12 @@ class BatchScheduler:
             or any(slot.job is not None and not slot.job.batch for slot in self._slots)
         )
         paused = self._share.paused(self._batch_sequences(), interactive)
-        fed = self._feed_images(paused)  # image rows go in first: the token batch's logits are read after it
+        # A step cannot be cut short: batch prefill (text or image rows) gets a small share of each, so that an
+        # interactive request arriving meanwhile waits at most one short step.
+        batch_prefill = self._share.prefill_budget(interactive)
+        # image rows go in first: the token batch's logits are read after it
+        fed, batch_fed = self._feed_images(paused, batch_prefill)
+        batch_prefill -= batch_fed
         decoding = []
         for slot in self._slots:  # one token for each decoding sequence first, so streams keep moving
             slot.batch_index = -1
@@ -292,9 +301,6 @@ class BatchScheduler:
                 slot.next_token = None
                 decoding.append(slot)
         n = self._put_drafts(batch, n, decoding)  # then their drafts, verified in this same step
-        # A step cannot be cut short: batch prefill gets a small share of each, so that an interactive request
-        # arriving meanwhile waits at most one short step.
-        batch_prefill = self._share.prefill_budget(interactive)
         room = self._n_batch - fed
         for slot in self._slots:  # then prompt chunks up to the next image, within what is left of the batch
             if slot.job is None or not slot.pending or n >= room or slot.seq_id in paused:
@@ -324,10 +330,11 @@ class BatchScheduler:
                 self._sampler.take_step(slot)
         return True
 
-    def _feed_images(self, paused: set[int] | frozenset[int]) -> int:
+    def _feed_images(self, paused: set[int] | frozenset[int], batch_budget: int) -> tuple[int, int]:
         if self._images is None:
-            return 0
-        fed, failed = self._images.feed([slot for slot in self._slots if slot.seq_id not in paused])
+            return 0, 0
+        slots = [slot for slot in self._slots if slot.seq_id not in paused]
+        fed, failed, batch_fed = self._images.feed(slots, batch_budget)
         for slot in failed:  # its image could not be encoded: that request ends, the others go on
             job = slot.job
             assert job is not None
@@ -335,7 +342,7 @@ class BatchScheduler:
             job.emit(InternalError())
         self.counters.prompt_tokens_evaluated += fed
         self.counters.image_rows_evaluated += fed
-        return fed
+        return fed, batch_fed
 
     def _release_images(self, images: ImagePrompt) -> None:
         if self._images is None:

@@ -241,6 +241,8 @@ class LlamaCppEngine:
         # an image's preprocessing (resizing, slicing) takes a while: in a thread, never on the worker's loop
         shown = [await asyncio.to_thread(image_tokens, self._projector, image) for image in images]
         tokens: list[int] = []
+        if segments and isinstance(segments[0][0], int):  # an image first: the BOS the first text would have had
+            tokens += self._native.tokenize("", add_special=True)
         for i, (piece, is_content) in enumerate(segments):
             if isinstance(piece, int):
                 tokens += shown[piece]
@@ -278,6 +280,7 @@ class LlamaCppEngine:
                 assert self._projector is not None
                 made = loop.run_in_executor(None, ImagePrompt, self._projector, request.images, request.prompt_tokens)
                 images = await _owned(made)
+                request = dataclasses.replace(request, images=())  # its chunks have their own copies: let go
         except BaseException:
             if grammar is not None:
                 llama_cpp.llama_sampler_free(grammar)

@@ -51,7 +51,8 @@ async def fetch_all(targets: Sequence[tuple[str, str]], *, max_bytes: int, timeo
     if not targets:
         return []
     limits = httpx.Limits(max_connections=len(targets))
-    async with httpx.AsyncClient(follow_redirects=False, timeout=timeout_s, limits=limits) as client:
+    # trust_env off: no proxy or .netrc of the server's environment applies to a URL a client chose
+    async with httpx.AsyncClient(follow_redirects=False, timeout=timeout_s, limits=limits, trust_env=False) as client:
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(_fetch(client, url, where, max_bytes, timeout_s)) for url, where in targets]
@@ -69,7 +70,7 @@ async def _fetch(client: httpx.AsyncClient, url: str, where: str, max_bytes: int
         raise InvalidRequestError(
             f"Invalid value for '{where}': the image did not arrive within {timeout_s:g} s.", param=where
         ) from None
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: control characters urlsplit let through
         logger.info("image at %s not fetched: %s", where, type(exc).__name__)
         raise InvalidRequestError(
             f"Invalid value for '{where}': the image could not be fetched ({type(exc).__name__}).", param=where

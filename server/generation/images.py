@@ -29,6 +29,10 @@ from server.generation.plan import ImageInput
 logger = logging.getLogger(__name__)
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")  # Pillow's names; no other decoder is ever tried
+DECODED_MAX_PIXELS = 4 * 1024 * 1024
+"""A larger image is scaled down to this many pixels as it is decoded (a JPEG decoded at a reduced scale first):
+no projector served looks at more (MiniCPM-V 2.5 takes at most 9 slices of 448 x 448 and an overview; LLaVA one
+336 x 336 view), and each image crosses to the model's worker as 3 bytes a pixel."""
 ACCEPTED_NAMES = "PNG, JPEG, WebP or GIF"
 MAX_DATA_URL_HEADER_CHARS = 256  # `data:<media type>;<parameters>;base64,`
 _WHITE = (255, 255, 255, 255)
@@ -88,18 +92,29 @@ def decode_image(data: str | bytes, where: str, limits: ImageLimits) -> RGBImage
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)  # lazy: reads the header only
     except UnidentifiedImageError:
         raise _invalid(where, f"the image is not a {ACCEPTED_NAMES} image this server can read") from None
-    except Image.DecompressionBombError:  # only past Pillow's own limit, far above the default max_pixels
-        raise _too_many_pixels(where, limits.max_pixels) from None
+    except Image.DecompressionBombError:  # past Pillow's own limit (about 179 M pixels), whatever max_pixels says
+        raise _too_many_pixels(where, min(limits.max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0))) from None
     except Exception as exc:  # a client's bytes: whatever Pillow makes of them is a 400, never a 500
         raise _unreadable(where, exc) from None
     with image:
         if image.width * image.height > limits.max_pixels:
             raise _too_many_pixels(where, limits.max_pixels, image.size)
         try:
+            if image.width * image.height > DECODED_MAX_PIXELS:
+                image.draft("RGB", _fitted(image.size))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale, still larger
             rgb = _to_rgb(image)
+            if rgb.width * rgb.height > DECODED_MAX_PIXELS:
+                rgb = rgb.resize(_fitted(rgb.size), Image.Resampling.BICUBIC)
         except Exception as exc:  # truncated or corrupt data, or EXIF Pillow cannot parse
             raise _unreadable(where, exc) from None
     return RGBImage(rgb.width, rgb.height, rgb.tobytes())
+
+
+def _fitted(size: tuple[int, int]) -> tuple[int, int]:
+    """The size, scaled down to at most DECODED_MAX_PIXELS pixels, its proportions kept."""
+    width, height = size
+    scale = (DECODED_MAX_PIXELS / (width * height)) ** 0.5
+    return max(1, int(width * scale)), max(1, int(height * scale))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

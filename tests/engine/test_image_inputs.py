@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from server.engine.base import EngineCounters, RGBImage
-from server.engine.image_inputs import ImageEncoder, ImagePrompt, ImageStep
+from server.engine.image_inputs import ENCODED_CACHE_BYTES, ImageEncoder, ImagePrompt, ImageStep, Wake
 from server.engine.vision import ImageChunk, TextChunk, VisionPrompt
 from server.errors import InvalidRequestError
 
@@ -74,7 +74,7 @@ def projector() -> FakeProjector:
 
 @pytest.fixture
 def encoder(projector):
-    wake = threading.Condition()
+    wake = Wake()
     encoder = ImageEncoder(projector, wake, EngineCounters())
     encoder.wake = wake
     yield encoder
@@ -157,9 +157,9 @@ def test_a_released_prompt_is_freed_only_after_the_encode_already_queued(project
     assert prompt._prompts == []
 
 
-def slot(seq_id: int, tokens: list[int], prompt: ImagePrompt, prefilled: int = 2) -> SimpleNamespace:
+def slot(seq_id: int, tokens: list[int], prompt: ImagePrompt, prefilled: int = 2, batch=False) -> SimpleNamespace:
     """A scheduler's sequence whose text is prefilled up to its image."""
-    job = SimpleNamespace(images=prompt, cancelled=False)
+    job = SimpleNamespace(images=prompt, cancelled=False, batch=batch)
     return SimpleNamespace(seq_id=seq_id, job=job, cached=tokens[:prefilled], pending=tokens[prefilled:])
 
 
@@ -172,13 +172,13 @@ def test_a_step_feeds_ready_rows_and_a_sequence_waiting_for_its_encode_waits(pro
     b = slot(1, tokens_b, ImagePrompt(projector, images_b, tokens_b))
     ready(encoder, a.job.images.locate(a.pending[0])[0])
     projector.gate = threading.Event()  # b's image is not encoded yet
-    assert step.feed([a, b]) == (ROWS, [])
+    assert step.feed([a, b]) == (ROWS, [], 0)
     assert step.waiting
     assert batch.decoded == [(0, 2, [10.0] * ROWS)]
     assert a.cached == tokens_a[: 2 + ROWS] and a.pending == tokens_a[2 + ROWS :]  # its text comes next
     projector.gate.set()
     ready(encoder, b.job.images.locate(b.pending[0])[0])
-    assert step.feed([a, b]) == (ROWS, [])
+    assert step.feed([a, b]) == (ROWS, [], 0)
     assert batch.decoded[-1] == (1, 2, [20.0] * ROWS)
 
 
@@ -188,8 +188,8 @@ def test_rows_beyond_the_steps_budget_wait_for_the_next_step(projector, encoder)
     tokens, images = prompt_of(projector, 10)
     sequence = slot(5, tokens, ImagePrompt(projector, images, tokens))
     ready(encoder, sequence.job.images.locate(sequence.pending[0])[0])
-    assert step.feed([sequence]) == (2, [])
-    assert step.feed([sequence]) == (1, [])  # the rest of the image; its text is the scheduler's
+    assert step.feed([sequence]) == (2, [], 0)
+    assert step.feed([sequence]) == (1, [], 0)  # the rest of the image; its text is the scheduler's
     assert [(pos, len(values)) for _, pos, values in batch.decoded] == [(2, 2), (4, 1)]
     assert sequence.pending == tokens[2 + ROWS :]
 
@@ -208,6 +208,51 @@ def test_a_sequence_whose_image_cannot_be_encoded_is_reported_and_the_others_fed
     b.job.images.locate(b.pending[0])[0].key += "-again"  # asked again: fails again, now inside the step
     with encoder.wake:
         seen = encoder.completed
-        assert step.feed([a, b]) == (ROWS, [])  # b's encode is under way
+        assert step.feed([a, b]) == (ROWS, [], 0)  # b's encode is under way
         assert encoder.wake.wait_for(lambda: encoder.completed != seen, timeout=10)
-    assert step.feed([b]) == (0, [b])  # reported once its encode has ended
+    assert step.feed([b]) == (0, [b], 0)  # reported once its encode has ended
+
+
+def test_a_batch_requests_rows_stay_within_the_batch_share(projector, encoder):
+    batch = FakeBatch(n_batch=8)
+    step = ImageStep(projector, batch, encoder)
+    tokens_a, images_a = prompt_of(projector, 10)
+    tokens_b, images_b = prompt_of(projector, 20)
+    background = slot(0, tokens_a, ImagePrompt(projector, images_a, tokens_a), batch=True)
+    interactive = slot(1, tokens_b, ImagePrompt(projector, images_b, tokens_b))
+    for sequence in (background, interactive):
+        ready(encoder, sequence.job.images.locate(sequence.pending[0])[0])
+    assert step.feed([background, interactive], batch_budget=1) == (1 + ROWS, [], 1)
+    assert step.feed([background, interactive], batch_budget=0) == (0, [], 0)  # no share left this step
+
+
+def test_finished_encodes_are_kept_within_the_cache_bound_even_when_nobody_asks_again(projector, encoder):
+    """A request that leaves after its encode started never asks for the rows: they go to the bounded cache,
+    never to a set that grows with every image sent."""
+    chunks = []
+    for value in range(5):
+        tokens, images = prompt_of(projector, value)
+        chunk, _ = ImagePrompt(projector, images, tokens).locate(tokens[2])
+        chunks.append(chunk)
+        with encoder.wake:
+            seen = encoder.completed
+            assert encoder.rows(chunk, lambda: False) is None
+            assert encoder.wake.wait_for(lambda seen=seen: encoder.completed != seen, timeout=10)
+    assert encoder._running == set()
+    assert len(encoder._done) == 5 and encoder._done_bytes <= ENCODED_CACHE_BYTES
+
+
+def test_a_chunk_being_fed_keeps_its_rows_though_the_cache_drops_them(projector, encoder, monkeypatch):
+    monkeypatch.setattr("server.engine.image_inputs.ENCODED_CACHE_BYTES", 1)  # the cache keeps the newest only
+    batch = FakeBatch(n_batch=1)
+    step = ImageStep(projector, batch, encoder)
+    tokens, images = prompt_of(projector, 10)
+    sequence = slot(0, tokens, ImagePrompt(projector, images, tokens))
+    ready(encoder, sequence.job.images.locate(sequence.pending[0])[0])
+    assert step.feed([sequence]) == (1, [], 0)
+    tokens_other, images_other = prompt_of(projector, 11)  # another image pushes this one out of the cache
+    ready(encoder, ImagePrompt(projector, images_other, tokens_other).locate(tokens_other[2])[0])
+    assert step.feed([sequence]) == (1, [], 0)
+    assert step.feed([sequence]) == (1, [], 0)
+    assert projector.encoded.count(sequence.job.images.locate(tokens[2])[0].key) == 1  # encoded once
+    assert sequence.job.images.pinned == {}  # fed whole: let go

@@ -185,6 +185,12 @@ def test_credentials_and_broken_urls_are_refused(image_server, url, says):
     assert image_server.paths == []
 
 
+@pytest.mark.parametrize("path", ["a\x00b.png", "a\nb.png", "a\x7fb.png"], ids=["nul", "newline", "del"])
+def test_control_characters_in_an_allowed_url_are_a_400_not_a_500(image_server, path):
+    error = refusal(image_server.url(path), limits=allowing(image_server))
+    assert error.param == "input[0].content[0].image_url"
+
+
 @pytest.mark.parametrize("path", ["big", "big_unannounced"])
 def test_a_body_over_the_cap_is_refused(image_server, path):
     error = refusal(image_server.url(path), limits=allowing(image_server))

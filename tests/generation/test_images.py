@@ -214,3 +214,14 @@ def test_images_come_back_in_order():
     loaded = load(*(data_url(encoded(Image.new("RGB", (1, 1), c), "PNG")) for c in colors))
     assert [pixel(image) for image in loaded] == colors
     assert loaded[0].digest != loaded[1].digest
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_large_image_is_scaled_down_as_it_is_decoded_keeping_its_proportions(monkeypatch, fmt):
+    monkeypatch.setattr(images_module, "DECODED_MAX_PIXELS", 100 * 100)
+    picture = Image.new("RGB", (400, 200), RED)
+    [image] = load(data_url(encoded(picture, fmt), f"image/{fmt.lower()}"))
+    assert image.width * image.height <= 100 * 100
+    assert abs(image.width / image.height - 2) < 0.05
+    assert image.width >= 130  # scaled to fit, not past it (a JPEG's reduced-scale decode is resized after)
+    assert max(abs(a - b) for a, b in zip(pixel(image), RED, strict=True)) <= 8

@@ -5,6 +5,7 @@ with a reason where llama.cpp itself would abort the process."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -17,7 +18,10 @@ import llama_cpp
 import numpy as np
 import pytest
 
+from server.config import ModelSpec, PathSource
+from server.engine import GenerationRequest, SamplingParams
 from server.engine.image_feed import EmbeddingBatch, ImageFeed
+from server.engine.llama import LlamaCppEngine
 from server.engine.native import NativeModel
 from server.engine.vision import (
     ImageChunk,
@@ -27,7 +31,8 @@ from server.engine.vision import (
     load_projector,
 )
 from server.errors import ModelUnavailableError
-from tests.gguf_projector import write_tiny_minicpmv_projector, write_vision_pair
+from tests.gguf_factory import write_tiny_llama
+from tests.gguf_projector import write_tiny_minicpmv_projector, write_tiny_mlp_projector, write_vision_pair
 
 pytestmark = pytest.mark.real
 
@@ -397,9 +402,6 @@ def test_later_minicpm_v_versions_load_and_encode(loaded, tmp_path, version, que
 
 
 def _engine(model_path: Path, projector_path: Path, name: str):
-    from server.config import ModelSpec, PathSource
-    from server.engine.llama import LlamaCppEngine
-
     spec = ModelSpec(
         name=name,
         source=PathSource(path=str(model_path)),
@@ -415,9 +417,6 @@ def _engine(model_path: Path, projector_path: Path, name: str):
 def test_the_scheduler_serves_an_mlp_projectors_images_too(tmp_path):
     """LLaVA's kind through the engine as served (scheduler, encoder thread, image feed): the image decides the
     greedy output, alone and beside another request."""
-    import asyncio
-
-    from server.engine import GenerationRequest, SamplingParams
 
     engine = _engine(*write_vision_pair(tmp_path, kind="mlp"), "tiny-llava")
     marker = "<\ue000image t\ue001>"
@@ -449,3 +448,76 @@ def test_a_damaged_projector_named_by_a_model_entry_is_a_load_error_not_a_crash(
     damaged = write_tiny_minicpmv_projector(tmp_path / "damaged.gguf", omit=("resampler.attn.q.weight",))
     with pytest.raises(ModelUnavailableError, match="projector of model `tiny-damaged`"):
         _engine(model_path, damaged, "tiny-damaged")
+
+
+def test_the_scheduler_sleeps_while_an_image_is_encoded_even_with_requests_queued(tmp_path):
+    """Two choices of one image prompt: the second waits for the first's prefill, which waits for the encode.
+    The scheduler must sleep until the encode ends, not spin through admission meanwhile."""
+
+    engine = _engine(*write_vision_pair(tmp_path, kind="minicpmv"), "tiny-slow-encode")
+    projector = engine._projector
+    real_encode = projector.encode
+
+    def slow_encode(chunk):
+        threading.Event().wait(0.3)  # a vision tower that takes its time (the work itself, not a wait for a state)
+        return real_encode(chunk)
+
+    projector.encode = slow_encode
+    scheduler = engine._scheduler
+    admits = 0
+    real_admit = scheduler._admit
+
+    def counted_admit():
+        nonlocal admits
+        admits += 1
+        real_admit()
+
+    scheduler._admit = counted_admit
+    marker = "<\ue000image t\ue001>"
+
+    async def choices() -> list[str]:
+        picture = image(5, 40, 30)
+        messages = [{"role": "user", "content": f"Describe {marker} now"}]
+        tokens = await engine.tokenize_chat(messages, None, None, (picture,), marker)
+        request = GenerationRequest(
+            prompt_tokens=tokens, max_tokens=4, sampling=SamplingParams(temperature=0), images=(picture,)
+        )
+
+        async def one() -> str:
+            return "".join([delta.text async for delta in engine.generate(request)])
+
+        return list(await asyncio.gather(one(), one()))
+
+    try:
+        first, second = asyncio.run(choices())
+        assert first == second
+        steps = asyncio.run(engine.counters()).decode_steps
+        assert admits < 4 * steps + 40, (admits, steps)  # spinning made thousands of turns during the encode
+    finally:
+        engine.close()
+
+
+def test_a_prompt_that_begins_with_an_image_keeps_the_models_bos(tmp_path):
+
+    model_path = write_tiny_llama(tmp_path / "bos-llama.gguf", n_embd=64, add_bos=True)
+    projector_path = write_tiny_mlp_projector(tmp_path / "mlp.gguf")
+    spec = ModelSpec(
+        name="tiny-bare-template",
+        source=PathSource(path=str(model_path)),
+        mmproj=PathSource(path=str(projector_path)),
+        chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",  # nothing before the first content
+        n_ctx=256,
+        parallel=1,
+        n_threads=1,
+    )
+    engine = LlamaCppEngine.load(spec)
+    marker = "<\ue000image t\ue001>"
+    try:
+        bos = asyncio.run(engine.tokenize("", add_special=True))
+        assert bos, "the tiny llama adds a BOS (else this test proves nothing)"
+        messages = [{"role": "user", "content": f"{marker} what is it"}]
+        tokens = asyncio.run(engine.tokenize_chat(messages, None, None, (image(1, 40, 30),), marker))
+        assert tokens[: len(bos)] == bos and tokens[len(bos)] < 0  # BOS, then the image's rows
+        assert asyncio.run(engine.tokenize_chat([{"role": "user", "content": "what is it"}]))[: len(bos)] == bos
+    finally:
+        engine.close()
