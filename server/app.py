@@ -31,7 +31,7 @@ from server.batch.store import BatchStore
 from server.config import ConfigError, ModelSpec, Settings, load_models_file
 from server.errors import APIError
 from server.generation.embedding import Embedder
-from server.generation.images import ImageLimits
+from server.generation.images import ImageLimits, ImageMemory
 from server.generation.limits import RequestLimits
 from server.generation.pipeline import GenerationPipeline
 from server.generation.rerank import Reranker
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None, *, registry: ModelRegistry | No
         limits=limits,
         request_timeout_s=settings.request_timeout_s,
         image_limits=image_limits,
+        image_memory=ImageMemory(settings.image_memory_bytes),
     )
     embedder = Embedder(registry, limits=limits, request_timeout_s=settings.request_timeout_s)
     reranker = Reranker(registry, limits=limits, request_timeout_s=settings.request_timeout_s)

@@ -93,6 +93,13 @@ class Settings(BaseModel):
         "`host:port`; exact, case-insensitive); no redirect is followed. Empty: image URLs are refused and images "
         "come only as base64 data URLs.",
     )
+    image_memory_bytes: int = Field(
+        default=1024**3,
+        ge=16 * 1024 * 1024,
+        le=1024**4,
+        description="Bytes the decoded images of all requests in flight may take at once (3 a pixel, each image at "
+        "most 4 Mi pixels); a request whose images would pass it is a 429 before any is decoded.",
+    )
     remote_image_timeout_s: float = Field(
         default=10.0, gt=0, le=600, description="How long fetching one remote image may take, body included."
     )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from server.engine.base import RGBImage
-from server.errors import InvalidRequestError
+from server.errors import InvalidRequestError, OverloadedError
 from server.generation.image_fetch import check_remote, fetch_all
 from server.generation.plan import ImageInput
 
@@ -39,6 +39,55 @@ _WHITE = (255, 255, 255, 255)
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
+DEFAULT_IMAGE_MEMORY_BYTES = 1024**3  # SLM_IMAGE_MEMORY_BYTES
+
+
+class ImageMemory:
+    """The decoded images of all requests in flight (this process holds them until their generations end), within
+    a byte bound: a request whose images would pass it is a 429 before any is decoded, so a flood of image
+    requests cannot take the server's memory, whatever each request's own limits allow. Used on the event loop."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0
+
+    def reserve(self, n_bytes: int) -> ImageReservation:
+        if self.held + n_bytes > self.max_bytes:
+            raise OverloadedError(
+                "The server is decoding as many images as it may hold at once; retry shortly.", retry_after=2
+            )
+        self.held += n_bytes
+        return ImageReservation(self, n_bytes)
+
+
+class ImageReservation:
+    """One request's share of ImageMemory: given back once (its generation ended, or it failed)."""
+
+    def __init__(self, memory: ImageMemory, n_bytes: int) -> None:
+        self._memory = memory
+        self.n_bytes = n_bytes
+
+    def shrink_to(self, n_bytes: int) -> None:
+        if n_bytes < self.n_bytes:
+            self._memory.held -= self.n_bytes - n_bytes
+            self.n_bytes = n_bytes
+
+    def release(self) -> None:
+        self.shrink_to(0)
+
+
+class RequestImages:
+    """A request's decoded images and their share of the image memory."""
+
+    def __init__(self) -> None:
+        self.decoded: list[RGBImage] = []
+        self.reservation: ImageReservation | None = None
+
+    def release(self) -> None:
+        if self.reservation is not None:
+            self.reservation.release()
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     max_images: int = 16  # images in one request
@@ -48,9 +97,12 @@ class ImageLimits:
     remote_timeout_s: float = 10.0  # one remote image's whole fetch
 
 
-async def load_images(images: Sequence[ImageInput], limits: ImageLimits) -> list[RGBImage]:
-    """Each image decoded to RGB (a GIF's first frame), in order, off the event loop; an InvalidRequestError
-    naming the image's `where` for anything refused.
+async def load_images(
+    images: Sequence[ImageInput], limits: ImageLimits, memory: ImageMemory | None = None
+) -> tuple[list[RGBImage], ImageReservation | None]:
+    """Each image decoded to RGB (a GIF's first frame), in order, off the event loop, and their share of `memory`
+    (the caller releases it when it lets go of the images); an InvalidRequestError naming the image's `where` for
+    anything refused, an OverloadedError (429) when `memory` has no room for them.
 
     Every URL is checked (count, scheme, size of a data URL, allowed host) before any is fetched or decoded;
     remote images are fetched at once, then the images are decoded one after another in a worker thread."""
@@ -76,12 +128,22 @@ async def load_images(images: Sequence[ImageInput], limits: ImageLimits) -> list
                 "(data:image/png;base64,...) or an http(s) URL.",
                 param=image.where,
             )
-    fetched = iter(await fetch_all(remote, max_bytes=limits.max_bytes, timeout_s=limits.remote_timeout_s))
-    decoded = []
-    for image, payload in zip(images, payloads, strict=True):
-        data = next(fetched) if payload is None else payload
-        decoded.append(await asyncio.to_thread(decode_image, data, image.where, limits))
-    return decoded
+    # the most each image can take decoded, held before any is fetched or decoded, then what they took
+    most = len(images) * 3 * min(limits.max_pixels, DECODED_MAX_PIXELS)
+    reservation = None if memory is None or not images else memory.reserve(most)
+    try:
+        fetched = iter(await fetch_all(remote, max_bytes=limits.max_bytes, timeout_s=limits.remote_timeout_s))
+        decoded = []
+        for image, payload in zip(images, payloads, strict=True):
+            data = next(fetched) if payload is None else payload
+            decoded.append(await asyncio.to_thread(decode_image, data, image.where, limits))
+    except BaseException:
+        if reservation is not None:
+            reservation.release()
+        raise
+    if reservation is not None:
+        reservation.shrink_to(sum(len(image.pixels) for image in decoded))
+    return decoded, reservation
 
 
 def decode_image(data: str | bytes, where: str, limits: ImageLimits) -> RGBImage:

@@ -29,7 +29,13 @@ from server.errors import (
 )
 from server.generation import tools
 from server.generation.image_markers import SHOWN_IMAGE_MARKER, image_marker, images_of, with_image_markers
-from server.generation.images import ImageLimits, load_images
+from server.generation.images import (
+    DEFAULT_IMAGE_MEMORY_BYTES,
+    ImageLimits,
+    ImageMemory,
+    RequestImages,
+    load_images,
+)
 from server.generation.json_schema_grammar import output_grammar
 from server.generation.limits import RequestLimits, check_plan, check_token_cap
 from server.generation.plan import GenerationPlan
@@ -64,11 +70,13 @@ class GenerationPipeline:
         limits: RequestLimits | None = None,
         request_timeout_s: float | None = None,
         image_limits: ImageLimits | None = None,
+        image_memory: ImageMemory | None = None,
     ) -> None:
         self._registry = registry
         self._metrics = metrics or Metrics()
         self._limits = limits or RequestLimits()
         self._image_limits = image_limits or ImageLimits()
+        self._image_memory = image_memory or ImageMemory(DEFAULT_IMAGE_MEMORY_BYTES)
         self._timeout = request_timeout_s
         self._priority: Priority = "interactive"
 
@@ -84,7 +92,7 @@ class GenerationPipeline:
         return view
 
     async def start(self, plan: GenerationPlan, record: RequestRecord) -> Generation:
-        async with self._model(plan, record) as (engine, tool_plan, images):
+        async with self._model(plan, record, keep_images=True) as (engine, tool_plan, images):
             if self._priority == "batch":
                 engine.check_batch_room(plan.n)  # before rendering or a grammar: batch work often waits for room
             thinking = thinking_of(plan, engine.info.reasoning)
@@ -96,13 +104,13 @@ class GenerationPipeline:
             shown = tools.shown_tokens(tool_plan)
             if thinking is not None:  # markers that are control tokens must come out as text to be split off
                 shown = (*shown, thinking.format.start, thinking.format.end)
-            streams = await self._admit(engine, plan, tokens, grammar, budget, shown, tuple(images))
+            streams = await self._admit(engine, plan, tokens, grammar, budget, shown, tuple(images.decoded))
         self._metrics.observe_prompt(record, len(tokens))
         split = None if thinking is None or start is None else (thinking.format, start)
         reader = ReplyReader(None if tool_plan is None else tool_plan.calls, plan.n, split)
         where = _constraint_param(plan, tool_plan)
         observed = [self._observed(stream, record, where) for stream in streams]
-        events = _Events(streams, relay(observed, reader.push))
+        events = _Events(streams, relay(observed, reader.push), images.release)
         return Generation(plan.model, len(tokens), plan.n, events, thinking=split is not None)
 
     async def render(self, plan: GenerationPlan, record: RequestRecord) -> str:
@@ -124,10 +132,11 @@ class GenerationPipeline:
 
     @contextlib.asynccontextmanager
     async def _model(
-        self, plan: GenerationPlan, record: RequestRecord, *, decode_images: bool = True
-    ) -> AsyncIterator[tuple[Engine, tools.ToolPlan | None, list[RGBImage]]]:
+        self, plan: GenerationPlan, record: RequestRecord, *, decode_images: bool = True, keep_images: bool = False
+    ) -> AsyncIterator[tuple[Engine, tools.ToolPlan | None, RequestImages]]:
         """Check the plan (a 400 before any model loads), decode its images, then hold its model, with the tool
-        plan for the model's chat template."""
+        plan for the model's chat template. The images' share of the image memory is given back on leaving,
+        unless `keep_images` (then when the caller says: on success, when its generation ends)."""
         check_plan(plan, self._limits)
         # Off the event loop: checking every tool's schema is work in proportion to the request.
         await asyncio.to_thread(tools.check_schemas, plan.tools, plan.params)
@@ -141,10 +150,18 @@ class GenerationPipeline:
             raise InvalidRequestError(
                 f"The model `{plan.model}` does not take images (it has no vision projector).", param=inputs[0].where
             )
-        images = await load_images(inputs, self._image_limits) if inputs and decode_images else []
-        async with self._registry.use(plan.model, self._priority) as engine:
-            require_kind(plan.model, info_kind(engine.info), "generative")
-            yield engine, tools.plan(plan.tools, plan.params, engine.info.tool_dialect), images
+        images = RequestImages()
+        if inputs and decode_images:
+            images.decoded, images.reservation = await load_images(inputs, self._image_limits, self._image_memory)
+        try:
+            async with self._registry.use(plan.model, self._priority) as engine:
+                require_kind(plan.model, info_kind(engine.info), "generative")
+                yield engine, tools.plan(plan.tools, plan.params, engine.info.tool_dialect), images
+        except BaseException:
+            images.release()
+            raise
+        if not keep_images:
+            images.release()
 
     async def _tokens(
         self,
@@ -152,16 +169,16 @@ class GenerationPipeline:
         plan: GenerationPlan,
         tool_plan: tools.ToolPlan | None,
         thinking: Thinking | None,
-        images: list[RGBImage],
+        images: RequestImages,
     ) -> list[int]:
         if plan.prompt is not None:
             return await engine.tokenize(plan.prompt)
-        if not images:
+        if not images.decoded:
             shown = conversation(plan.turns, tool_plan, engine.info.tool_dialect)
             return await engine.tokenize_chat(*shown, _template_vars(thinking))
         marker = image_marker()
         shown = conversation(with_image_markers(plan.turns, marker), tool_plan, engine.info.tool_dialect)
-        return await engine.tokenize_chat(*shown, _template_vars(thinking), images, marker)
+        return await engine.tokenize_chat(*shown, _template_vars(thinking), images.decoded, marker)
 
     async def _grammar(
         self,
@@ -315,19 +332,33 @@ def _refused(where: str) -> str:
 
 class _Events:
     """A generation's reply events. Closing them closes the engine streams too, even when iteration never
-    started (an unstarted async generator runs none of its cleanup): each admitted choice is given back."""
+    started (an unstarted async generator runs none of its cleanup): each admitted choice is given back, and
+    the images' share of the image memory (also when the events run out)."""
 
-    def __init__(self, streams: list[AsyncIterator[GenerationDelta]], events: AsyncIterator[ReplyEvent]) -> None:
+    def __init__(
+        self,
+        streams: list[AsyncIterator[GenerationDelta]],
+        events: AsyncIterator[ReplyEvent],
+        ended: Callable[[], None] = lambda: None,
+    ) -> None:
         self._streams = streams
         self._events = events
+        self._ended = ended
 
     def __aiter__(self) -> _Events:
         return self
 
     async def __anext__(self) -> ReplyEvent:
-        return await anext(self._events)
+        try:
+            return await anext(self._events)
+        except StopAsyncIteration:
+            self._ended()
+            raise
 
     async def aclose(self) -> None:
-        await self._events.aclose()  # type: ignore[attr-defined]
-        for stream in self._streams:
-            await stream.aclose()  # type: ignore[attr-defined]
+        try:
+            await self._events.aclose()  # type: ignore[attr-defined]
+            for stream in self._streams:
+                await stream.aclose()  # type: ignore[attr-defined]
+        finally:
+            self._ended()

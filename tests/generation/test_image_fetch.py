@@ -120,7 +120,7 @@ def image_server() -> Iterator[ImageServer]:
 
 def load(*urls: str, limits: ImageLimits):
     inputs = [ImageInput(url, where=f"input[0].content[{i}].image_url") for i, url in enumerate(urls)]
-    return asyncio.run(load_images(inputs, limits))
+    return asyncio.run(load_images(inputs, limits))[0]
 
 
 def refusal(*urls: str, limits: ImageLimits) -> InvalidRequestError:

@@ -15,7 +15,7 @@ import zlib
 import pytest
 from PIL import Image, ImageFile
 
-from server.errors import InvalidRequestError
+from server.errors import InvalidRequestError, OverloadedError
 from server.generation import images as images_module
 from server.generation.images import ImageLimits, decode_image, load_images
 from server.generation.plan import ImageInput
@@ -35,7 +35,7 @@ def data_url(data: bytes, media_type: str = "image/png") -> str:
 
 def load(*urls: str, limits: ImageLimits | None = None):
     inputs = [ImageInput(url, where=f"messages[0].content[{i}].image_url.url") for i, url in enumerate(urls)]
-    return asyncio.run(load_images(inputs, limits or ImageLimits()))
+    return asyncio.run(load_images(inputs, limits or ImageLimits()))[0]
 
 
 def refusal(*urls: str, limits: ImageLimits | None = None) -> InvalidRequestError:
@@ -225,3 +225,39 @@ def test_a_large_image_is_scaled_down_as_it_is_decoded_keeping_its_proportions(m
     assert abs(image.width / image.height - 2) < 0.05
     assert image.width >= 130  # scaled to fit, not past it (a JPEG's reduced-scale decode is resized after)
     assert max(abs(a - b) for a, b in zip(pixel(image), RED, strict=True)) <= 8
+
+
+def test_the_image_memory_is_reserved_before_decoding_and_trued_up_after():
+    memory = images_module.ImageMemory(max_bytes=10**9)
+    inputs = [ImageInput(data_url(encoded(Image.new("RGB", (4, 3), RED), "PNG")), "messages[0].content[0]")] * 2
+    decoded, reservation = asyncio.run(load_images(inputs, ImageLimits(), memory))
+    assert [(image.width, image.height) for image in decoded] == [(4, 3), (4, 3)]
+    assert memory.held == reservation.n_bytes == 2 * 4 * 3 * 3
+    reservation.release()
+    reservation.release()  # once only
+    assert memory.held == 0
+
+
+def test_images_that_would_pass_the_image_memory_are_a_429_before_any_is_decoded(monkeypatch):
+    def no_decoding(*args):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(images_module, "decode_image", no_decoding)
+    memory = images_module.ImageMemory(max_bytes=3 * 1024 * 1024)
+    held = memory.reserve(1)
+    inputs = [ImageInput(data_url(encoded(Image.new("RGB", (4, 3), RED), "PNG")), "messages[0].content[0]")]
+    with pytest.raises(OverloadedError):
+        asyncio.run(load_images(inputs, ImageLimits(max_pixels=1024 * 1024), memory))
+    assert memory.held == 1
+    held.release()
+
+
+def test_a_refused_image_gives_its_requests_reservation_back():
+    memory = images_module.ImageMemory(max_bytes=10**9)
+    inputs = [
+        ImageInput(data_url(encoded(Image.new("RGB", (4, 3), RED), "PNG")), "messages[0].content[0]"),
+        ImageInput(data_url(b"not an image"), "messages[0].content[1]"),
+    ]
+    with pytest.raises(InvalidRequestError):
+        asyncio.run(load_images(inputs, ImageLimits(), memory))
+    assert memory.held == 0

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from server.config import ModelSpec, PathSource
-from server.errors import InvalidRequestError
+from server.errors import InvalidRequestError, OverloadedError
 from server.generation.image_markers import SHOWN_IMAGE_MARKER, images_of, with_image_markers
+from server.generation.images import ImageMemory
 from server.generation.pipeline import GenerationPipeline
 from server.generation.plan import GenerationPlan, ImageInput, Turn
 from server.metrics import RequestRecord
@@ -118,3 +119,39 @@ def test_images_are_placed_at_their_offsets_in_order():
     turns = (Turn("system", "S"), Turn("user", "abcd", images=((2, blue), (0, red), (2, red))))
     assert [turn.content for turn in with_image_markers(turns, "|")] == ["S", "|ab||cd"]
     assert images_of(GenerationPlan(model="v", turns=turns)) == [red, blue, red]
+
+
+def memory_pipeline(loader, max_bytes: int = 10**9) -> tuple[GenerationPipeline, ImageMemory]:
+    memory = ImageMemory(max_bytes)
+    registry = ModelRegistry([vision_spec("v")], loader)
+    return GenerationPipeline(registry, image_memory=memory), memory
+
+
+def test_a_generations_images_hold_their_memory_until_it_ends(loader):
+    pipeline, memory = memory_pipeline(loader)
+
+    async def go():
+        generation = await pipeline.start(GenerationPlan(model="v", turns=(image_turn((0, RED)),)), record())
+        held = memory.held
+        async for _ in generation.events:
+            pass
+        return held
+
+    assert asyncio.run(go()) == 6 * 4 * 3  # the decoded pixels, while the generation runs
+    assert memory.held == 0
+
+
+def test_a_generation_closed_early_or_refused_gives_its_images_memory_back(loader):
+    pipeline, memory = memory_pipeline(loader)
+    start(pipeline, GenerationPlan(model="v", turns=(image_turn((0, RED)),)))  # closed before reading
+    assert memory.held == 0
+    with pytest.raises(InvalidRequestError):  # refused after decoding: more tokens than the model's context
+        start(pipeline, GenerationPlan(model="v", turns=(image_turn((0, RED)),), max_tokens=10**6))
+    assert memory.held == 0
+
+
+def test_images_past_the_image_memory_are_a_429(loader):
+    pipeline, memory = memory_pipeline(loader, max_bytes=1024)
+    with pytest.raises(OverloadedError):
+        start(pipeline, GenerationPlan(model="v", turns=(image_turn((0, RED)),)))
+    assert memory.held == 0 and "v" not in loader.engines
