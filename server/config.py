@@ -82,8 +82,8 @@ class Settings(BaseModel):
         default=16 * 1024 * 1024,
         ge=1,
         le=1024**3,
-        description="Most pixels (width x height) of one image, read from its header before it is decoded; its "
-        "decoded RGB takes 3 bytes a pixel, for each image of a request at once.",
+        description="Most pixels (width x height) of one image, read from its header before it is decoded; a "
+        "larger image than 4 Mi pixels is scaled down to that as it is decoded (3 bytes a pixel).",
     )
     remote_image_hosts: tuple[  # each `host`, `[IPv6]`, or either with `:port`
         Annotated[str, Field(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?$")], ...

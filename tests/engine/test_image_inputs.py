@@ -163,13 +163,17 @@ def slot(seq_id: int, tokens: list[int], prompt: ImagePrompt, prefilled: int = 2
     return SimpleNamespace(seq_id=seq_id, job=job, cached=tokens[:prefilled], pending=tokens[prefilled:])
 
 
+def image_slot(projector: FakeProjector, seq_id: int, value: int, *, batch=False) -> tuple[SimpleNamespace, list[int]]:
+    """A sequence whose prompt holds an image of `value`, and the prompt's tokens."""
+    tokens, images = prompt_of(projector, value)
+    return slot(seq_id, tokens, ImagePrompt(projector, images, tokens), batch=batch), tokens
+
+
 def test_a_step_feeds_ready_rows_and_a_sequence_waiting_for_its_encode_waits(projector, encoder):
     batch = FakeBatch(n_batch=4)
     step = ImageStep(projector, batch, encoder)
-    tokens_a, images_a = prompt_of(projector, 10)
-    tokens_b, images_b = prompt_of(projector, 20)
-    a = slot(0, tokens_a, ImagePrompt(projector, images_a, tokens_a))
-    b = slot(1, tokens_b, ImagePrompt(projector, images_b, tokens_b))
+    a, tokens_a = image_slot(projector, 0, 10)
+    b, _tokens_b = image_slot(projector, 1, 20)
     ready(encoder, a.job.images.locate(a.pending[0])[0])
     projector.gate = threading.Event()  # b's image is not encoded yet
     assert step.feed([a, b]) == (ROWS, [], 0)
@@ -197,10 +201,8 @@ def test_rows_beyond_the_steps_budget_wait_for_the_next_step(projector, encoder)
 def test_a_sequence_whose_image_cannot_be_encoded_is_reported_and_the_others_fed(projector, encoder):
     batch = FakeBatch(n_batch=8)
     step = ImageStep(projector, batch, encoder)
-    tokens_a, images_a = prompt_of(projector, 10)
-    tokens_b, images_b = prompt_of(projector, 20)
-    a = slot(0, tokens_a, ImagePrompt(projector, images_a, tokens_a))
-    b = slot(1, tokens_b, ImagePrompt(projector, images_b, tokens_b))
+    a, _tokens_a = image_slot(projector, 0, 10)
+    b, _tokens_b = image_slot(projector, 1, 20)
     ready(encoder, a.job.images.locate(a.pending[0])[0])
     projector.failure = RuntimeError("mtmd_encode_chunk returned 1")
     with pytest.raises(RuntimeError):
@@ -216,10 +218,8 @@ def test_a_sequence_whose_image_cannot_be_encoded_is_reported_and_the_others_fed
 def test_a_batch_requests_rows_stay_within_the_batch_share(projector, encoder):
     batch = FakeBatch(n_batch=8)
     step = ImageStep(projector, batch, encoder)
-    tokens_a, images_a = prompt_of(projector, 10)
-    tokens_b, images_b = prompt_of(projector, 20)
-    background = slot(0, tokens_a, ImagePrompt(projector, images_a, tokens_a), batch=True)
-    interactive = slot(1, tokens_b, ImagePrompt(projector, images_b, tokens_b))
+    background, _tokens_a = image_slot(projector, 0, 10, batch=True)
+    interactive, _tokens_b = image_slot(projector, 1, 20)
     for sequence in (background, interactive):
         ready(encoder, sequence.job.images.locate(sequence.pending[0])[0])
     assert step.feed([background, interactive], batch_budget=1) == (1 + ROWS, [], 1)
