@@ -78,7 +78,6 @@ class BatchScheduler:
             None
             if projector is None
             else ImageStep(
-                projector,
                 EmbeddingBatch(native.ctx, projector.n_embd, n_batch),
                 ImageEncoder(projector, self._wake, self.counters),
             )

@@ -103,7 +103,6 @@ class ImageEncoder:
         self._done_bytes = 0
         self._running: set[str] = set()
         self._failed: collections.OrderedDict[str, BaseException] = collections.OrderedDict()
-        self.completed = 0  # encodes finished, written under `wake`
 
     def rows(self, chunk: ImageChunk, cancelled: Callable[[], bool]) -> np.ndarray | None:
         """The chunk's embeddings when they are ready; else None, and its encode is under way. Raises what its
@@ -149,9 +148,7 @@ class ImageEncoder:
                     self._failed.popitem(last=False)
             elif rows is not None:
                 self._keep(chunk.key, rows)
-        with self._wake:
-            self.completed += 1
-        self._wake.signal()
+        self._wake.signal()  # an event the scheduler may be sleeping for
 
     def _keep(self, key: str, rows: np.ndarray) -> None:
         self._done[key] = rows
@@ -167,8 +164,7 @@ class ImageStep:
     llama_decode calls of their own (a batch carries tokens or embeddings, never both). A sequence whose image is
     still being encoded waits; the others go on. A chunk's rows stay with its request until it is fed whole."""
 
-    def __init__(self, projector: Projector, batch: EmbeddingBatch, encoder: ImageEncoder) -> None:
-        self._projector = projector
+    def __init__(self, batch: EmbeddingBatch, encoder: ImageEncoder) -> None:
         self._batch = batch
         self.encoder = encoder
         self.waiting = False  # the last feed found a sequence waiting for its image's encode

@@ -87,11 +87,11 @@ def ready(encoder: ImageEncoder, chunk: ImageChunk, cancelled=lambda: False) -> 
     """Ask until the rows are there, waking on each finished encode (as the scheduler does)."""
     with encoder.wake:
         while True:
-            seen = encoder.completed  # before asking: an encode may end (and count) within the call
+            seen = encoder.wake.events  # before asking: an encode may end (and signal) within the call
             rows = encoder.rows(chunk, cancelled)
             if rows is not None:
                 return rows
-            assert encoder.wake.wait_for(lambda seen=seen: encoder.completed != seen, timeout=10)
+            assert encoder.wake.wait_for(lambda seen=seen: encoder.wake.events != seen, timeout=10)
 
 
 def test_an_image_prompt_finds_each_row_by_its_pseudo_id(projector):
@@ -131,7 +131,7 @@ def test_an_encode_whose_request_was_cancelled_before_its_turn_is_skipped(projec
     chunk, _ = ImagePrompt(projector, images, tokens).locate(tokens[2])
     assert encoder.rows(chunk, lambda: True) is None
     with encoder.wake:
-        assert encoder.wake.wait_for(lambda: encoder.completed == 1, timeout=10)
+        assert encoder.wake.wait_for(lambda: encoder.wake.events == 1, timeout=10)
     assert projector.encoded == []
     assert ready(encoder, chunk)[0, 0] == 10  # asked again by a live request: encoded then
 
@@ -171,7 +171,7 @@ def image_slot(projector: FakeProjector, seq_id: int, value: int, *, batch=False
 
 def test_a_step_feeds_ready_rows_and_a_sequence_waiting_for_its_encode_waits(projector, encoder):
     batch = FakeBatch(n_batch=4)
-    step = ImageStep(projector, batch, encoder)
+    step = ImageStep(batch, encoder)
     a, tokens_a = image_slot(projector, 0, 10)
     b, _tokens_b = image_slot(projector, 1, 20)
     ready(encoder, a.job.images.locate(a.pending[0])[0])
@@ -188,7 +188,7 @@ def test_a_step_feeds_ready_rows_and_a_sequence_waiting_for_its_encode_waits(pro
 
 def test_rows_beyond_the_steps_budget_wait_for_the_next_step(projector, encoder):
     batch = FakeBatch(n_batch=2)
-    step = ImageStep(projector, batch, encoder)
+    step = ImageStep(batch, encoder)
     tokens, images = prompt_of(projector, 10)
     sequence = slot(5, tokens, ImagePrompt(projector, images, tokens))
     ready(encoder, sequence.job.images.locate(sequence.pending[0])[0])
@@ -200,7 +200,7 @@ def test_rows_beyond_the_steps_budget_wait_for_the_next_step(projector, encoder)
 
 def test_a_sequence_whose_image_cannot_be_encoded_is_reported_and_the_others_fed(projector, encoder):
     batch = FakeBatch(n_batch=8)
-    step = ImageStep(projector, batch, encoder)
+    step = ImageStep(batch, encoder)
     a, _tokens_a = image_slot(projector, 0, 10)
     b, _tokens_b = image_slot(projector, 1, 20)
     ready(encoder, a.job.images.locate(a.pending[0])[0])
@@ -209,15 +209,15 @@ def test_a_sequence_whose_image_cannot_be_encoded_is_reported_and_the_others_fed
         ready(encoder, b.job.images.locate(b.pending[0])[0])
     b.job.images.locate(b.pending[0])[0].key += "-again"  # asked again: fails again, now inside the step
     with encoder.wake:
-        seen = encoder.completed
+        seen = encoder.wake.events
         assert step.feed([a, b]) == (ROWS, [], 0)  # b's encode is under way
-        assert encoder.wake.wait_for(lambda: encoder.completed != seen, timeout=10)
+        assert encoder.wake.wait_for(lambda: encoder.wake.events != seen, timeout=10)
     assert step.feed([b]) == (0, [b], 0)  # reported once its encode has ended
 
 
 def test_a_batch_requests_rows_stay_within_the_batch_share(projector, encoder):
     batch = FakeBatch(n_batch=8)
-    step = ImageStep(projector, batch, encoder)
+    step = ImageStep(batch, encoder)
     background, _tokens_a = image_slot(projector, 0, 10, batch=True)
     interactive, _tokens_b = image_slot(projector, 1, 20)
     for sequence in (background, interactive):
@@ -235,9 +235,9 @@ def test_finished_encodes_are_kept_within_the_cache_bound_even_when_nobody_asks_
         chunk, _ = ImagePrompt(projector, images, tokens).locate(tokens[2])
         chunks.append(chunk)
         with encoder.wake:
-            seen = encoder.completed
+            seen = encoder.wake.events
             assert encoder.rows(chunk, lambda: False) is None
-            assert encoder.wake.wait_for(lambda seen=seen: encoder.completed != seen, timeout=10)
+            assert encoder.wake.wait_for(lambda seen=seen: encoder.wake.events != seen, timeout=10)
     assert encoder._running == set()
     assert len(encoder._done) == 5 and encoder._done_bytes <= ENCODED_CACHE_BYTES
 
@@ -245,7 +245,7 @@ def test_finished_encodes_are_kept_within_the_cache_bound_even_when_nobody_asks_
 def test_a_chunk_being_fed_keeps_its_rows_though_the_cache_drops_them(projector, encoder, monkeypatch):
     monkeypatch.setattr("server.engine.image_inputs.ENCODED_CACHE_BYTES", 1)  # the cache keeps the newest only
     batch = FakeBatch(n_batch=1)
-    step = ImageStep(projector, batch, encoder)
+    step = ImageStep(batch, encoder)
     tokens, images = prompt_of(projector, 10)
     sequence = slot(0, tokens, ImagePrompt(projector, images, tokens))
     ready(encoder, sequence.job.images.locate(sequence.pending[0])[0])
