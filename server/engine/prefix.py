@@ -8,9 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# A prompt whose prefix another request is still prefilling waits for it if it would gain at least this much; a
-# prefix is copied from another sequence (its whole KV stream is copied) only if it saves at least this much.
+# A prompt whose prefix another request is still prefilling waits for it if it would gain at least this much.
 MIN_PREFIX_GAIN = 32
+# A prefix is copied from another sequence if it saves at least this many tokens. The copy is of the whole KV stream
+# (a memcpy of the sequence's n_ctx cells), which costs far less than prefilling a few tokens: SmolLM2 on 2 cores
+# prefills at about 7 ms a token, and a chat template's default system prompt (28 tokens there) copied into an empty
+# sequence took its 42-token prompt's prefill from about 320 ms to about 120-200 ms (docs/benchmarks.md). Below a
+# few tokens (a template's opening tags) there is nothing worth a copy.
+MIN_COPY_GAIN = 8
 # A free sequence whose cached tokens beyond the prompt's are at most this many is taken before one that would lose
 # more: a long cached prefix (a system prompt, one restored from disk) is not cut for a prompt that shares only the
 # chat template's first tokens with it while an empty sequence is free.
@@ -57,7 +62,7 @@ def place(prompt: Sequence[int], slots: Sequence[SlotView]) -> Placement | None:
     source, reuse = slot, own[slot]
     for i, view in enumerate(slots):
         shared = min(common_prefix(view.cached, prompt), limit)
-        if shared >= reuse + MIN_PREFIX_GAIN:
+        if shared >= reuse + MIN_COPY_GAIN:
             source, reuse = i, shared
     return Placement(slot=slot, source=source, reuse=reuse)
 
