@@ -7,6 +7,8 @@
 # running.
 #
 #   scripts/docker-e2e.sh        (or: make docker-e2e)
+#   SLM_E2E_EXTRAS=ray scripts/docker-e2e.sh    the image with Ray in it (--build-arg EXTRAS=ray), and the KubeRay
+#                                               RayService's Serve application run in it and answering a chat
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -20,6 +22,8 @@ export DOCKER_BUILDKIT=1
 # The default path is the one tested: no base image chosen from the environment.
 unset SLM_BASE_IMAGE
 BASE=debian:bookworm-slim
+EXTRAS="${SLM_E2E_EXTRAS:-}"
+RAY_CONTAINER=slm-e2e-ray
 
 log() { printf '[docker-e2e %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 fail() { log "FAIL: $*"; exit 1; }
@@ -50,6 +54,10 @@ cleanup() {
         compose down -v --remove-orphans >/dev/null 2>&1
     fi
     [ -n "${HUB_PID:-}" ] && kill "$HUB_PID" 2>/dev/null
+    if [ -n "${DOCKER_HOST:-}" ] && $DOCKER inspect "$RAY_CONTAINER" >/dev/null 2>&1; then
+        $DOCKER logs --tail 40 "$RAY_CONTAINER" > "$WORK/container.log" 2>&1
+        $DOCKER rm -f "$RAY_CONTAINER" >/dev/null 2>&1
+    fi
     "$REPO/scripts/private-dockerd.sh" stop
     rm -f "$REPO/docker/ca-certificates/host-bundle.crt"
     network_state > "$WORK/network.after"
@@ -83,9 +91,10 @@ DOCKER_CLI=$DOCKER docker/build-base-image.sh "$BASE"
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
     cp /etc/ssl/certs/ca-certificates.crt docker/ca-certificates/host-bundle.crt
 fi
-log "building the image"
+log "building the image${EXTRAS:+ with EXTRAS=$EXTRAS}"
 started=$(date +%s)
-$DOCKER build --network host -t slm-server:latest . > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; fail "image build"; }
+$DOCKER build --network host --build-arg EXTRAS="$EXTRAS" -t slm-server:latest . > "$WORK/build.log" 2>&1 \
+    || { tail -30 "$WORK/build.log"; fail "image build"; }
 log "image built in $(( $(date +%s) - started )) s; size $($DOCKER image inspect slm-server:latest --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"
 [ "$($DOCKER image inspect slm-server:latest --format '{{index .RootFS.Layers 0}}')" = \
   "$($DOCKER image inspect "$BASE" --format '{{index .RootFS.Layers 0}}')" ] || fail "the image is not built on $BASE"
@@ -204,3 +213,51 @@ log "pull through docker compose run put the model in the volume; list sees it"
 
 compose down -v
 log "compose down -v"
+
+# With Ray in the image, the KubeRay RayService's Serve application (its serveConfigV2, as KubeRay would deploy it)
+# runs in this same image through `slm-server ray`, adapted to one container: loopback on its own port, the test
+# key from a mounted key file (the Secret's place), one replica of one CPU instead of autoscaling.
+if [[ ",$EXTRAS," == *,ray,* ]]; then
+    RAY_PORT=$((PORT + 2))
+    ray_version=$($DOCKER run --rm --network host --entrypoint python3 slm-server:latest \
+        -c 'import ray.serve, server.cluster.ray_app; print(ray.__version__)') || fail "Ray Serve is not in the image"
+    python3 - deploy/k8s/ray/rayservice.yaml "$RAY_PORT" "$WORK/serve.yaml" "$ray_version" <<'PY' || fail "serve config"
+import sys, yaml
+service = yaml.safe_load(open(sys.argv[1]))
+expected = service["spec"]["rayClusterConfig"]["rayVersion"]
+assert expected == sys.argv[4], f"the RayService says Ray {expected}; the image has {sys.argv[4]}"
+config = yaml.safe_load(service["spec"]["serveConfigV2"])
+config["proxy_location"] = "HeadOnly"
+config["http_options"] = {"host": "127.0.0.1", "port": int(sys.argv[2])}
+(app,) = config["applications"]
+app["args"]["api_key_file"] = "/config/api-keys"
+for deployment in app["deployments"]:
+    if deployment["name"] == "ModelReplica":
+        del deployment["autoscaling_config"]
+        deployment["num_replicas"] = 1
+        deployment["ray_actor_options"]["num_cpus"] = 1
+yaml.safe_dump(config, open(sys.argv[3], "w"))
+PY
+    printf '%s\n' "$KEY" > "$WORK/api-keys"
+    chmod a+r "$WORK/serve.yaml" "$WORK/api-keys"
+    log "Ray $ray_version in the image (the RayService's rayVersion); starting its Serve application"
+    $DOCKER run -d --name "$RAY_CONTAINER" --network host --shm-size 512m --entrypoint slm-server \
+        -v "$WORK/serve.yaml:/config/serve.yaml:ro" -v "$WORK/api-keys:/config/api-keys:ro" \
+        slm-server:latest ray --config /config/serve.yaml > /dev/null
+    RAY_URL="http://127.0.0.1:$RAY_PORT"
+    for _ in $(seq 1 90); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "$RAY_URL/health")" = 200 ] && break
+        [ "$($DOCKER inspect --format '{{.State.Running}}' "$RAY_CONTAINER")" = true ] || fail "the Ray container stopped"
+        sleep 2
+    done
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$RAY_URL/health")" = 200 ] || fail "Ray Serve never answered /health"
+    status=$(curl -s -o /dev/null -w '%{http_code}' "$RAY_URL/v1/chat/completions" \
+        -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}')
+    [ "$status" = 401 ] || fail "through Ray, a request without the API key got $status, not 401"
+    reply=$(curl -sf "$RAY_URL/v1/chat/completions" -H "Authorization: Bearer $KEY" \
+        -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16}') \
+        || fail "the chat completion through Ray failed"
+    echo "$reply" | python3 -c 'import json,sys; r=json.load(sys.stdin); assert r["choices"][0]["message"]["content"], r; print("chat reply through Ray:", r["choices"][0]["message"]["content"])'
+    $DOCKER rm -f "$RAY_CONTAINER" > /dev/null
+    log "the RayService's Serve application ran in the image: 401 without a key, a chat with it"
+fi
