@@ -28,6 +28,18 @@ RAY_CONTAINER=slm-e2e-ray
 log() { printf '[docker-e2e %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 fail() { log "FAIL: $*"; exit 1; }
 
+# A 401 without the API key, then a chat completion with it, at base URL $1 ($2 names where, for the messages).
+check_chat() {
+    local status reply
+    status=$(curl -s -o /dev/null -w '%{http_code}' "$1/v1/chat/completions" \
+        -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}')
+    [ "$status" = 401 ] || fail "$2: a request without the API key got $status, not 401"
+    reply=$(curl -sf "$1/v1/chat/completions" -H "Authorization: Bearer $KEY" \
+        -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16}') \
+        || fail "$2: the authenticated chat completion failed"
+    echo "$reply" | python3 -c 'import json,sys; r=json.load(sys.stdin); assert r["choices"][0]["message"]["content"], r; print(sys.argv[1], "chat reply:", r["choices"][0]["message"]["content"])' "$2"
+}
+
 [ "$(id -u)" = 0 ] || fail "run as root (it starts a private dockerd)"
 
 network_state() {
@@ -142,13 +154,7 @@ done
 log "healthy"
 
 URL="http://127.0.0.1:$PORT"
-status=$(curl -s -o /dev/null -w '%{http_code}' "$URL/v1/chat/completions" \
-    -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}')
-[ "$status" = 401 ] || fail "a request without the API key got $status, not 401"
-reply=$(curl -sf "$URL/v1/chat/completions" -H "Authorization: Bearer $KEY" \
-    -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16}') \
-    || fail "the authenticated chat completion failed"
-echo "$reply" | python3 -c 'import json,sys; r=json.load(sys.stdin); assert r["choices"][0]["message"]["content"], r; print("chat reply:", r["choices"][0]["message"]["content"])'
+check_chat "$URL" "compose"
 dims=$(curl -sf "$URL/v1/embeddings" -H "Authorization: Bearer $KEY" \
     -d '{"model": "all-minilm-l6-v2", "input": "offline embeddings"}' \
     | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["data"][0]["embedding"]))') || fail "embeddings failed"
@@ -251,13 +257,7 @@ PY
         sleep 2
     done
     [ "$(curl -s -o /dev/null -w '%{http_code}' "$RAY_URL/health")" = 200 ] || fail "Ray Serve never answered /health"
-    status=$(curl -s -o /dev/null -w '%{http_code}' "$RAY_URL/v1/chat/completions" \
-        -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}')
-    [ "$status" = 401 ] || fail "through Ray, a request without the API key got $status, not 401"
-    reply=$(curl -sf "$RAY_URL/v1/chat/completions" -H "Authorization: Bearer $KEY" \
-        -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16}') \
-        || fail "the chat completion through Ray failed"
-    echo "$reply" | python3 -c 'import json,sys; r=json.load(sys.stdin); assert r["choices"][0]["message"]["content"], r; print("chat reply through Ray:", r["choices"][0]["message"]["content"])'
+    check_chat "$RAY_URL" "Ray Serve"
     $DOCKER rm -f "$RAY_CONTAINER" > /dev/null
     log "the RayService's Serve application ran in the image: 401 without a key, a chat with it"
 fi
