@@ -188,7 +188,11 @@ class _DrainingServer(uvicorn.Server):
         a small one (not autotuning up to 4 MiB) makes a client that stops reading block its stream's sends, and
         meet the send timeout, early."""
         host, port = self.config.host, self.config.port
-        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP by name: asyncio sets TCP_NODELAY only on connections of a socket that says it is TCP. With
+        # proto 0, a response's separate writes met the client's delayed ACK: 44 ms a request on a kept-alive
+        # connection (the official SDKs keep theirs alive), against 3 ms.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._app.state.settings.socket_send_buffer_bytes)
         try:
