@@ -252,11 +252,12 @@ PY
         slm-server:latest ray --config /config/serve.yaml > /dev/null
     RAY_URL="http://127.0.0.1:$RAY_PORT"
     for _ in $(seq 1 90); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "$RAY_URL/health")" = 200 ] && break
+        ray_health=$(curl -s -o /dev/null -w '%{http_code}' "$RAY_URL/health" || true)  # 000 until it listens
+        [ "$ray_health" = 200 ] && break
         [ "$($DOCKER inspect --format '{{.State.Running}}' "$RAY_CONTAINER")" = true ] || fail "the Ray container stopped"
         sleep 2
     done
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$RAY_URL/health")" = 200 ] || fail "Ray Serve never answered /health"
+    [ "$ray_health" = 200 ] || fail "Ray Serve never answered /health (last status: $ray_health)"
     check_chat "$RAY_URL" "Ray Serve"
     $DOCKER rm -f "$RAY_CONTAINER" > /dev/null
     log "the RayService's Serve application ran in the image: 401 without a key, a chat with it"
