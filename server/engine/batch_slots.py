@@ -30,6 +30,7 @@ class Job(DeltaStream):
         thinking: ThinkingLimit | None = None,
         shown: frozenset[int] = frozenset(),
         images: ImagePrompt | None = None,
+        sink: Callable[[GenerationDelta], None] | None = None,
     ):
         super().__init__(asyncio.Queue())
         self.request = request
@@ -39,10 +40,15 @@ class Job(DeltaStream):
         self.shown = shown  # control tokens whose text the reply shows (a tool-call syntax's markers)
         self.cancelled = False
         self.batch = request.priority == "batch"  # runs only in capacity interactive requests leave
+        self.sink = sink  # where its deltas go from the scheduler's thread; its stream then sees only its end
         self._loop = loop
         self._wake = wake
 
     def emit(self, item: GenerationDelta | BaseException) -> None:
+        if self.sink is not None and not isinstance(item, BaseException):
+            self.sink(item)
+            if item.finish_reason is None:
+                return
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         except RuntimeError:  # the event loop is gone: nobody is listening any more

@@ -21,15 +21,16 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import llama_cpp
 
 from server.config import SpeculativeSpec
 from server.engine.admission import Admission
-from server.engine.base import EngineCounters, GenerationRequest
+from server.engine.base import EngineCounters, GenerationDelta, GenerationRequest
 from server.engine.batch_share import BatchSequence, BatchShare
 from server.engine.batch_slots import Job, Slot, discard
+from server.engine.delta_outlet import DeltaOutlet
 from server.engine.draft_model import DraftModel
 from server.engine.draft_placement import DraftPlacement
 from server.engine.image_feed import EmbeddingBatch
@@ -73,6 +74,8 @@ class BatchScheduler:
         self._memory = llama_cpp.llama_get_memory(native.ctx)
         self.counters = EngineCounters()
         self.step_started: float | None = None  # monotonic start of the running step; None while idle (watchdog)
+        # Where the deltas of jobs with a sink are flushed after each step (the worker's pipe); None: no such jobs.
+        self.outlet: DeltaOutlet | None = None
         self._sampler = StepSampler(native, self._memory, self.counters, n_ctx=n_ctx, finish=self._finish)
         self._images = (
             None
@@ -126,12 +129,14 @@ class BatchScheduler:
         thinking: ThinkingLimit | None = None,
         shown: frozenset[int] = frozenset(),
         images: ImagePrompt | None = None,
+        sink: Callable[[GenerationDelta], None] | None = None,
     ) -> Job:
         """Queue a request (with its compiled grammar sampler and its images' chunks, which the scheduler then owns
         and frees, and its thinking budget); raises OverloadedError (429) at once when the wait queue is full. Only
         interactive requests count, and only an interactive one is refused: batch requests yield their sequences
-        to them."""
-        job = Job(request, asyncio.get_running_loop(), self._wake, grammar, thinking, shown, images)
+        to them. With a `sink` (which must feed `outlet`), each delta is handed to it on this thread, and the
+        job's stream yields only the last one."""
+        job = Job(request, asyncio.get_running_loop(), self._wake, grammar, thinking, shown, images, sink)
         with self._wake:
             if not job.batch:
                 running = sum(slot.job is not None and not slot.job.batch for slot in self._slots)
@@ -159,7 +164,10 @@ class BatchScheduler:
                     self.step_started = time.monotonic()
                     self._admit()
                     seen = self._wake.events
-                if not self._step() and self._images is not None and self._images.waiting:
+                stepped = self._step()
+                if self.outlet is not None:
+                    self.outlet.flush()  # this step's deltas, in one message
+                if not stepped and self._images is not None and self._images.waiting:
                     # Nothing to do until an image is encoded (waiting requests wait for a sequence that waits for
                     # it): sleep until an encode ends, or a request comes or leaves.
                     with self._wake:

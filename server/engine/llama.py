@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from server.config import ConfigError, ModelSpec, SpeculativeSpec
 from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest, RGBImage
 from server.engine.batching import BatchScheduler
 from server.engine.cpu import resolve_use_extra_bufts
+from server.engine.delta_outlet import DeltaOutlet
 from server.engine.draft_model import DraftModel
 from server.engine.gguf_check import GGUFProblem, check_gguf
 from server.engine.grammar_cache import GrammarCache
@@ -256,17 +257,28 @@ class LlamaCppEngine:
     def check_batch_room(self, sequences: int = 1) -> None:
         """Batch requests are placed by the scheduler itself, behind interactive ones."""
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+    def send_deltas_through(self, outlet: DeltaOutlet) -> None:
+        """Let requests given a `sink` (see `generate`) have their deltas flushed to `outlet` after each step."""
+        self._scheduler.outlet = outlet
+
+    def generate(
+        self, request: GenerationRequest, sink: Callable[[GenerationDelta], None] | None = None
+    ) -> AsyncIterator[GenerationDelta]:
+        """The request's deltas. With a `sink` (feeding the outlet given to `send_deltas_through`), each delta is
+        handed to it on the scheduler's thread as it is made, and the stream yields only the last one (or the
+        failure): the worker sends a step's deltas without waking its event loop."""
         shown = self._single_tokens(request.shown_tokens)
         if request.images and self._projector is None:
             raise InvalidRequestError(f"The model `{self._spec.name}` does not take images.", param="messages")
         if not request.images and any(token < 0 for token in request.prompt_tokens):
             raise InvalidRequestError("The prompt holds image tokens but the request no images.")
         if request.grammar is None and not request.images:
-            return self._scheduler.submit(request, thinking=self._thinking_limit(request), shown=shown)
-        return self._prepared(request, shown)
+            return self._scheduler.submit(request, thinking=self._thinking_limit(request), shown=shown, sink=sink)
+        return self._prepared(request, shown, sink)
 
-    async def _prepared(self, request: GenerationRequest, shown: frozenset[int]) -> AsyncIterator[GenerationDelta]:
+    async def _prepared(
+        self, request: GenerationRequest, shown: frozenset[int], sink: Callable[[GenerationDelta], None] | None
+    ) -> AsyncIterator[GenerationDelta]:
         """A request that needs work before it is queued, done in threads (never on the scheduler's thread or
         this loop): its output grammar, compiled before admission (compile_grammar), cloned here or compiled
         again if it left the cache meanwhile; its images' chunks, made again from the images (they are not sent
@@ -287,7 +299,7 @@ class LlamaCppEngine:
             raise
         # the job owns both from here, and frees them even when the scheduler refuses it
         job = self._scheduler.submit(
-            request, grammar, thinking=self._thinking_limit(request), shown=shown, images=images
+            request, grammar, thinking=self._thinking_limit(request), shown=shown, images=images, sink=sink
         )
         async with contextlib.aclosing(job):
             async for delta in job:

@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from server.engine.bounded_stderr import bound_stderr
+from server.engine.delta_outlet import DeltaOutlet
 from server.engine.prompt_store import PromptCacheConfig
 from server.errors import APIError, InternalError
 
@@ -103,9 +104,14 @@ class _Worker:
         self._conn = conn
         self._engine = engine
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        # Deltas of the streams, sent as one message per event-loop turn: the scheduler hands over every
-        # sequence's delta of a decode step at once, so a step costs one pickle and one write, not one per stream.
-        self._deltas: list[tuple[int, Any]] = []
+        self._outlet = DeltaOutlet(self._write)
+        # llama.cpp's engine writes a step's deltas to the pipe from its scheduler thread (server/engine/
+        # delta_outlet.py); another engine's deltas are sent from this loop, one message per loop turn.
+        direct = getattr(engine, "send_deltas_through", None)
+        self._direct = direct is not None
+        if direct is not None:
+            direct(self._outlet)
+        self._flush_due = False
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -179,10 +185,14 @@ class _Worker:
 
     async def _generate(self, request_id: int, request: Any) -> None:
         try:
-            stream = self._engine.generate(request)
+            if self._direct:  # its deltas are sent from the scheduler's thread; the stream shows only its end
+                stream = self._engine.generate(request, sink=self._outlet.sink(request_id))
+            else:
+                stream = self._engine.generate(request)
             async with contextlib.aclosing(stream):
                 async for delta in stream:
-                    self._queue_delta(request_id, delta)
+                    if not self._direct:
+                        self._queue_delta(request_id, delta)
         except asyncio.CancelledError:
             pass  # the client went away; closing the stream freed its sequence
         except Exception as exc:
@@ -197,18 +207,17 @@ class _Worker:
         self._send(("error", request_id, WireError.of(exc)))
 
     def _queue_delta(self, request_id: int, delta: Any) -> None:
-        if not self._deltas:
+        self._outlet.put(request_id, delta)
+        if not self._flush_due:
+            self._flush_due = True
             asyncio.get_running_loop().call_soon(self._flush_deltas)
-        self._deltas.append((request_id, delta))
 
     def _flush_deltas(self) -> None:
-        if self._deltas:
-            deltas, self._deltas = self._deltas, []
-            self._write(("deltas", deltas))
+        self._flush_due = False
+        self._outlet.flush()
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        self._flush_deltas()  # a request's error or result never overtakes its deltas
-        self._write(message)
+        self._outlet.send(message)  # a request's error or result never overtakes its deltas
 
     def _write(self, message: tuple[Any, ...]) -> None:
         with contextlib.suppress(OSError):  # the HTTP process is gone; the inbox thread stops us

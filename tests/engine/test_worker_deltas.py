@@ -95,3 +95,87 @@ def test_an_error_follows_the_deltas_sent_before_it():
     assert "the grammar gave up" in str(error)
     conn.send(("shutdown",))
     worker.join(WAIT_S)
+
+
+class ScheduledEngine:
+    """Like llama.cpp's engine: a stream's deltas go to its sink on another thread (the scheduler's), which
+    flushes the outlet after each step; the stream itself yields only the last delta."""
+
+    def __init__(self) -> None:
+        self.outlet: Any = None
+        self.sinks: list[Any] = []
+        self.ends: list[asyncio.Queue[GenerationDelta | BaseException]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.started = threading.Semaphore(0)
+        self.loop_blocked = threading.Event()
+        self.unblock = threading.Event()
+
+    def stalled_s(self) -> float:
+        return 0.0
+
+    def send_deltas_through(self, outlet: Any) -> None:
+        self.outlet = outlet
+
+    async def counters(self) -> None:
+        self.loop_blocked.set()
+        assert self.unblock.wait(WAIT_S)  # holds the worker's event loop: nothing else runs on it meanwhile
+
+    async def generate(self, request: GenerationRequest, sink: Any):
+        self.loop = asyncio.get_running_loop()
+        end: asyncio.Queue[GenerationDelta | BaseException] = asyncio.Queue()
+        self.sinks.append(sink)
+        self.ends.append(end)
+        self.started.release()
+        item = await end.get()
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+    def step(self, text: str, finish: bool = False, flush: bool = True) -> None:
+        for sink, end in zip(self.sinks, self.ends, strict=True):
+            delta = GenerationDelta(text, 1, "stop" if finish else None)
+            sink(delta)
+            if finish:
+                assert self.loop is not None
+                self.loop.call_soon_threadsafe(end.put_nowait, delta)
+        if flush:
+            self.outlet.flush()
+
+
+def test_a_scheduler_s_deltas_cross_the_pipe_while_the_worker_s_loop_is_busy():
+    engine = ScheduledEngine()
+    conn, worker = serve(engine)
+    for request_id in (1, 2):
+        conn.send(("generate", request_id, REQUEST))
+    for _ in range(2):
+        assert engine.started.acquire(timeout=WAIT_S)
+    conn.send(("counters", 9))
+    assert engine.loop_blocked.wait(WAIT_S)
+    engine.step("a")  # from this thread, as the scheduler's: the loop cannot have sent these
+    kind, deltas = received(conn)
+    assert kind == "deltas" and deltas == [(1, GenerationDelta("a", 1)), (2, GenerationDelta("a", 1))]
+    engine.unblock.set()
+    assert received(conn) == ("result", 9, None)
+    engine.step("b", finish=True)
+    kind, deltas = received(conn)
+    assert kind == "deltas" and [d.finish_reason for _, d in deltas] == ["stop", "stop"]
+    conn.send(("ping",))
+    assert received(conn)[0] == "pong"  # the streams' last deltas were not sent a second time by the loop
+    conn.send(("shutdown",))
+    worker.join(WAIT_S)
+    assert not worker.is_alive()
+
+
+def test_an_error_of_a_scheduled_stream_follows_its_deltas_not_yet_flushed():
+    engine = ScheduledEngine()
+    conn, worker = serve(engine)
+    conn.send(("generate", 4, REQUEST))
+    assert engine.started.acquire(timeout=WAIT_S)
+    engine.step("partial", flush=False)
+    assert engine.loop is not None
+    engine.loop.call_soon_threadsafe(engine.ends[0].put_nowait, InvalidRequestError("the grammar gave up"))
+    assert received(conn) == ("deltas", [(4, GenerationDelta("partial", 1))])
+    kind, request_id, error = received(conn)
+    assert (kind, request_id) == ("error", 4) and "the grammar gave up" in str(error)
+    conn.send(("shutdown",))
+    worker.join(WAIT_S)
