@@ -77,6 +77,8 @@ def roles(server_pid: int, ours: bool) -> dict[tuple[int, int], str]:
     named = {}
     for pid in pids:
         process = "http" if pid == server_pid else "worker"
+        if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            process = "resource tracker"  # multiprocessing's, beside the workers
         if not ours:
             process = "llama-server"
         names = python_thread_names(pid) if ours else {}
