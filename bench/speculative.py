@@ -31,8 +31,11 @@ from server.engine.llama import CACHE_TYPES, LlamaCppEngine, load_weights
 from server.engine.native import NativeModel, sequences_context
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENT = (ROOT / "server" / "engine" / "prefix.py").read_text()[:1500]
-CODE = (ROOT / "server" / "engine" / "text.py").read_text()[:1500]
+# Fixed texts (how much a model repeats depends on the text, so they must not change when the code does): the
+# real tier's quoted document (an early server/engine/prefix.py), and the first 1,500 characters of
+# server/engine/text.py as of 2026-12-04.
+DOCUMENT = (ROOT / "tests" / "real" / "quoted_document.txt").read_text()
+CODE = (ROOT / "bench" / "edit_workload.txt").read_text()
 WORKLOADS = {
     "quote": ["Repeat the following text exactly, word for word:\n\n" + DOCUMENT],
     "edit": ["Rewrite this Python file with every `slot` renamed to `seq`. Output the whole file.\n\n" + CODE],
