@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import llama_cpp
 
 from server.engine.base import GenerationDelta, GenerationRequest, TokenLogprob
+from server.engine.delta_outlet import Forwarded
 from server.engine.delta_stream import DeltaStream
 from server.engine.grammar_guard import StepGuard
 from server.engine.image_inputs import ImagePrompt, Wake
@@ -30,7 +31,7 @@ class Job(DeltaStream):
         thinking: ThinkingLimit | None = None,
         shown: frozenset[int] = frozenset(),
         images: ImagePrompt | None = None,
-        sink: Callable[[GenerationDelta], None] | None = None,
+        sink: Callable[[GenerationDelta | BaseException], None] | None = None,
     ):
         super().__init__(asyncio.Queue())
         self.request = request
@@ -40,14 +41,20 @@ class Job(DeltaStream):
         self.shown = shown  # control tokens whose text the reply shows (a tool-call syntax's markers)
         self.cancelled = False
         self.batch = request.priority == "batch"  # runs only in capacity interactive requests leave
-        self.sink = sink  # where its deltas go from the scheduler's thread; its stream then sees only its end
+        # Where its deltas and its failure go from the scheduler's thread, in the order they are made; its stream
+        # then yields only the last delta, or raises Forwarded in place of the failure.
+        self.sink = sink
         self._loop = loop
         self._wake = wake
 
     def emit(self, item: GenerationDelta | BaseException) -> None:
-        if self.sink is not None and not isinstance(item, BaseException):
+        if self.sink is not None:
+            if self.cancelled:
+                return  # its request is over where the sink leads: nothing more goes out for it
             self.sink(item)
-            if item.finish_reason is None:
+            if isinstance(item, BaseException):
+                item = Forwarded()
+            elif item.finish_reason is None:
                 return
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)

@@ -129,13 +129,13 @@ class BatchScheduler:
         thinking: ThinkingLimit | None = None,
         shown: frozenset[int] = frozenset(),
         images: ImagePrompt | None = None,
-        sink: Callable[[GenerationDelta], None] | None = None,
+        sink: Callable[[GenerationDelta | BaseException], None] | None = None,
     ) -> Job:
         """Queue a request (with its compiled grammar sampler and its images' chunks, which the scheduler then owns
         and frees, and its thinking budget); raises OverloadedError (429) at once when the wait queue is full. Only
         interactive requests count, and only an interactive one is refused: batch requests yield their sequences
-        to them. With a `sink` (which must feed `outlet`), each delta is handed to it on this thread, and the
-        job's stream yields only the last one."""
+        to them. With a `sink` (which must feed `outlet`), each delta and the failure are handed to it on this
+        thread, and the job's stream yields only the last delta (or raises Forwarded)."""
         job = Job(request, asyncio.get_running_loop(), self._wake, grammar, thinking, shown, images, sink)
         with self._wake:
             if not job.batch:
@@ -165,8 +165,7 @@ class BatchScheduler:
                     self._admit()
                     seen = self._wake.events
                 stepped = self._step()
-                if self.outlet is not None:
-                    self.outlet.flush()  # this step's deltas, in one message
+                self._flush()
                 if not stepped and self._images is not None and self._images.waiting:
                     # Nothing to do until an image is encoded (waiting requests wait for a sequence that waits for
                     # it): sleep until an encode ends, or a request comes or leaves.
@@ -178,9 +177,16 @@ class BatchScheduler:
                 # Whatever failed, the requests in flight get an error and the loop lives on for the next ones.
                 logger.exception("scheduler step failed")
                 self._fail_all()
+                self._flush()
         with self._wake:
             for job in self._waiting:
                 job.emit(InternalError())
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send what this thread gave the outlet: a step's deltas in one message, and failures in their order."""
+        if self.outlet is not None:
+            self.outlet.flush()
 
     def _fail_all(self) -> None:
         with self._wake:

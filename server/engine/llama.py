@@ -262,11 +262,13 @@ class LlamaCppEngine:
         self._scheduler.outlet = outlet
 
     def generate(
-        self, request: GenerationRequest, sink: Callable[[GenerationDelta], None] | None = None
+        self, request: GenerationRequest, sink: Callable[[GenerationDelta | BaseException], None] | None = None
     ) -> AsyncIterator[GenerationDelta]:
-        """The request's deltas. With a `sink` (feeding the outlet given to `send_deltas_through`), each delta is
-        handed to it on the scheduler's thread as it is made, and the stream yields only the last one (or the
-        failure): the worker sends a step's deltas without waking its event loop."""
+        """The request's deltas. With a `sink` (feeding the outlet given to `send_deltas_through`), each delta, and
+        a failure the scheduler makes, is handed to it on the scheduler's thread as it is made; the stream yields
+        only the last delta, or raises Forwarded for a failure the sink had (any other failure, made before the
+        request reached the scheduler, is raised as it is): the worker sends a step's deltas without waking its
+        event loop."""
         shown = self._single_tokens(request.shown_tokens)
         if request.images and self._projector is None:
             raise InvalidRequestError(f"The model `{self._spec.name}` does not take images.", param="messages")
@@ -277,7 +279,10 @@ class LlamaCppEngine:
         return self._prepared(request, shown, sink)
 
     async def _prepared(
-        self, request: GenerationRequest, shown: frozenset[int], sink: Callable[[GenerationDelta], None] | None
+        self,
+        request: GenerationRequest,
+        shown: frozenset[int],
+        sink: Callable[[GenerationDelta | BaseException], None] | None,
     ) -> AsyncIterator[GenerationDelta]:
         """A request that needs work before it is queued, done in threads (never on the scheduler's thread or
         this loop): its output grammar, compiled before admission (compile_grammar), cloned here or compiled

@@ -22,12 +22,13 @@ import dataclasses
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 from server.engine.bounded_stderr import bound_stderr
-from server.engine.delta_outlet import DeltaOutlet
+from server.engine.delta_outlet import DeltaOutlet, Forwarded
 from server.engine.prompt_store import PromptCacheConfig
 from server.errors import APIError, InternalError
 
@@ -88,6 +89,14 @@ def serve(conn: Connection, spec_json: str, log_level: int, prompt_cache: Prompt
         asyncio.run(_Worker(conn, engine).run())
     finally:
         engine.close()
+
+
+def wire_error(exc: BaseException) -> WireError:
+    """A request's failure as it crosses the pipe; anything but an APIError is logged here and sent as a 500."""
+    if not isinstance(exc, APIError):
+        logger.error("request failed in the worker", exc_info=exc)
+        exc = InternalError()
+    return WireError.of(exc)
 
 
 def own_resident_bytes() -> int | None:
@@ -185,8 +194,8 @@ class _Worker:
 
     async def _generate(self, request_id: int, request: Any) -> None:
         try:
-            if self._direct:  # its deltas are sent from the scheduler's thread; the stream shows only its end
-                stream = self._engine.generate(request, sink=self._outlet.sink(request_id))
+            if self._direct:  # sent from the scheduler's thread, in order; the stream shows only its end
+                stream = self._engine.generate(request, sink=self._sink(request_id))
             else:
                 stream = self._engine.generate(request)
             async with contextlib.aclosing(stream):
@@ -195,16 +204,26 @@ class _Worker:
                         self._queue_delta(request_id, delta)
         except asyncio.CancelledError:
             pass  # the client went away; closing the stream freed its sequence
+        except Forwarded:
+            pass  # its error went out through the outlet, in order with its deltas
         except Exception as exc:
             self._send_error(request_id, exc)
         finally:
             self._tasks.pop(request_id, None)
 
-    def _send_error(self, request_id: int, exc: Exception) -> None:
-        if not isinstance(exc, APIError):
-            logger.error("request failed in the worker", exc_info=exc)
-            exc = InternalError()
-        self._send(("error", request_id, WireError.of(exc)))
+    def _sink(self, request_id: int) -> Callable[[Any], None]:
+        """Where the scheduler's thread puts one request's deltas and its failure."""
+
+        def put(item: Any) -> None:
+            if isinstance(item, BaseException):
+                self._outlet.put_message(("error", request_id, wire_error(item)))
+            else:
+                self._outlet.put(request_id, item)
+
+        return put
+
+    def _send_error(self, request_id: int, exc: BaseException) -> None:
+        self._send(("error", request_id, wire_error(exc)))
 
     def _queue_delta(self, request_id: int, delta: Any) -> None:
         self._outlet.put(request_id, delta)

@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from server.engine.base import GenerationDelta, GenerationRequest
+from server.engine.delta_outlet import Forwarded
 from server.engine.worker import _Worker
 from server.errors import InvalidRequestError
 
@@ -131,6 +132,12 @@ class ScheduledEngine:
             raise item
         yield item
 
+    def fail(self, index: int, error: BaseException) -> None:
+        """A failure the scheduler makes: to the sink, and the stream ends with Forwarded."""
+        self.sinks[index](error)
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.ends[index].put_nowait, Forwarded())
+
     def step(self, text: str, finish: bool = False, flush: bool = True) -> None:
         for sink, end in zip(self.sinks, self.ends, strict=True):
             delta = GenerationDelta(text, 1, "stop" if finish else None)
@@ -177,5 +184,26 @@ def test_an_error_of_a_scheduled_stream_follows_its_deltas_not_yet_flushed():
     assert received(conn) == ("deltas", [(4, GenerationDelta("partial", 1))])
     kind, request_id, error = received(conn)
     assert (kind, request_id) == ("error", 4) and "the grammar gave up" in str(error)
+    conn.send(("shutdown",))
+    worker.join(WAIT_S)
+
+
+def test_a_scheduler_s_failure_leaves_in_order_between_other_streams_deltas_and_only_once():
+    engine = ScheduledEngine()
+    conn, worker = serve(engine)
+    for request_id in (1, 2):
+        conn.send(("generate", request_id, REQUEST))
+    for _ in range(2):
+        assert engine.started.acquire(timeout=WAIT_S)
+    engine.sinks[0](GenerationDelta("a", 1))
+    engine.fail(1, InvalidRequestError("preempted, say"))
+    engine.sinks[0](GenerationDelta("b", 2))
+    engine.outlet.flush()
+    assert received(conn) == ("deltas", [(1, GenerationDelta("a", 1))])
+    kind, request_id, error = received(conn)
+    assert (kind, request_id) == ("error", 2) and "preempted, say" in str(error)
+    assert received(conn) == ("deltas", [(1, GenerationDelta("b", 2))])
+    conn.send(("ping",))
+    assert received(conn)[0] == "pong"  # the failed stream's end sent no second error
     conn.send(("shutdown",))
     worker.join(WAIT_S)
