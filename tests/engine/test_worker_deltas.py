@@ -149,13 +149,19 @@ class ScheduledEngine:
             self.outlet.flush()
 
 
-def test_a_scheduler_s_deltas_cross_the_pipe_while_the_worker_s_loop_is_busy():
+def two_scheduled_streams() -> tuple[ScheduledEngine, Any, threading.Thread]:
+    """A worker serving a ScheduledEngine, with requests 1 and 2 started."""
     engine = ScheduledEngine()
     conn, worker = serve(engine)
     for request_id in (1, 2):
         conn.send(("generate", request_id, REQUEST))
     for _ in range(2):
         assert engine.started.acquire(timeout=WAIT_S)
+    return engine, conn, worker
+
+
+def test_a_scheduler_s_deltas_cross_the_pipe_while_the_worker_s_loop_is_busy():
+    engine, conn, worker = two_scheduled_streams()
     conn.send(("counters", 9))
     assert engine.loop_blocked.wait(WAIT_S)
     engine.step("a")  # from this thread, as the scheduler's: the loop cannot have sent these
@@ -189,12 +195,7 @@ def test_an_error_of_a_scheduled_stream_follows_its_deltas_not_yet_flushed():
 
 
 def test_a_scheduler_s_failure_leaves_in_order_between_other_streams_deltas_and_only_once():
-    engine = ScheduledEngine()
-    conn, worker = serve(engine)
-    for request_id in (1, 2):
-        conn.send(("generate", request_id, REQUEST))
-    for _ in range(2):
-        assert engine.started.acquire(timeout=WAIT_S)
+    engine, conn, worker = two_scheduled_streams()
     engine.sinks[0](GenerationDelta("a", 1))
     engine.fail(1, InvalidRequestError("preempted, say"))
     engine.sinks[0](GenerationDelta("b", 2))
