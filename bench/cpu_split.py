@@ -96,13 +96,14 @@ def roles(server_pid: int, ours: bool) -> dict[tuple[int, int], str]:
 
 def measure(url: str, pid: int, ours: bool, level: int, args: argparse.Namespace, banned: list[int]) -> dict:
     named = roles(pid, ours)
-    before, client_before = thread_times(list({p for p, _ in named})), os.times()
+    pids = list({p for p, _ in named})
+    before, client_before = thread_times(pids), os.times()
     stats = asyncio.run(
         run_level(
             url, MODEL, concurrency=level, requests=args.requests, max_tokens=args.max_tokens, banned_tokens=banned
         )
     )
-    after, client_after = thread_times(list({p for p, _ in named})), os.times()
+    after, client_after = thread_times(pids), os.times()
     tokens = stats.requests * args.max_tokens
     split: dict[str, float] = defaultdict(float)
     for key, seconds in after.items():
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 command = llama_server_command(binary, args.threads, port, model_path, extra_bufts)
             with running(command, port, args.logs / f"cpu-split-{who}.log", name=who) as url:
                 asyncio.run(run_level(url, MODEL, concurrency=1, requests=2, max_tokens=8, banned_tokens=banned))
-                pid = _server_pid(port)
+                pid = _server_pid()
                 for level in args.levels:
                     results[(who, level)].append(measure(url, pid, who == "ours", level, args, banned))
                     logger.info("round %d %s c%d: %s", round_index + 1, who, level, _line(results[(who, level)][-1]))
@@ -159,23 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _server_pid(port: int) -> int:
-    """The pid listening on `port` (the server process itself, not a wrapper)."""
-    inode = None
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
-            inode = fields[9]
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) == f"socket:[{inode}]":
-                    return int(proc.name)
-        except OSError:
-            continue
-    raise RuntimeError(f"nothing listens on port {port}")
+def _server_pid() -> int:
+    """The server `running` started: this process's one direct child (the load client runs in this process)."""
+    (pid,) = {
+        int(child) for task in Path("/proc/self/task").iterdir() for child in (task / "children").read_text().split()
+    }
+    return pid
 
 
 def _line(result: dict) -> str:

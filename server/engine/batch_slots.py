@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import llama_cpp
 
 from server.engine.base import GenerationDelta, GenerationRequest, TokenLogprob
-from server.engine.delta_outlet import Forwarded
+from server.engine.delta_outlet import DeltaSink, Forwarded
 from server.engine.delta_stream import DeltaStream
 from server.engine.grammar_guard import StepGuard
 from server.engine.image_inputs import ImagePrompt, Wake
@@ -31,7 +31,7 @@ class Job(DeltaStream):
         thinking: ThinkingLimit | None = None,
         shown: frozenset[int] = frozenset(),
         images: ImagePrompt | None = None,
-        sink: Callable[[GenerationDelta | BaseException], None] | None = None,
+        sink: DeltaSink | None = None,
     ):
         super().__init__(asyncio.Queue())
         self.request = request

@@ -21,16 +21,16 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import llama_cpp
 
 from server.config import SpeculativeSpec
 from server.engine.admission import Admission
-from server.engine.base import EngineCounters, GenerationDelta, GenerationRequest
+from server.engine.base import EngineCounters, GenerationRequest
 from server.engine.batch_share import BatchSequence, BatchShare
 from server.engine.batch_slots import Job, Slot, discard
-from server.engine.delta_outlet import DeltaOutlet
+from server.engine.delta_outlet import DeltaOutlet, DeltaSink
 from server.engine.draft_model import DraftModel
 from server.engine.draft_placement import DraftPlacement
 from server.engine.image_feed import EmbeddingBatch
@@ -129,7 +129,7 @@ class BatchScheduler:
         thinking: ThinkingLimit | None = None,
         shown: frozenset[int] = frozenset(),
         images: ImagePrompt | None = None,
-        sink: Callable[[GenerationDelta | BaseException], None] | None = None,
+        sink: DeltaSink | None = None,
     ) -> Job:
         """Queue a request (with its compiled grammar sampler and its images' chunks, which the scheduler then owns
         and frees, and its thinking budget); raises OverloadedError (429) at once when the wait queue is full. Only

@@ -13,6 +13,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+DeltaSink = Callable[[Any], None]
+"""Where the scheduler's thread hands one request's deltas and its failure (a GenerationDelta or an exception)."""
+
 
 class Forwarded(Exception):
     """Ends a stream whose failure its sink has already passed on, in order with its deltas."""

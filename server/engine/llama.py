@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from server.config import ConfigError, ModelSpec, SpeculativeSpec
 from server.engine.base import EngineCounters, EngineInfo, GenerationDelta, GenerationRequest, RGBImage
 from server.engine.batching import BatchScheduler
 from server.engine.cpu import resolve_use_extra_bufts
-from server.engine.delta_outlet import DeltaOutlet
+from server.engine.delta_outlet import DeltaOutlet, DeltaSink
 from server.engine.draft_model import DraftModel
 from server.engine.gguf_check import GGUFProblem, check_gguf
 from server.engine.grammar_cache import GrammarCache
@@ -261,9 +261,7 @@ class LlamaCppEngine:
         """Let requests given a `sink` (see `generate`) have their deltas flushed to `outlet` after each step."""
         self._scheduler.outlet = outlet
 
-    def generate(
-        self, request: GenerationRequest, sink: Callable[[GenerationDelta | BaseException], None] | None = None
-    ) -> AsyncIterator[GenerationDelta]:
+    def generate(self, request: GenerationRequest, sink: DeltaSink | None = None) -> AsyncIterator[GenerationDelta]:
         """The request's deltas. With a `sink` (feeding the outlet given to `send_deltas_through`), each delta, and
         a failure the scheduler makes, is handed to it on the scheduler's thread as it is made; the stream yields
         only the last delta, or raises Forwarded for a failure the sink had (any other failure, made before the
@@ -282,7 +280,7 @@ class LlamaCppEngine:
         self,
         request: GenerationRequest,
         shown: frozenset[int],
-        sink: Callable[[GenerationDelta | BaseException], None] | None,
+        sink: DeltaSink | None,
     ) -> AsyncIterator[GenerationDelta]:
         """A request that needs work before it is queued, done in threads (never on the scheduler's thread or
         this loop): its output grammar, compiled before admission (compile_grammar), cloned here or compiled

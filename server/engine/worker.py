@@ -22,13 +22,12 @@ import dataclasses
 import logging
 import signal
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 from server.engine.bounded_stderr import bound_stderr
-from server.engine.delta_outlet import DeltaOutlet, Forwarded
+from server.engine.delta_outlet import DeltaOutlet, DeltaSink, Forwarded
 from server.engine.prompt_store import PromptCacheConfig
 from server.errors import APIError, InternalError
 
@@ -211,7 +210,7 @@ class _Worker:
         finally:
             self._tasks.pop(request_id, None)
 
-    def _sink(self, request_id: int) -> Callable[[Any], None]:
+    def _sink(self, request_id: int) -> DeltaSink:
         """Where the scheduler's thread puts one request's deltas and its failure."""
 
         def put(item: Any) -> None:
