@@ -163,6 +163,13 @@ class Settings(BaseModel):
         description="Bytes the saved prompt caches of all models may take on disk, least recently used deleted "
         "first; 0: nothing saved or restored.",
     )
+    prompt_cache_max_age_s: float = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        le=10 * 365 * 24 * 3600,
+        description="Seconds a saved prompt cache is kept after its last use (a save or a restore); they hold "
+        "prompts' tokens. 0: kept until the byte cap evicts them.",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -22,6 +22,7 @@ def test_the_prompt_cache_defaults_to_2_gib_under_the_data_dir(tmp_path):
     assert (settings.prompt_cache_dir, settings.prompt_cache_bytes) == (None, 2 * 1024**3)
     assert prompt_cache_of(settings) == PromptCacheConfig(tmp_path / "data" / "prompt-cache", 2 * 1024**3)
     assert prompt_cache_of(settings).min_tokens == MIN_SAVED_TOKENS  # type: ignore[union-attr]
+    assert prompt_cache_of(settings).max_age_s == 7 * 24 * 3600  # type: ignore[union-attr]
 
 
 def test_the_prompt_cache_settings_come_from_the_environment(tmp_path):
@@ -29,6 +30,14 @@ def test_the_prompt_cache_settings_come_from_the_environment(tmp_path):
     settings = Settings.from_env(env)
     assert prompt_cache_of(settings) == PromptCacheConfig(tmp_path / "kv", 1024 * 1024)
     assert prompt_cache_of(Settings.from_env({"SLM_PROMPT_CACHE_BYTES": "0"})) is None  # 0: off
+    aged = prompt_cache_of(Settings.from_env({**env, "SLM_PROMPT_CACHE_MAX_AGE_S": "3600"}))
+    assert aged == PromptCacheConfig(tmp_path / "kv", 1024 * 1024, max_age_s=3600)
+
+
+@pytest.mark.parametrize("value", ["-1", "a week", "7d", str(11 * 365 * 24 * 3600)])
+def test_a_wrong_prompt_cache_age_is_a_config_error_naming_it(value):
+    with pytest.raises(ConfigError, match="prompt_cache_max_age_s"):
+        Settings.from_env({"SLM_PROMPT_CACHE_MAX_AGE_S": value})
 
 
 @pytest.mark.parametrize("value", ["-1", "lots", "2GiB", "1.5", str(1024**4 + 1)])

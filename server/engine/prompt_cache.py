@@ -29,6 +29,7 @@ from server.engine.prompt_store import (
     PromptCacheConfig,
     SavedPrefix,
     cache_key,
+    delete_expired,
     enforce_cap,
     entry_name,
     file_identity,
@@ -39,6 +40,7 @@ from server.engine.prompt_store import (
     touch,
     write_entry,
 )
+from server.engine.restore_guard import restoring, unfinished_restores
 
 logger = logging.getLogger(__name__)
 
@@ -100,21 +102,27 @@ class PromptCache:
         """Load this key's most recently used saved prefixes into sequences 0, 1, ... (one each, at most one per
         sequence), most recent first. A file that is not valid is removed; nothing here raises."""
         memory = llama_cpp.llama_get_memory(ctx)
+        directory = self._config.directory
+        for name in unfinished_restores(directory, self.key):
+            remove(directory / name, "the last worker that restored it ended before llama.cpp returned")
+        delete_expired(directory, self._config.max_age_s)
         restored: list[CachedSequence] = []
-        for path in saved_entries(self._config.directory, self.key):
+        for path in saved_entries(directory, self.key):
             if len(restored) == self._n_seq:
                 break
             seq_id = len(restored)
             started = time.monotonic()
             try:
                 saved = read_entry(path, self.key, self._n_ctx, self._max_state)
+                with restoring(directory, self.key, path.name):
+                    accepted = _set_sequence(ctx, memory, seq_id, saved)
             except BadEntry as exc:
                 remove(path, str(exc))
                 continue
-            except OSError as exc:  # removed by another worker's eviction meanwhile, or unreadable
-                logger.warning("prompt cache: cannot read %s: %s", path.name, exc)
+            except OSError as exc:  # removed by another worker's eviction meanwhile, unreadable, or no marker
+                logger.warning("prompt cache: cannot restore %s: %s", path.name, exc)
                 continue
-            if not _set_sequence(ctx, memory, seq_id, saved):
+            if not accepted:
                 remove(path, "llama.cpp refused its state")
                 continue
             touch(path)
@@ -160,7 +168,7 @@ class PromptCache:
             for rank, path in enumerate(saved):
                 with contextlib.suppress(OSError):
                     os.utime(path, ns=(now - rank * 1_000_000, now - rank * 1_000_000))
-            enforce_cap(self._config.directory, self._config.max_bytes)
+            enforce_cap(self._config.directory, self._config.max_bytes, self._config.max_age_s)
         return saved
 
     def _save_one(self, ctx: llama_cpp.llama_context_p, seq_id: int, tokens: list[int]) -> Path | None:

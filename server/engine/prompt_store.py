@@ -40,16 +40,19 @@ TEMP_SUFFIX = ".tmp"
 MIN_SAVED_TOKENS = 256  # shorter prefixes (short chats) are not worth a file
 MAX_HEADER_BYTES = 4096
 STALE_TEMP_S = 3600.0  # a temporary file this old was left by a worker killed while saving
+DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
 _U32 = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
 class PromptCacheConfig:
-    """Where saved prompt caches live and how many bytes they may take in all (0: none saved or restored)."""
+    """Where saved prompt caches live, how many bytes they may take in all (0: none saved or restored), and how long
+    a file is kept after its last use (a save or a restore; 0: until the cap evicts it)."""
 
     directory: Path
     max_bytes: int
     min_tokens: int = MIN_SAVED_TOKENS
+    max_age_s: float = DEFAULT_MAX_AGE_S
 
     @property
     def enabled(self) -> bool:
@@ -241,9 +244,28 @@ def remove(path: Path, why: str) -> None:
         path.unlink()
 
 
-def enforce_cap(directory: Path, max_bytes: int) -> list[str]:
-    """Delete the least recently used saved files (of every model) until the directory holds at most
-    `max_bytes`, and temporary files left by a worker killed while saving; returns the names deleted."""
+def delete_expired(directory: Path, max_age_s: float) -> list[str]:
+    """Delete saved files (of every model) last used more than `max_age_s` ago (0: none); returns their names."""
+    if max_age_s <= 0:
+        return []
+    expired: list[str] = []
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for path in directory.glob(f"*{SUFFIX}"):
+            with contextlib.suppress(OSError):
+                if now - path.stat(follow_symlinks=False).st_mtime > max_age_s:
+                    path.unlink()
+                    expired.append(path.name)
+    if expired:
+        logger.info("prompt cache: deleted %d file(s) unused for over %.0f s", len(expired), max_age_s)
+    return sorted(expired)
+
+
+def enforce_cap(directory: Path, max_bytes: int, max_age_s: float = 0.0) -> list[str]:
+    """Delete saved files (of every model) last used more than `max_age_s` ago (0: none for their age), then the
+    least recently used until the directory holds at most `max_bytes`, and temporary files left by a worker killed
+    while saving; returns the names deleted."""
+    expired = delete_expired(directory, max_age_s)
     files: list[StoredFile] = []
     now = time.time()
     try:
@@ -268,7 +290,7 @@ def enforce_cap(directory: Path, max_bytes: int) -> list[str]:
         logger.info(
             "prompt cache: evicted %d least recently used file(s) to keep under %d bytes", len(doomed), max_bytes
         )
-    return doomed
+    return expired + doomed
 
 
 def _token_bytes(tokens: Sequence[int]) -> bytes:

@@ -37,4 +37,6 @@ def prompt_cache_of(settings: Settings) -> PromptCacheConfig | None:
     if settings.prompt_cache_bytes == 0:
         return None
     directory = settings.prompt_cache_dir or settings.data_dir / "prompt-cache"
-    return PromptCacheConfig(directory=directory, max_bytes=settings.prompt_cache_bytes)
+    return PromptCacheConfig(
+        directory=directory, max_bytes=settings.prompt_cache_bytes, max_age_s=settings.prompt_cache_max_age_s
+    )

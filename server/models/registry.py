@@ -92,6 +92,7 @@ class ModelRegistry:
         self._retired: list[_Resident] = []  # engines of removed or changed entries, unloaded once idle
         self._loading: dict[str, asyncio.Task[_Resident | None]] = {}
         self._reserved: dict[str, int] = {}  # bytes of loads in progress, by model
+        self._closing: list[_Resident] = []  # engines being closed (a worker saving its prompt cache, then exiting)
         self._closed = False
         self._room = asyncio.Condition()
         self._room_wanted = 0  # loads waiting for memory
@@ -209,8 +210,10 @@ class ModelRegistry:
             await self._room.wait()
 
     def _unevictable(self) -> list[int]:
-        """Retired engines still serving and loads in progress take memory too, and cannot be evicted."""
-        return [r.size for r in self._retired if r.engine.alive] + list(self._reserved.values())
+        """Retired engines still serving, engines being closed and loads in progress take memory too, and cannot
+        be evicted."""
+        retired = [r.size for r in self._retired if r.engine.alive]
+        return retired + [r.size for r in self._closing] + list(self._reserved.values())
 
     async def _acquire(self, name: str) -> _Resident:
         while True:
@@ -375,8 +378,13 @@ class ModelRegistry:
             await self._unload(resident)
 
     async def _unload(self, resident: _Resident, reason: UnloadReason | None = None) -> None:
-        """Close the engine; `reason`: report the model unloaded (retired engines were reported when retired)."""
-        await asyncio.to_thread(resident.engine.close)
+        """Close the engine; `reason`: report the model unloaded (retired engines were reported when retired).
+        Its memory stays counted until the worker has exited: closing saves the prompt cache first (seconds)."""
+        self._closing.append(resident)
+        try:
+            await asyncio.to_thread(resident.engine.close)
+        finally:
+            self._closing.remove(resident)
         logger.info("model %s unloaded", resident.spec.name)
         if reason is not None:
             self._emit(ModelEvent(resident.spec.name, status="unloaded", reason=reason))

@@ -135,6 +135,18 @@ def test_enforce_cap_deletes_the_oldest_files_and_stale_temporaries(tmp_path):
     assert enforce_cap(tmp_path / "missing", 0) == []
 
 
+def test_enforce_cap_deletes_files_unused_for_longer_than_the_maximum_age_first(tmp_path):
+    now = time.time()
+    for name, age in [("old.kv", 3 * 3600), ("recent.kv", 60), ("mid.kv", 1800)]:
+        path = tmp_path / name
+        path.write_bytes(bytes(100))
+        os.utime(path, (now - age, now - age))
+    assert enforce_cap(tmp_path, 10_000, max_age_s=3600) == ["old.kv"]
+    assert enforce_cap(tmp_path, 150, max_age_s=3600) == ["mid.kv"]  # then the cap, least recently used first
+    assert enforce_cap(tmp_path, 10_000, max_age_s=0) == []  # 0: no age limit
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recent.kv"]
+
+
 # -- the files --------------------------------------------------------------------------------------------------
 def test_a_saved_prefix_reads_back_whole(tmp_path):
     path = write_entry(tmp_path / "cache", KEY, TOKENS, memoryview(STATE))

@@ -289,6 +289,52 @@ def test_a_retired_engine_still_serving_counts_in_the_memory_budget(tmp_path):
     assert old.closed and list(registry.loaded()) == ["b"]
 
 
+class SlowClosingLoader(FakeLoader):
+    """Engines whose close() waits for `release` (a worker saving its prompt cache); `closing` is set once one has
+    started closing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, spec):
+        engine = super().__call__(spec)
+        close = engine.close
+
+        def slow_close() -> None:
+            self.closing.set()
+            assert self.release.wait(WAIT_S)
+            close()
+
+        engine.close = slow_close
+        return engine
+
+
+def test_an_engine_being_closed_counts_in_the_memory_budget_until_it_has_closed(tmp_path):
+    loader = SlowClosingLoader()
+    specs = [sized_spec(tmp_path, name, 4) for name in ("a", "b")]
+    registry = ModelRegistry(specs, loader, budget=Budget(memory_bytes=6 * MB, max_models=8, wait_s=WAIT_S))
+
+    async def scenario():
+        await registry.engine("a")
+        unloading = asyncio.ensure_future(registry.unload("a"))
+        await asyncio.to_thread(loader.closing.wait, WAIT_S)
+        loading_b = asyncio.ensure_future(registry.engine("b"))
+        # b's load either starts (the defect) or waits for room; see which, polling until one of them happens.
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while "b" not in loader.loads and registry._room_wanted == 0:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.001)
+        assert loader.loads == ["a"], "b loaded beside a worker still closing"
+        loader.release.set()
+        await unloading
+        await loading_b
+
+    asyncio.run(scenario())
+    assert loader.loads == ["a", "b"] and loader.engines["a"].closed and list(registry.loaded()) == ["b"]
+
+
 def test_a_load_that_finishes_after_a_reload_changed_its_entry_is_closed_and_the_new_one_served(tmp_path):
     loader = BlockingLoader()
     old = sized_spec(tmp_path, "a", 1, n_ctx=256)

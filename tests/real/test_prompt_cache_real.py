@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +28,7 @@ GREEDY = SamplingParams(temperature=0, ignore_eos=True)
 SYSTEM = "You are a careful assistant. " + " ".join(f"Rule {i}: answer briefly and politely." for i in range(12))
 OTHER_SYSTEM = "You are a poet. " + " ".join(f"Verse {i}: write about the sea and the sky." for i in range(12))
 MIB = 1024 * 1024
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +96,12 @@ def test_a_restored_prefix_is_reused_and_generates_what_the_engine_before_the_re
     entry = read_entry(path, path.name.split("-")[0], 1024, 1 << 30)
     # One sequence was used: it is saved whole, the prompt and the reply's tokens whose KV it holds.
     assert entry.tokens[: len(first.prompt_tokens)] == first.prompt_tokens
-    os.utime(path, (1, 1))  # long unused: a restore marks it used
+    unused_since = time.time() - config.max_age_s / 2  # long unused, within the age limit: a restore marks it used
+    os.utime(path, (unused_since, unused_since))
 
     engine = LlamaCppEngine.load(spec(tiny_path, flash_attn=flash_attn), config)
     try:
-        assert path.stat().st_mtime > 1
+        assert path.stat().st_mtime > unused_since
         second = chat(engine, SYSTEM, "Name a color.")
         shared = common_prefix(first.prompt_tokens, second.prompt_tokens)
         assert shared > config.min_tokens
@@ -203,6 +209,54 @@ def test_a_bad_file_is_removed_and_the_model_loads_and_serves(tiny_path, tmp_pat
     assert f"prompt cache: removing {path.name}" in caplog.text
     assert moved.prefix_cache_hit_tokens == 0 and len(out) == 12
     assert [p.name for p in saved(config)] != [path.name] and len(saved(config)) == 1  # saved anew at close
+
+
+ABORT_WHILE_RESTORING = """
+import json, os, sys
+from pathlib import Path
+from server.config import ModelSpec
+from server.engine import prompt_cache
+from server.engine.llama import LlamaCppEngine
+from server.engine.prompt_store import PromptCacheConfig
+prompt_cache._set_sequence = lambda *args: os.abort()  # what llama.cpp's GGML_ASSERT does to the process
+spec = ModelSpec.model_validate_json(sys.argv[1])
+LlamaCppEngine.load(spec, PromptCacheConfig(directory=Path(sys.argv[2]), max_bytes=int(sys.argv[3])))
+"""
+
+
+def test_a_file_that_ended_the_worker_while_restoring_is_removed_at_the_next_load(tiny_path, tmp_path, caplog):
+    config = cache_config(tmp_path)
+    first_run(tiny_path, config)
+    [path] = saved(config)
+    model = spec(tiny_path)
+    argv = [model.model_dump_json(), str(config.directory), str(config.max_bytes)]
+    aborted = subprocess.run([sys.executable, "-c", ABORT_WHILE_RESTORING, *argv], cwd=REPO, capture_output=True)
+    assert aborted.returncode == -signal.SIGABRT, aborted.stderr.decode()[-2000:]
+    assert path.exists()  # nothing could remove it: the process ended inside the restore
+    with caplog.at_level("WARNING", logger="server.engine"):
+        engine = LlamaCppEngine.load(model, config)
+        try:
+            out, moved = run(engine, chat(engine, SYSTEM, "Name a color."))
+        finally:
+            engine.close()
+    assert f"prompt cache: removing {path.name}: the last worker that restored it ended" in caplog.text
+    assert moved.prefix_cache_hit_tokens == 0 and len(out) == 12
+    assert not any(p.name.startswith(".restoring-") for p in config.directory.iterdir())
+
+
+def test_a_file_unused_for_longer_than_the_maximum_age_is_deleted_at_load_and_not_restored(tiny_path, tmp_path):
+    config = cache_config(tmp_path)
+    first_run(tiny_path, config)
+    [path] = saved(config)
+    expired = time.time() - config.max_age_s - 60
+    os.utime(path, (expired, expired))
+    engine = LlamaCppEngine.load(spec(tiny_path), config)
+    try:
+        assert not path.exists()
+        _, moved = run(engine, chat(engine, SYSTEM, "Name a color."))
+    finally:
+        engine.close()
+    assert moved.prefix_cache_hit_tokens == 0
 
 
 def test_the_cap_evicts_the_least_recently_used_file(tiny_path, tmp_path):
