@@ -27,15 +27,23 @@ def main() -> int:
     model_params = llama_cpp.llama_model_default_params()
     model_params.use_extra_bufts = resolve_use_extra_bufts("auto")  # as the server: llama.cpp's AMX path crashes
     model = llama_cpp.llama_model_load_from_file(path.encode(), model_params)
-    params = llama_cpp.llama_context_default_params()
-    params.n_seq_max, params.n_ctx, params.n_batch, params.n_ubatch = 16, 16 * 512, 512, 512
-    params.n_threads = params.n_threads_batch = args.threads
-    ctx = llama_cpp.llama_init_from_model(model, params)
+
+    def context(n_seq: int, n_ctx: int) -> llama_cpp.llama_context_p:
+        params = llama_cpp.llama_context_default_params()
+        params.n_seq_max, params.n_ctx, params.n_batch, params.n_ubatch = n_seq, n_ctx, 512, 512
+        params.n_threads = params.n_threads_batch = args.threads
+        return llama_cpp.llama_init_from_model(model, params)
+
+    ctx = context(16, 16 * 512)  # one 512-cell KV stream per sequence, as llama.cpp lays out several sequences
     batch = llama_cpp.llama_batch_init(512, 0, 1)
 
     def put(n: int, token: int, pos: int, seq: int, logits: bool) -> None:
         batch.token[n], batch.pos[n], batch.n_seq_id[n], batch.logits[n] = token, pos, 1, logits
         batch.seq_id[n][0] = seq
+
+    def decode(ctx: llama_cpp.llama_context_p) -> None:
+        if (code := llama_cpp.llama_decode(ctx, batch)) != 0:
+            raise RuntimeError(f"llama_decode returned {code}")
 
     for n_seq in (1, 2, 4, 8, 16):
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
@@ -43,22 +51,23 @@ def main() -> int:
             for i in range(32):
                 put(i, 100 + i, i, seq, i == 31)
             batch.n_tokens = 32
-            llama_cpp.llama_decode(ctx, batch)
+            decode(ctx)
         start = time.perf_counter()
         for step in range(args.steps):
             for seq in range(n_seq):
                 put(seq, 200, 32 + step, seq, True)
             batch.n_tokens = n_seq
-            llama_cpp.llama_decode(ctx, batch)
+            decode(ctx)
         elapsed = time.perf_counter() - start
         sys.stdout.write(f"threads={args.threads} sequences={n_seq}: {args.steps * n_seq / elapsed:.0f} tok/s\n")
-    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+    llama_cpp.llama_free(ctx)
+    ctx = context(1, 2048)  # room for the whole prompt in the one sequence
     start = time.perf_counter()
     for chunk in range(3):  # prefill 1,536 tokens of one sequence in chunks of 512
         for i in range(512):
             put(i, 100 + (chunk * 512 + i) % 1000, chunk * 512 + i, 0, i == 511)
         batch.n_tokens = 512
-        llama_cpp.llama_decode(ctx, batch)
+        decode(ctx)
     elapsed = time.perf_counter() - start
     sys.stdout.write(f"threads={args.threads} prefill of 1536 tokens: {1536 / elapsed:.0f} tok/s\n")
     return 0
