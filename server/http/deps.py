@@ -1,4 +1,7 @@
-"""FastAPI dependencies shared by the routers: the pipeline, the request record, parsed bodies, API keys."""
+"""FastAPI dependencies shared by the routers: the pipeline, the request record, parsed bodies, API keys.
+
+Every dependency is `async def`, though none awaits: FastAPI runs a plain `def` dependency in its thread pool, a
+thread hop (and a wakeup of another thread) per dependency per request."""
 
 from __future__ import annotations
 
@@ -18,15 +21,15 @@ from server.metrics import RequestRecord
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
-def get_pipeline(request: Request) -> GenerationPipeline:
+async def get_pipeline(request: Request) -> GenerationPipeline:
     return request.app.state.pipeline
 
 
-def get_embedder(request: Request) -> Embedder:
+async def get_embedder(request: Request) -> Embedder:
     return request.app.state.embedder
 
 
-def get_record(request: Request) -> RequestRecord:
+async def get_record(request: Request) -> RequestRecord:
     return request.state.record
 
 
@@ -90,7 +93,7 @@ class APIKeyCheck:
             raise AuthenticationError()
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """`Authorization: Bearer KEY`, or Anthropic clients' `x-api-key: KEY`."""
     authorization = request.headers.get("authorization")
     if authorization is None and (key := request.headers.get("x-api-key")) is not None:
@@ -98,7 +101,7 @@ def require_api_key(request: Request) -> None:
     request.app.state.api_key_check(authorization)
 
 
-def owner_of(request: Request) -> str:
+async def owner_of(request: Request) -> str:
     """Who owns the files and batches a request creates or sees: the digest of its API key (keys themselves are
     never stored), or one anonymous owner when the server has no keys."""
     if not request.app.state.api_key_check.enabled:

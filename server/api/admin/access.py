@@ -52,5 +52,5 @@ def _passes(check: APIKeyCheck, authorization: str) -> bool:
     return True
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     request.app.state.admin_access(request.headers.get("authorization"))

@@ -88,7 +88,7 @@ def rerank_list(body: RerankRequest, reranked: Reranked) -> RerankList:
     return RerankList(id=f"rerank-{uuid.uuid4().hex}", model=reranked.model, results=results, usage=usage)
 
 
-def get_reranker(request: Request) -> Reranker:
+async def get_reranker(request: Request) -> Reranker:
     return request.app.state.reranker
 
 

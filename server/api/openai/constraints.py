@@ -62,6 +62,10 @@ def output_constraint(body: SamplingFields) -> OutputConstraint:
     return OutputConstraint(grammar=client_grammar(value, param), param=param)
 
 
+def asks_for_a_constraint(body: SamplingFields) -> bool:
+    return bool(_asked(body))
+
+
 def _asked(body: SamplingFields) -> list[tuple[str, str, Any]]:
     """(field, kind, value) of every constraint the request sets."""
     asked: list[tuple[str, str, Any]] = []

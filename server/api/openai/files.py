@@ -30,7 +30,7 @@ MAX_FORM_FIELD_BYTES = 4096
 DEFAULT_BATCH_FILE_EXPIRY_S = 30 * 24 * 3600
 
 
-def store_of(request: Request) -> BatchStore:
+async def store_of(request: Request) -> BatchStore:
     return request.app.state.batch_store
 
 

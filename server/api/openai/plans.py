@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
-from server.api.openai.constraints import output_constraint
+from server.api.openai.constraints import asks_for_a_constraint, output_constraint
 from server.api.openai.request_parts import (
     AssistantMessageParam,
     FunctionToolParam,
@@ -34,9 +34,12 @@ B = TypeVar("B")
 
 
 async def off_loop(make: Callable[[B], GenerationPlan], body: B) -> GenerationPlan:
-    """`make(body)` in a worker thread: its output constraint (a client's grammar, regex or JSON schema) is read
-    and checked in proportion to its size, which must not hold up the event loop. Still before the response
-    starts: a refusal is the request's status."""
+    """`make(body)` in a worker thread: its output constraint (a client's grammar, regex or JSON schema) and its
+    tools are read and checked in proportion to their size, which must not hold up the event loop. Still before
+    the response starts: a refusal is the request's status. A chat or completion request with neither maps in
+    time of the order of its parse, which ran on the loop already: mapped there, without a thread hop."""
+    if isinstance(body, SamplingFields) and not getattr(body, "tools", None) and not asks_for_a_constraint(body):
+        return make(body)
     return await asyncio.to_thread(make, body)
 
 
