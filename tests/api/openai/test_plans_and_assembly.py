@@ -178,3 +178,41 @@ def test_the_openai_sdk_assembles_the_stream_into_the_response_not_streamed(even
 async def _aiter(items):
     for item in items:
         yield item
+
+
+def _planning_thread(body: dict) -> str:
+    """Where `off_loop` maps this chat body to its plan: on the calling (event loop) thread, or another."""
+    import threading
+
+    from server.api.openai.plans import off_loop
+
+    seen: list[int] = []
+
+    def make(request: ChatCompletionRequest):
+        seen.append(threading.get_ident())
+        return chat_plan(request)
+
+    async def go() -> int:
+        await off_loop(make, ChatCompletionRequest.model_validate(body))
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(go())
+    return "loop" if seen == [loop_thread] else "thread"
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ({}, "loop"),
+        ({"tools": [TOOL]}, "thread"),
+        ({"response_format": {"type": "json_object"}}, "thread"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}},
+            "thread",
+        ),
+        ({"response_format": {"type": "text"}}, "loop"),
+    ],
+)
+def test_a_plan_is_made_off_the_loop_only_when_its_tools_or_constraint_cost_in_proportion_to_their_size(extra, where):
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+    assert _planning_thread(body) == where
