@@ -40,7 +40,7 @@ from server.engine.prompt_store import (
     touch,
     write_entry,
 )
-from server.engine.restore_guard import restoring, unfinished_restores
+from server.engine.restore_guard import RestoreUnguarded, restoring, unfinished_restores
 
 logger = logging.getLogger(__name__)
 
@@ -113,13 +113,16 @@ class PromptCache:
             seq_id = len(restored)
             started = time.monotonic()
             try:
-                saved = read_entry(path, self.key, self._n_ctx, self._max_state)
                 with restoring(directory, self.key, path.name):
+                    saved = read_entry(path, self.key, self._n_ctx, self._max_state)
                     accepted = _set_sequence(ctx, memory, seq_id, saved)
             except BadEntry as exc:
                 remove(path, str(exc))
                 continue
-            except OSError as exc:  # removed by another worker's eviction meanwhile, unreadable, or no marker
+            except RestoreUnguarded as exc:
+                logger.warning("prompt cache: cannot mark a restore in %s (%s): nothing restored", directory, exc)
+                break
+            except OSError as exc:  # removed by another worker's eviction meanwhile, or unreadable
                 logger.warning("prompt cache: cannot restore %s: %s", path.name, exc)
                 continue
             if not accepted:

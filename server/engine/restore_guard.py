@@ -13,19 +13,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 MARKER_PREFIX = ".restoring-"
 MAX_NAME_CHARS = 256
+_PID = re.compile(r"[1-9][0-9]{0,8}")
+_ENTRY = re.compile(r"[0-9a-f]+-[0-9a-f]{16}\.kv")  # prompt_store.entry_name's shape
+
+
+class RestoreUnguarded(Exception):
+    """The marker could not be written (a read-only or full directory): nothing is restored unguarded."""
 
 
 @contextlib.contextmanager
 def restoring(directory: Path, key: str, name: str) -> Iterator[None]:
-    """Mark `name` (a saved file of `key` in `directory`) as being restored by this process while the block runs.
-    OSError if the marker cannot be written: the file is then not restored."""
+    """Mark `name` (a saved file of `key` in `directory`) as being restored by this process while the block runs;
+    RestoreUnguarded if the marker cannot be written."""
     marker = directory / f"{MARKER_PREFIX}{key}-{os.getpid()}"
-    marker.write_text(name)
+    try:
+        marker.write_text(name, encoding="ascii")
+    except OSError as exc:
+        raise RestoreUnguarded(str(exc)) from None
     try:
         yield
     finally:
@@ -35,17 +45,17 @@ def restoring(directory: Path, key: str, name: str) -> Iterator[None]:
 
 def unfinished_restores(directory: Path, key: str) -> list[str]:
     """Names of `key`'s saved files whose restore a process that no longer runs began and never finished; their
-    markers are removed."""
+    markers are removed. Markers that are not this module's (another shape of name or pid) are left alone."""
     names: list[str] = []
     with contextlib.suppress(OSError):
         for marker in directory.glob(f"{MARKER_PREFIX}{key}-*"):
             pid = marker.name.rsplit("-", 1)[-1]
-            if not pid.isdigit() or _running(int(pid)):
+            if not _PID.fullmatch(pid) or _running(int(pid)):
                 continue
             with contextlib.suppress(OSError):
-                name = marker.read_text()[:MAX_NAME_CHARS]
+                name = marker.read_bytes()[:MAX_NAME_CHARS].decode("ascii", "replace")
                 marker.unlink()
-                if name.startswith(f"{key}-") and Path(name).name == name:
+                if name.startswith(f"{key}-") and _ENTRY.fullmatch(name):
                     names.append(name)
     return names
 

@@ -209,11 +209,11 @@ class ModelRegistry:
         async with self._room:
             await self._room.wait()
 
-    def _unevictable(self) -> list[int]:
+    def _unevictable(self, closing: bool = True) -> list[int]:
         """Retired engines still serving, engines being closed and loads in progress take memory too, and cannot
         be evicted."""
         retired = [r.size for r in self._retired if r.engine.alive]
-        return retired + [r.size for r in self._closing] + list(self._reserved.values())
+        return retired + [r.size for r in self._closing if closing] + list(self._reserved.values())
 
     async def _acquire(self, name: str) -> _Resident:
         while True:
@@ -287,6 +287,7 @@ class ModelRegistry:
         if self._closed or entry is None or entry.spec != spec:
             why = "closed" if self._closed else "reload changed or removed its entry"
             logger.info("model %s loaded after the registry %s: closing it", spec.name, why)
+            self._reserved.pop(spec.name, None)  # counted as closing from here, not twice
             await self._unload(resident, "shutdown" if self._closed else "reload")
             if self._closed:
                 raise ShuttingDownError()
@@ -321,7 +322,9 @@ class ModelRegistry:
             loaded_sizes = [r.size for r in residents] + self._unevictable()
             if self._budget.fits(size, loaded_sizes):
                 return
-            idle = sorted((r for r in residents if not r.busy()), key=lambda r: r.last_used)
+            # Where the models still closing will make room, wait for them instead of evicting another.
+            closed_soon = self._budget.fits(size, [r.size for r in residents] + self._unevictable(closing=False))
+            idle = [] if closed_soon else sorted((r for r in residents if not r.busy()), key=lambda r: r.last_used)
             if idle:
                 victim = idle[0]
                 logger.info("unloading %s (least recently used) to make room for %s", victim.spec.name, name)
@@ -331,8 +334,8 @@ class ModelRegistry:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise ModelUnavailableError(
-                    f"The model `{name}` cannot be loaded now: the loaded models are all busy and it does not fit "
-                    f"beside them ({self._budget.describe(loaded_sizes, size)}). Retry shortly.",
+                    f"The model `{name}` cannot be loaded now: the loaded models are all busy or still closing and it "
+                    f"does not fit beside them ({self._budget.describe(loaded_sizes, size)}). Retry shortly.",
                     retry_after=5,
                 )
             self._room_wanted += 1  # batch work lets go of its models meanwhile
@@ -381,15 +384,19 @@ class ModelRegistry:
         """Close the engine; `reason`: report the model unloaded (retired engines were reported when retired).
         Its memory stays counted until the worker has exited: closing saves the prompt cache first (seconds)."""
         self._closing.append(resident)
-        try:
-            await asyncio.to_thread(resident.engine.close)
-        finally:
-            self._closing.remove(resident)
+        closing = asyncio.ensure_future(asyncio.to_thread(resident.engine.close))
+        closing.add_done_callback(lambda done: self._forget_closing(resident, done))
+        await asyncio.shield(closing)  # a cancelled caller (the sweeper at shutdown) leaves it counted until closed
         logger.info("model %s unloaded", resident.spec.name)
         if reason is not None:
             self._emit(ModelEvent(resident.spec.name, status="unloaded", reason=reason))
         async with self._room:
             self._room.notify_all()
+
+    def _forget_closing(self, resident: _Resident, closing: asyncio.Future[None]) -> None:
+        self._closing.remove(resident)
+        if not closing.cancelled():
+            closing.exception()  # retrieved: raised to the caller, unless it was cancelled meanwhile
 
     # -- admin ---------------------------------------------------------------------------------------------
     def state(self, spec: ModelSpec) -> ModelState:

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from server.engine.restore_guard import MARKER_PREFIX, restoring, unfinished_restores
+from server.engine.restore_guard import MARKER_PREFIX, RestoreUnguarded, restoring, unfinished_restores
 
-KEY = "k" * 32
+KEY = "a" * 32  # hexadecimal, as cache_key makes them
 NAME = f"{KEY}-0123456789abcdef.kv"
 
 
@@ -54,12 +54,12 @@ def test_a_marker_of_this_processs_pid_is_from_an_earlier_process(tmp_path):
 
 def test_a_running_processs_marker_and_other_keys_markers_are_left_alone(tmp_path):
     running = marker(tmp_path, os.getppid())
-    other = marker(tmp_path, dead_pid(), name=f"{'o' * 32}-0123456789abcdef.kv", key="o" * 32)
+    other = marker(tmp_path, dead_pid(), name=f"{'b' * 32}-0123456789abcdef.kv", key="b" * 32)
     assert unfinished_restores(tmp_path, KEY) == []
     assert running.exists() and other.exists()
 
 
-@pytest.mark.parametrize("name", ["../elsewhere.kv", f"{'o' * 32}-0123456789abcdef.kv", f"{KEY}-x/../../a.kv", ""])
+@pytest.mark.parametrize("name", ["../elsewhere.kv", f"{'b' * 32}-0123456789abcdef.kv", f"{KEY}-x/../../a.kv", ""])
 def test_a_marker_naming_no_file_of_its_key_in_the_directory_names_nothing(tmp_path, name):
     marker(tmp_path, dead_pid(), name=name)
     assert unfinished_restores(tmp_path, KEY) == []
@@ -67,3 +67,22 @@ def test_a_marker_naming_no_file_of_its_key_in_the_directory_names_nothing(tmp_p
 
 def test_no_directory_no_markers(tmp_path):
     assert unfinished_restores(tmp_path / "missing", KEY) == []
+
+
+@pytest.mark.parametrize("pid", ["0", "²", "1" * 20, "-1", "12a"])
+def test_a_marker_whose_pid_is_not_a_pid_is_left_alone(tmp_path, pid):
+    path = tmp_path / f"{MARKER_PREFIX}{KEY}-{pid}"
+    path.write_text(NAME)
+    assert unfinished_restores(tmp_path, KEY) == [] and path.exists()
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe not ascii", NAME.encode().replace(b".kv", b"\x00.kv"), b"x" * 5000])
+def test_a_marker_with_content_no_restore_wrote_names_nothing(tmp_path, content):
+    path = tmp_path / f"{MARKER_PREFIX}{KEY}-{dead_pid()}"
+    path.write_bytes(content)
+    assert unfinished_restores(tmp_path, KEY) == [] and not path.exists()
+
+
+def test_a_marker_that_cannot_be_written_refuses_the_restore(tmp_path):
+    with pytest.raises(RestoreUnguarded), restoring(tmp_path / "missing", KEY, NAME):
+        pytest.fail("restored without a marker")

@@ -16,6 +16,8 @@ import pytest
         ("/v1/messages", {"model": "fake-model", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}),
         ("/v1/models", None),
         ("/v1/files", None),
+        ("/models", None),  # the admin API: its key check
+        ("/v1/rerank", {"model": "fake-model", "query": "q", "documents": ["d"]}),  # not a reranker: a 400
     ],
 )
 def test_a_request_runs_nothing_in_fastapis_thread_pool(client, monkeypatch, path, body):
@@ -28,5 +30,5 @@ def test_a_request_runs_nothing_in_fastapis_thread_pool(client, monkeypatch, pat
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", recording)
     response = client.get(path) if body is None else client.post(path, json=body)
-    assert response.status_code == 200, response.text
+    assert response.status_code < 500, response.text
     assert ran == []

@@ -297,18 +297,73 @@ class SlowClosingLoader(FakeLoader):
         super().__init__()
         self.closing = threading.Event()
         self.release = threading.Event()
+        self.closes: list[str] = []  # the models whose close has started, in order
 
     def __call__(self, spec):
         engine = super().__call__(spec)
         close = engine.close
 
         def slow_close() -> None:
+            self.closes.append(spec.name)
             self.closing.set()
             assert self.release.wait(WAIT_S)
             close()
 
         engine.close = slow_close
         return engine
+
+
+async def waiting_for_room_or_loaded(registry: ModelRegistry, loader: FakeLoader, name: str) -> None:
+    """Until `name`'s load has either started (in the loader) or is waiting for memory."""
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while name not in loader.loads and registry._room_wanted == 0:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.001)
+
+
+def test_a_load_waits_for_a_model_still_closing_instead_of_evicting_another(tmp_path):
+    loader = SlowClosingLoader()
+    specs = [sized_spec(tmp_path, "a", 4)] + [sized_spec(tmp_path, name, 2) for name in ("b", "c", "d")]
+    clock = Clock()
+    registry = ModelRegistry(
+        specs, loader, clock=clock, budget=Budget(memory_bytes=6 * MB, max_models=8, wait_s=WAIT_S)
+    )
+
+    async def scenario():
+        await registry.engine("a")
+        clock.now += 1
+        await registry.engine("b")
+        loading_c = asyncio.ensure_future(registry.engine("c"))  # evicts a, the least recently used
+        await asyncio.to_thread(loader.closing.wait, WAIT_S)
+        loading_d = asyncio.ensure_future(registry.engine("d"))  # fits once a has closed: must not evict b
+        await waiting_for_room_or_loaded(registry, loader, "d")
+        assert loader.closes == ["a"]
+        loader.release.set()
+        await loading_c
+        await loading_d
+
+    asyncio.run(scenario())
+    assert loader.closes == ["a"] and sorted(registry.loaded()) == ["b", "c", "d"]
+
+
+def test_an_engine_whose_closer_was_cancelled_stays_counted_until_it_has_closed(tmp_path):
+    loader = SlowClosingLoader()
+    specs = [sized_spec(tmp_path, name, 4) for name in ("a", "b")]
+    registry = ModelRegistry(specs, loader, budget=Budget(memory_bytes=6 * MB, max_models=8, wait_s=WAIT_S))
+
+    async def scenario():
+        await registry.engine("a")
+        unloading = asyncio.ensure_future(registry.unload("a"))
+        await asyncio.to_thread(loader.closing.wait, WAIT_S)
+        unloading.cancel()  # a's worker goes on closing
+        loading_b = asyncio.ensure_future(registry.engine("b"))
+        await waiting_for_room_or_loaded(registry, loader, "b")
+        assert loader.loads == ["a"], "b loaded beside a worker still closing"
+        loader.release.set()
+        await loading_b
+
+    asyncio.run(scenario())
+    assert loader.engines["a"].closed and list(registry.loaded()) == ["b"]
 
 
 def test_an_engine_being_closed_counts_in_the_memory_budget_until_it_has_closed(tmp_path):
@@ -321,11 +376,7 @@ def test_an_engine_being_closed_counts_in_the_memory_budget_until_it_has_closed(
         unloading = asyncio.ensure_future(registry.unload("a"))
         await asyncio.to_thread(loader.closing.wait, WAIT_S)
         loading_b = asyncio.ensure_future(registry.engine("b"))
-        # b's load either starts (the defect) or waits for room; see which, polling until one of them happens.
-        deadline = asyncio.get_running_loop().time() + WAIT_S
-        while "b" not in loader.loads and registry._room_wanted == 0:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.001)
+        await waiting_for_room_or_loaded(registry, loader, "b")
         assert loader.loads == ["a"], "b loaded beside a worker still closing"
         loader.release.set()
         await unloading

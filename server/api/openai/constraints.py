@@ -13,7 +13,7 @@ from typing import Any
 
 import pydantic_core
 
-from server.api.openai.request_parts import NamedToolChoiceParam, ResponseFormat, ResponseFormatText
+from server.api.openai.request_parts import NamedToolChoiceParam, ResponseFormatText
 from server.api.openai.response_format import ANY_OBJECT, check_schema, json_schema_of
 from server.api.openai.schemas import ChatCompletionRequest, SamplingFields
 from server.errors import InvalidRequestError, UnsupportedParameterError
@@ -69,7 +69,7 @@ def asks_for_a_constraint(body: SamplingFields) -> bool:
 def _asked(body: SamplingFields) -> list[tuple[str, str, Any]]:
     """(field, kind, value) of every constraint the request sets."""
     asked: list[tuple[str, str, Any]] = []
-    response_format: ResponseFormat | None = getattr(body, "response_format", None)
+    response_format = body.response_format if isinstance(body, ChatCompletionRequest) else None
     if response_format is not None and not isinstance(response_format, ResponseFormatText):
         asked.append(("response_format", "response_format", response_format))
     structured = body.structured_outputs

@@ -211,8 +211,32 @@ def _planning_thread(body: dict) -> str:
             "thread",
         ),
         ({"response_format": {"type": "text"}}, "loop"),
+        ({"messages": [{"role": "user", "content": "hi"}] * 64}, "loop"),
+        ({"messages": [{"role": "user", "content": "hi"}] * 65}, "thread"),  # mapped in proportion: off the loop
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}] * 64}]}, "thread"),
+        ({"messages": [{"role": "assistant", "tool_calls": [CALL] * 64}]}, "thread"),
     ],
 )
 def test_a_plan_is_made_off_the_loop_only_when_its_tools_or_constraint_cost_in_proportion_to_their_size(extra, where):
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
     assert _planning_thread(body) == where
+
+
+@pytest.mark.parametrize(("extra", "where"), [({}, "loop"), ({"grammar": 'root ::= "a"'}, "thread")])
+def test_a_completion_plan_is_made_off_the_loop_only_for_a_constraint(extra, where):
+    import threading
+
+    from server.api.openai.plans import off_loop
+
+    seen: list[int] = []
+
+    def make(request: CompletionRequest):
+        seen.append(threading.get_ident())
+        return completion_plan(request)
+
+    async def go() -> int:
+        await off_loop(make, CompletionRequest.model_validate({"model": "m", "prompt": "hi", **extra}))
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(go())
+    assert ("loop" if seen == [loop_thread] else "thread") == where

@@ -206,6 +206,9 @@ def test_a_wrong_responses_body_is_a_400_naming_the_path(client, body, param):
     ("path", "body", "param"),
     [
         (COMPLETIONS, {**GOOD[COMPLETIONS], "logit_bias": {"²": 1}}, "logit_bias.²"),
+        # A chat parameter, not one of completions: it was a 500 (read as a chat request's typed field).
+        (COMPLETIONS, {**GOOD[COMPLETIONS], "response_format": {"type": "json_object"}}, "response_format"),
+        (COMPLETIONS, {**GOOD[COMPLETIONS], "response_format": "x"}, "response_format"),
         (EMBEDDINGS, {**GOOD[EMBEDDINGS], "input": [1, -1]}, "input[1]"),
         (EMBEDDINGS, {**GOOD[EMBEDDINGS], "input": [[1], [2**31]]}, "input[1][0]"),
         (EMBEDDINGS, {**GOOD[EMBEDDINGS], "input": ["a", ""]}, "input[1]"),
