@@ -184,6 +184,16 @@ def test_a_model_with_the_prompt_cache_off_neither_saves_nor_restores(tiny_path,
     assert moved.prefix_cache_hit_tokens == 0
 
 
+def load_and_ask(model: ModelSpec, config: PromptCacheConfig, caplog) -> tuple[list, EngineCounters]:
+    """A fresh engine (restoring what it can, its warnings captured) answers one question and closes."""
+    with caplog.at_level("WARNING", logger="server.engine"):
+        engine = LlamaCppEngine.load(model, config)
+        try:
+            return run(engine, chat(engine, SYSTEM, "Name a color."))
+        finally:
+            engine.close()
+
+
 @pytest.mark.parametrize("damage", ["flipped byte", "truncated", "refused by llama.cpp"])
 def test_a_bad_file_is_removed_and_the_model_loads_and_serves(tiny_path, tmp_path, damage, caplog):
     config = cache_config(tmp_path)
@@ -200,12 +210,7 @@ def test_a_bad_file_is_removed_and_the_model_loads_and_serves(tiny_path, tmp_pat
         tokens = read_entry(path, key, 1024, 1 << 30).tokens
         path.unlink()
         path = write_entry(config.directory, key, tokens, bytes(4096))
-    with caplog.at_level("WARNING", logger="server.engine"):
-        engine = LlamaCppEngine.load(spec(tiny_path), config)
-        try:
-            out, moved = run(engine, chat(engine, SYSTEM, "Name a color."))
-        finally:
-            engine.close()
+    out, moved = load_and_ask(spec(tiny_path), config, caplog)
     assert f"prompt cache: removing {path.name}" in caplog.text
     assert moved.prefix_cache_hit_tokens == 0 and len(out) == 12
     assert [p.name for p in saved(config)] != [path.name] and len(saved(config)) == 1  # saved anew at close
@@ -233,12 +238,7 @@ def test_a_file_that_ended_the_worker_while_restoring_is_removed_at_the_next_loa
     aborted = subprocess.run([sys.executable, "-c", ABORT_WHILE_RESTORING, *argv], cwd=REPO, capture_output=True)
     assert aborted.returncode == -signal.SIGABRT, aborted.stderr.decode()[-2000:]
     assert path.exists()  # nothing could remove it: the process ended inside the restore
-    with caplog.at_level("WARNING", logger="server.engine"):
-        engine = LlamaCppEngine.load(model, config)
-        try:
-            out, moved = run(engine, chat(engine, SYSTEM, "Name a color."))
-        finally:
-            engine.close()
+    out, moved = load_and_ask(model, config, caplog)
     assert f"prompt cache: removing {path.name}: the last worker that restored it ended" in caplog.text
     assert moved.prefix_cache_hit_tokens == 0 and len(out) == 12
     assert not any(p.name.startswith(".restoring-") for p in config.directory.iterdir())
