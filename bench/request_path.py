@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from bench.compare import eog_tokens, free_port, running
+from bench.load import one_request, percentile
 from bench.peers import MODEL, llama_server_binary, llama_server_command, ours_command
 from server.config import PackageSource
 from server.engine.cpu import resolve_use_extra_bufts
@@ -80,14 +81,10 @@ async def loaded_costs(url: str, repeats: int, background: int, banned: list[int
                         break
 
     async def first_token(client: httpx.AsyncClient, i: int) -> float:
+        """Time to the first chunk with text (not the empty role chunk some servers send first)."""
         content = f"{QUESTION} ({i % 4})"  # not the prompt just before: a few tokens to prefill
         body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 1, "stream": True}
-        started = time.perf_counter()
-        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            async for chunk in response.aiter_bytes():
-                if b'"content"' in chunk:
-                    break
-        return time.perf_counter() - started
+        return (await one_request(client, "/v1/chat/completions", body)).ttft_s
 
     limits = httpx.Limits(max_connections=background + 4)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
@@ -106,11 +103,10 @@ async def loaded_costs(url: str, repeats: int, background: int, banned: list[int
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-    ttft.sort()
     return {
         f"POST /tokenize beside {background} streams": 1000 * statistics.median(tokenize),
         f"first token beside {background} streams, p50": 1000 * statistics.median(ttft),
-        f"first token beside {background} streams, p95": 1000 * ttft[int(0.95 * (len(ttft) - 1))],
+        f"first token beside {background} streams, p95": 1000 * percentile(ttft, 0.95),
     }
 
 

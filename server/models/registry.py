@@ -319,11 +319,12 @@ class ModelRegistry:
         while True:
             await self._unload_retired()
             residents = list(self._resident.values())
-            loaded_sizes = [r.size for r in residents] + self._unevictable()
+            staying = [r.size for r in residents] + self._unevictable(closing=False)
+            loaded_sizes = staying + [r.size for r in self._closing]
             if self._budget.fits(size, loaded_sizes):
                 return
             # Where the models still closing will make room, wait for them instead of evicting another.
-            closed_soon = self._budget.fits(size, [r.size for r in residents] + self._unevictable(closing=False))
+            closed_soon = self._budget.fits(size, staying)
             idle = [] if closed_soon else sorted((r for r in residents if not r.busy()), key=lambda r: r.last_used)
             if idle:
                 victim = idle[0]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk as SDKChunk
 
 from server.api.openai.assembly import ChatStreamState, ResponseMeta, chat_completion
-from server.api.openai.plans import chat_plan, completion_plan
+from server.api.openai.plans import chat_plan, completion_plan, off_loop
 from server.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from server.errors import InvalidRequestError, UnsupportedParameterError
 from server.generation.reply import (
@@ -180,20 +181,16 @@ async def _aiter(items):
         yield item
 
 
-def _planning_thread(body: dict) -> str:
-    """Where `off_loop` maps this chat body to its plan: on the calling (event loop) thread, or another."""
-    import threading
-
-    from server.api.openai.plans import off_loop
-
+def _planning_thread(plan, body) -> str:
+    """Where `off_loop` maps this request body to its plan with `plan`: on the event loop's thread, or another."""
     seen: list[int] = []
 
-    def make(request: ChatCompletionRequest):
+    def make(request):
         seen.append(threading.get_ident())
-        return chat_plan(request)
+        return plan(request)
 
     async def go() -> int:
-        await off_loop(make, ChatCompletionRequest.model_validate(body))
+        await off_loop(make, body)
         return threading.get_ident()
 
     loop_thread = asyncio.run(go())
@@ -219,24 +216,10 @@ def _planning_thread(body: dict) -> str:
 )
 def test_a_plan_is_made_off_the_loop_only_when_its_tools_or_constraint_cost_in_proportion_to_their_size(extra, where):
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
-    assert _planning_thread(body) == where
+    assert _planning_thread(chat_plan, ChatCompletionRequest.model_validate(body)) == where
 
 
 @pytest.mark.parametrize(("extra", "where"), [({}, "loop"), ({"grammar": 'root ::= "a"'}, "thread")])
 def test_a_completion_plan_is_made_off_the_loop_only_for_a_constraint(extra, where):
-    import threading
-
-    from server.api.openai.plans import off_loop
-
-    seen: list[int] = []
-
-    def make(request: CompletionRequest):
-        seen.append(threading.get_ident())
-        return completion_plan(request)
-
-    async def go() -> int:
-        await off_loop(make, CompletionRequest.model_validate({"model": "m", "prompt": "hi", **extra}))
-        return threading.get_ident()
-
-    loop_thread = asyncio.run(go())
-    assert ("loop" if seen == [loop_thread] else "thread") == where
+    body = CompletionRequest.model_validate({"model": "m", "prompt": "hi", **extra})
+    assert _planning_thread(completion_plan, body) == where
