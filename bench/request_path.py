@@ -86,7 +86,9 @@ async def loaded_costs(url: str, repeats: int, background: int, banned: list[int
         body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 1, "stream": True}
         return (await one_request(client, "/v1/chat/completions", body)).ttft_s
 
-    limits = httpx.Limits(max_connections=background + 4)
+    # A fresh connection per request, as bench/load.py: llama-server closes kept-alive connections while 7 streams
+    # run, and a request sent on one it is closing fails with "Server disconnected without sending a response".
+    limits = httpx.Limits(max_connections=background + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         for i in range(4):
             await first_token(client, i)
